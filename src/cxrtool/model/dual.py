@@ -1,0 +1,121 @@
+"""The dual encoder: a timm image tower and a Hugging Face text tower, projected to one space.
+
+This one module serves training (``image_features``/``text_features`` keep gradients), bulk
+embedding and search (``encode_images``/``encode_texts`` return L2-normalised float32 arrays).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cxrtool.io.decode import DecodedImage, decode_image
+from cxrtool.model.card import ModelCard
+from cxrtool.model.transform import preprocess
+
+ImageLike = str | Path | DecodedImage | np.ndarray
+
+
+class DualEncoder(nn.Module):
+    """CLIP-style dual encoder whose architecture and preprocessing are fixed by its card."""
+
+    def __init__(self, card: ModelCard, image_backbone: nn.Module, text_backbone: nn.Module, tokenizer) -> None:
+        super().__init__()
+        self.card = card
+        self.image_backbone = image_backbone
+        self.text_backbone = text_backbone
+        self.tokenizer = tokenizer
+        bias = card.projection_bias
+        self.image_proj = nn.Linear(card.image.feature_dim, card.embed_dim, bias=bias)
+        self.text_proj = nn.Linear(card.text.feature_dim, card.embed_dim, bias=bias)
+        self.logit_scale = nn.Parameter(torch.tensor(float(np.log(1 / 0.07)), dtype=torch.float32))
+
+    # ------------------------------------------------------------------ differentiable features
+    @property
+    def device(self) -> torch.device:
+        return self.image_proj.weight.device
+
+    def image_features(self, pixels: torch.Tensor) -> torch.Tensor:
+        """NxCxSxS preprocessed images -> NxD unit vectors."""
+        feats = self.image_backbone(pixels)
+        if feats.ndim > 2:  # towers that return token/feature maps: pool them
+            feats = feats.flatten(2).mean(-1) if feats.ndim == 4 else feats[:, 0]
+        return F.normalize(self.image_proj(feats), dim=-1)
+
+    def text_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Tokenized text -> NxD unit vectors, pooled as the card says."""
+        out = self.text_backbone(input_ids=input_ids, attention_mask=attention_mask)
+        hidden = out.last_hidden_state
+        pooling = self.card.text.pooling
+        if pooling == "cls":
+            pooled = hidden[:, 0]
+        elif pooling == "eos":  # CXR-CLIP: the last real token ([SEP]) of each sequence
+            last = attention_mask.sum(1) - 1
+            pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+        else:
+            mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+        return F.normalize(self.text_proj(pooled), dim=-1)
+
+    def scale(self) -> torch.Tensor:
+        """exp(logit_scale), clamped to the card's maximum."""
+        return self.logit_scale.clamp(max=self.card.logit_scale_max).exp()
+
+    def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
+        enc = self.tokenizer(
+            list(texts), padding=True, truncation=True, max_length=self.card.text.max_length, return_tensors="pt"
+        )
+        return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+
+    def preprocess(self, image: ImageLike) -> torch.Tensor:
+        """Decode (if needed) and apply the card's eval transform: -> CxSxS tensor."""
+        if isinstance(image, (str, Path)):
+            image = decode_image(image)
+        if isinstance(image, DecodedImage):
+            image = image.pixels
+        return preprocess(image, self.card.image)
+
+    # --------------------------------------------------------------------- inference (numpy out)
+    @torch.inference_mode()
+    def encode_pixels(self, batch: torch.Tensor) -> np.ndarray:
+        """A preprocessed batch (NxCxSxS) -> Nx D float32 unit vectors."""
+        self.eval()
+        batch = batch.to(self.device, non_blocking=True)
+        if self.device.type == "cuda":
+            batch = batch.contiguous(memory_format=torch.channels_last)
+            with torch.autocast("cuda", dtype=torch.float16):
+                feats = self.image_features(batch)
+        else:
+            feats = self.image_features(batch)
+        return F.normalize(feats.float(), dim=-1).cpu().numpy().astype(np.float32)
+
+    def encode_images(self, images: Iterable[ImageLike], batch_size: int = 32) -> np.ndarray:
+        """Paths, decoded images or [0, 1] arrays -> NxD L2-normalised float32."""
+        out, batch = [], []
+        for image in images:
+            batch.append(self.preprocess(image))
+            if len(batch) == batch_size:
+                out.append(self.encode_pixels(torch.stack(batch)))
+                batch = []
+        if batch:
+            out.append(self.encode_pixels(torch.stack(batch)))
+        if not out:
+            return np.zeros((0, self.card.embed_dim), dtype=np.float32)
+        return np.concatenate(out)
+
+    @torch.inference_mode()
+    def encode_texts(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+        """Strings -> NxD L2-normalised float32."""
+        self.eval()
+        out = []
+        for i in range(0, len(texts), batch_size):
+            enc = {k: v.to(self.device) for k, v in self.tokenize(texts[i : i + batch_size]).items()}
+            out.append(self.text_features(**enc).float().cpu().numpy())
+        if not out:
+            return np.zeros((0, self.card.embed_dim), dtype=np.float32)
+        return np.concatenate(out).astype(np.float32)
