@@ -15,6 +15,7 @@ carry no pixels) with a one-line reason, so a bulk run can log the file and go o
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -82,13 +83,19 @@ def decode_dicom(path: Path) -> DecodedImage:
     from pydicom.errors import InvalidDicomError
 
     try:
-        ds = pydicom.dcmread(path)
+        with warnings.catch_warnings():  # truncation warnings: the error below says it once
+            warnings.simplefilter("ignore")
+            ds = pydicom.dcmread(path)
     except InvalidDicomError as exc:
         raise DecodeError(path, f"not a valid DICOM file ({exc})") from None
     except Exception as exc:  # truncated headers, bad lengths ...
         raise DecodeError(path, f"unreadable DICOM header ({type(exc).__name__}: {exc})") from None
     meta = dicom_safe_meta(ds)
     if "PixelData" not in ds:
+        if "Rows" in ds and "Columns" in ds:
+            raise DecodeError(path, "image header without pixel data (truncated file?)")
+        if "SOPClassUID" not in ds:
+            raise DecodeError(path, "no readable DICOM attributes (truncated or corrupt file)")
         kind = str(getattr(ds, "Modality", "") or "object")
         raise NotAnImageError(path, f"DICOM {kind} without pixel data (not an image)")
     try:

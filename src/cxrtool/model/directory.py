@@ -106,7 +106,7 @@ def create_model(
     if std is None:
         std = [0.5] * 3 if image_weights else list(cfg.get("std", (0.5, 0.5, 0.5)))
     card = ModelCard(
-        image=ImageSpec(timm_name=image_model, feature_dim=int(image.num_features), input_size=input_size,
+        image=ImageSpec(timm_name=image_model, feature_dim=_image_feature_dim(image, input_size), input_size=input_size,
                         resize=resize, mean=list(mean), std=list(std)),
         text=TextSpec(feature_dim=int(text.config.hidden_size), max_length=max_length, pooling=pooling,
                       source=text_model),
@@ -115,6 +115,16 @@ def create_model(
     )
     card.validate()
     return DualEncoder(card, image, text, tokenizer)
+
+
+def _image_feature_dim(image: torch.nn.Module, input_size: int) -> int:
+    """Width of the pooled features the tower returns (timm's num_features is pre-head for some)."""
+    was_training = image.training
+    image.eval()
+    with torch.no_grad():
+        out = image(torch.zeros(1, 3, input_size, input_size))
+    image.train(was_training)
+    return int(out.shape[1])
 
 
 def _load_exact(module: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:

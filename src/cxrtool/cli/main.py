@@ -1,0 +1,47 @@
+"""The `cxrtool` command: registers each subcommand's module."""
+
+from __future__ import annotations
+
+import logging
+
+import typer
+
+from cxrtool import __version__
+from cxrtool.cli import embed, index, prepare, search, train
+from cxrtool.cli.common import DEBUG
+
+app = typer.Typer(
+    name="cxrtool",
+    help=(
+        "Embedding and retrieval over chest X-ray archives.\n\n"
+        "Typical use: `cxrtool embed ARCHIVE` (DICOM/PNG/JPEG folder -> vectors), then "
+        "`cxrtool search \"pleural effusion\"`. Outputs go to ./cxrtool_workspace unless "
+        "--workspace or $CXRTOOL_WORKSPACE says otherwise. Without --model the bundled default model "
+        "is used."
+    ),
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"cxrtool {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks and debug logs."),
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+) -> None:
+    DEBUG["on"] = DEBUG["on"] or debug
+    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format="%(levelname)s %(message)s")
+
+
+app.add_typer(prepare.app, name="prepare")
+app.command("train")(train.train_cmd)
+app.command("embed")(embed.embed_cmd)
+app.command("index")(index.index_cmd)
+app.command("search")(search.search_cmd)

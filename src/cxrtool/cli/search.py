@@ -1,0 +1,34 @@
+"""`cxrtool search "QUERY"` or `cxrtool search --image FILE`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from cxrtool.cli.common import out, print_json, run
+from cxrtool.index.search import search
+
+
+def search_cmd(
+    query: str = typer.Argument(None, help='Text query, e.g. "left pleural effusion".'),
+    image: Path = typer.Option(None, help="Find images like this one (DICOM/PNG/JPEG) instead of a text query."),
+    k: int = typer.Option(10, "-k", "--top", help="Number of results."),
+    workspace: Path = typer.Option(None, help="Workspace folder (env CXRTOOL_WORKSPACE; default ./cxrtool_workspace)."),
+    model: str = typer.Option(None, help="Model directory (must be the one used by `embed`)."),
+    as_json: bool = typer.Option(False, "--json", help="Print results as JSON."),
+) -> None:
+    """Rank the workspace's images by similarity to a text query or an example image."""
+    hits = run(lambda: search(query, image, k=k, workspace=workspace, model=model))
+    if as_json:
+        print_json([h.to_dict() for h in hits])
+        return
+    title = f'"{query}"' if query is not None else f"images like {image}"
+    table = Table(title=f"top {len(hits)} for {title}")
+    for col in ("rank", "score", "study", "view", "modality", "path"):
+        table.add_column(col, overflow="fold")
+    for h in hits:
+        study = h.study_key if len(h.study_key) <= 28 else "…" + h.study_key[-27:]
+        table.add_row(str(h.rank), f"{h.score:.3f}", study, h.view, h.modality or "-", h.path)
+    out.print(table)

@@ -1,0 +1,1 @@
+"""Source adapters: each turns one published dataset layout into manifest studies."""

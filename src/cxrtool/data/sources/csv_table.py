@@ -1,0 +1,120 @@
+"""A plain CSV of image paths with labels and/or report text -> manifest studies.
+
+Covers research sets shipped as "one row per image" tables (ChestX-ray14-style, custom sets).
+Rows sharing a study id become one study with several images; without a study column each row
+is its own study. Label cells: 1/1.0/true = positive, 0 = negative, -1 = uncertain, blank =
+not mentioned.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Sequence
+from pathlib import Path
+
+from cxrtool.data.manifest import SPLITS, Study, StudyImage, split_for_patient
+from cxrtool.data.prompts import PromptBank
+from cxrtool.errors import ManifestError
+
+IMAGE_COLUMNS = ("path", "image", "image_path", "filename", "file", "Path")
+ID_LIKE = {"path", "image", "image_path", "filename", "file", "patient_id", "patient", "study_id", "study",
+           "view", "age", "sex", "split", "report", "text", "findings", "impression"}
+_LABEL_VALUES = {"": None, "1": 1, "1.0": 1, "true": 1, "0": 0, "0.0": 0, "false": 0, "-1": -1, "-1.0": -1}
+
+
+def parse_label(cell: str) -> int | None:
+    key = cell.strip().lower()
+    if key not in _LABEL_VALUES:
+        raise ValueError(cell)
+    return _LABEL_VALUES[key]
+
+
+def _detect_label_columns(header: Sequence[str], rows: list[dict[str, str]]) -> list[str]:
+    out = []
+    for col in header:
+        if col.lower() in ID_LIKE:
+            continue
+        values = {r.get(col, "").strip().lower() for r in rows}
+        if values and values <= set(_LABEL_VALUES) and values - {""}:
+            out.append(col)
+    return out
+
+
+def read_csv_studies(
+    csv_path: str | Path,
+    image_col: str | None = None,
+    patient_col: str | None = None,
+    study_col: str | None = None,
+    view_col: str | None = None,
+    report_col: str | None = None,
+    label_cols: Sequence[str] | None = None,
+    split_col: str | None = None,
+    image_root: str | Path | None = None,
+    source: str = "csv",
+    validate_fraction: float = 0.1,
+    test_fraction: float = 0.0,
+    bank: PromptBank | None = None,
+) -> list[Study]:
+    """Read the CSV and build studies; image paths are resolved against ``image_root`` (default:
+    the CSV's folder) and stored absolute so the manifest can live anywhere."""
+    csv_path = Path(csv_path)
+    if not csv_path.is_file():
+        raise ManifestError(f"{csv_path}: file not found")
+    with open(csv_path, newline="", encoding="utf-8-sig") as fh:
+        reader = csv.DictReader(fh)
+        header = list(reader.fieldnames or [])
+        rows = list(reader)
+    if not rows:
+        raise ManifestError(f"{csv_path}: no rows")
+    if image_col is None:
+        image_col = next((c for c in IMAGE_COLUMNS if c in header), None)
+    for name, col in (("image", image_col), ("patient", patient_col), ("study", study_col), ("view", view_col),
+                      ("report", report_col), ("split", split_col)):
+        if col is not None and col not in header:
+            raise ManifestError(f"{csv_path}: no {name} column {col!r}; columns are {', '.join(header)}")
+    if image_col is None:
+        raise ManifestError(f"{csv_path}: cannot tell which column holds image paths",
+                            "pass --image-col NAME")
+    labels = list(label_cols) if label_cols else _detect_label_columns(header, rows)
+    unknown = [c for c in labels if c not in header]
+    if unknown:
+        raise ManifestError(f"{csv_path}: label column(s) {unknown} not found")
+    if not labels and not report_col:
+        raise ManifestError(f"{csv_path}: no label columns and no report column",
+                            "pass --labels COL,COL or --report-col NAME")
+    bank = bank or PromptBank.load()
+    root = Path(image_root) if image_root else csv_path.parent
+    studies: dict[str, Study] = {}
+    for lineno, row in enumerate(rows, start=2):
+        rel = row[image_col].strip()
+        if not rel:
+            raise ManifestError(f"{csv_path}:{lineno}: empty image path")
+        image_path = Path(rel) if Path(rel).is_absolute() else (root / rel)
+        key = row[study_col].strip() if study_col else rel
+        patient = row[patient_col].strip() if patient_col else key
+        study = studies.get(key)
+        if study is None:
+            split = row[split_col].strip().lower() if split_col else split_for_patient(
+                patient, validate_fraction, test_fraction)
+            if split == "valid" or split == "val":
+                split = "validate"
+            if split not in SPLITS:
+                raise ManifestError(f"{csv_path}:{lineno}: split {split!r} is not one of {SPLITS}")
+            study = Study(key, patient, split, source, [])
+            if report_col:
+                study.report = row[report_col].strip() or None
+            studies[key] = study
+        study.images.append(StudyImage(str(image_path.resolve()), (row[view_col].strip().upper() if view_col else "")))
+        for col in labels:
+            try:
+                value = parse_label(row.get(col, ""))
+            except ValueError:
+                raise ManifestError(f"{csv_path}:{lineno}: label {col!r} has value {row[col]!r}; "
+                                    "expected 1, 0, -1 or blank") from None
+            if value is not None:
+                name = bank.canonical(col)
+                old = study.labels.get(name)
+                study.labels[name] = value if old is None else max(old, value)
+    for study in studies.values():
+        study.text = study.report or bank.to_text(study.labels)
+    return list(studies.values())

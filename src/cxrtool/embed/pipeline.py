@@ -1,0 +1,214 @@
+"""archive folder -> decode workers -> batched model -> Parquet shards, resumable.
+
+Resume rule (img2dataset's): a shard is written atomically and only when complete, and the set of
+done files is read back from the shards themselves (plus errors.jsonl for files that failed), so
+a killed run restarts where the last complete shard ended, with no duplicates and no gaps.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from cxrtool.constants import SHARD_ROWS
+from cxrtool.embed.shards import image_id, read_shard_metadata, shard_paths, write_shard
+from cxrtool.errors import DecodeError, NotAnImageError, WorkspaceError
+from cxrtool.io.decode import decode_image
+from cxrtool.io.discover import ArchiveFile, discover_archive
+from cxrtool.model.card import ImageSpec
+from cxrtool.model.directory import load_model
+from cxrtool.model.dual import DualEncoder
+from cxrtool.model.transform import preprocess
+from cxrtool.workspace import Workspace
+
+
+@dataclass
+class EmbedSummary:
+    archive: str
+    workspace: str
+    found: int = 0
+    already_done: int = 0
+    embedded: int = 0
+    failed: int = 0
+    not_images: int = 0
+    shards_written: int = 0
+    seconds: float = 0.0
+    wait_seconds: float = 0.0  # main process waiting for decoded batches
+    model_seconds: float = 0.0
+    write_seconds: float = 0.0
+    images_per_second: float = 0.0
+    failures: list[dict] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def image_record(f: ArchiveFile, meta: dict, shape: tuple[int, ...]) -> dict:
+    """Shard row metadata for one image, from PHI-safe header fields only."""
+    study = meta.get("StudyInstanceUID") or (str(Path(f.rel).parent) if "/" in f.rel else "")
+    return {
+        "id": image_id(f.rel),
+        "path": f.rel,
+        "study_key": study,
+        "series_uid": meta.get("SeriesInstanceUID"),
+        "sop_uid": meta.get("SOPInstanceUID"),
+        "view": str(meta.get("ViewPosition", "") or "").upper(),
+        "modality": meta.get("Modality", "") or "",
+        "body_part": str(meta.get("BodyPartExamined", "") or "").upper(),
+        "file_format": f.kind,
+        "transfer_syntax": meta.get("TransferSyntaxUID"),
+        "rows": int(shape[0]),
+        "columns": int(shape[1]),
+    }
+
+
+class _DecodeDataset(Dataset):
+    """Runs in the loader workers: decode + the card's eval transform, errors returned as data."""
+
+    def __init__(self, files: list[ArchiveFile], spec: ImageSpec) -> None:
+        self.files = files
+        self.spec = spec
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int):
+        f = self.files[i]
+        try:
+            image = decode_image(f.path)
+            return preprocess(image.pixels, self.spec), image_record(f, image.meta, image.pixels.shape), None
+        except NotAnImageError as exc:
+            return None, {"path": f.rel}, ("not_image", exc.short_reason)
+        except DecodeError as exc:
+            return None, {"path": f.rel}, ("error", exc.short_reason)
+        except Exception as exc:  # a decoder bug must not end a million-file run
+            return None, {"path": f.rel}, ("error", f"{type(exc).__name__}: {exc}")
+
+
+def _collate(items):
+    return items
+
+
+def _done_paths(ws: Workspace, retry_errors: bool) -> set[str]:
+    done = set(read_shard_metadata(ws.shards, ["path"]).column("path").to_pylist())
+    if ws.errors.is_file() and not retry_errors:
+        for line in ws.errors.read_text().splitlines():
+            if line.strip():
+                done.add(json.loads(line)["path"])
+    return done
+
+
+def _check_workspace(ws: Workspace, archive: Path, model: DualEncoder, overwrite: bool) -> None:
+    info = ws.read_json(ws.embed_info)
+    if info is None:
+        return
+    if overwrite:
+        shutil.rmtree(ws.root)
+        return
+    if info.get("archive") != str(archive):
+        raise WorkspaceError(f"workspace {ws.root} holds embeddings of another archive ({info.get('archive')})",
+                             "use --workspace DIR (or $CXRTOOL_WORKSPACE) for this archive, or --overwrite")
+    if info.get("model_fingerprint") != model.card.fingerprint:
+        raise WorkspaceError(f"workspace {ws.root} was embedded with another model ({info.get('model')})",
+                             "use --workspace DIR for this model, or --overwrite to start again")
+
+
+def default_workers() -> int:
+    return max(1, min(8, (os.cpu_count() or 2)))
+
+
+def embed_archive(
+    archive: str | Path,
+    workspace: str | Path | None = None,
+    model: DualEncoder | str | None = None,
+    batch_size: int = 32,
+    workers: int | None = None,
+    device: str = "cpu",
+    shard_rows: int = SHARD_ROWS,
+    overwrite: bool = False,
+    retry_errors: bool = False,
+    progress: bool = True,
+) -> EmbedSummary:
+    """Embed every image under ``archive`` into shards in the workspace; resumes by default."""
+    from tqdm import tqdm
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    archive = Path(archive).resolve()
+    if not archive.exists():
+        raise WorkspaceError(f"{archive}: no such file or folder")
+    ws = Workspace.resolve(workspace)
+    if not isinstance(model, DualEncoder):
+        model = load_model(model, device=device)
+    model.to(device).eval()
+    _check_workspace(ws, archive, model, overwrite)
+    ws.shards.mkdir(parents=True, exist_ok=True)
+    t_start = time.perf_counter()
+    files = list(discover_archive(archive))
+    summary = EmbedSummary(str(archive), str(ws.root), found=len(files))
+    done = _done_paths(ws, retry_errors)
+    todo = [f for f in files if f.rel not in done]
+    summary.already_done = len(files) - len(todo)
+    ws.write_json(ws.embed_info, {"archive": str(archive), "model": model.card.provenance.get("name", ""),
+                                  "model_fingerprint": model.card.fingerprint, "embed_dim": model.card.embed_dim})
+    existing = shard_paths(ws.shards)
+    next_shard = (int(existing[-1].stem.split("-")[1]) + 1) if existing else 0
+    workers = default_workers() if workers is None else workers
+    loader = DataLoader(_DecodeDataset(todo, model.card.image), batch_size=batch_size, num_workers=workers,
+                        collate_fn=_collate, pin_memory=device.startswith("cuda"),
+                        prefetch_factor=4 if workers else None, persistent_workers=False)
+    rows: list[dict] = []
+    vecs: list[np.ndarray] = []
+    errors_fh = open(ws.errors, "a")  # noqa: SIM115 - kept open across the loop, closed below
+
+    def flush() -> None:
+        nonlocal next_shard, rows, vecs
+        if not rows:
+            return
+        t = time.perf_counter()
+        write_shard(ws.shards / f"shard-{next_shard:05d}.parquet", rows, np.concatenate(vecs), model.card.fingerprint)
+        errors_fh.flush()
+        summary.write_seconds += time.perf_counter() - t
+        summary.shards_written += 1
+        next_shard += 1
+        rows, vecs = [], []
+
+    bar = tqdm(total=len(todo), desc="embedding", unit="img", disable=not progress or not todo)
+    try:
+        t_wait = time.perf_counter()
+        for batch in loader:
+            summary.wait_seconds += time.perf_counter() - t_wait
+            good = [(x, rec) for x, rec, err in batch if err is None]
+            for _, rec, err in batch:
+                if err is not None:
+                    kind, reason = err
+                    errors_fh.write(json.dumps({"path": rec["path"], "kind": kind, "reason": reason}) + "\n")
+                    if kind == "not_image":
+                        summary.not_images += 1
+                    else:
+                        summary.failed += 1
+                        summary.failures.append({"path": rec["path"], "reason": reason})
+            if good:
+                t = time.perf_counter()
+                vecs.append(model.encode_pixels(torch.stack([x for x, _ in good])))
+                summary.model_seconds += time.perf_counter() - t
+                rows.extend(rec for _, rec in good)
+                summary.embedded += len(good)
+            bar.update(len(batch))
+            if len(rows) >= shard_rows:
+                flush()
+            t_wait = time.perf_counter()
+        flush()
+    finally:
+        bar.close()
+        errors_fh.close()
+    summary.seconds = time.perf_counter() - t_start
+    summary.images_per_second = summary.embedded / summary.seconds if summary.seconds else 0.0
+    return summary

@@ -1,0 +1,104 @@
+"""The shard format: the one definition of what an embedded image row holds.
+
+Each shard is a Parquet file whose rows carry the vector *and* its identity, so nothing depends
+on row position (clip-retrieval's npy + parquet pairing does, and breaks). Columns:
+
+==============  ===================  ==========================================================
+id              int64                stable id: hash of the archive-relative path (FAISS id)
+path            string               path relative to the archive root
+study_key       string               StudyInstanceUID, else the file's folder
+series_uid      string               SeriesInstanceUID (DICOM) or null
+sop_uid         string               SOPInstanceUID (DICOM) or null
+view            string               ViewPosition (PA/AP/LL/LATERAL...) or from the label file
+modality        string               CR/DX/... (DICOM) or "" for PNG/JPEG
+body_part       string               BodyPartExamined (DICOM) or ""
+file_format     string               "dicom" | "raster"
+transfer_syntax string               DICOM transfer syntax UID or null
+rows, columns   int32                stored image size
+embedding       fixed_size_list<f32> L2-normalised image vector
+==============  ===================  ==========================================================
+
+No patient names, birth dates, patient IDs or dates are ever written (see
+``cxrtool.io.decode.SAFE_DICOM_FIELDS``). File metadata records the model fingerprint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+SHARD_SCHEMA_VERSION = "cxrtool-shard/1"
+META_COLUMNS = ["id", "path", "study_key", "series_uid", "sop_uid", "view", "modality", "body_part",
+                "file_format", "transfer_syntax", "rows", "columns"]
+
+
+def shard_schema(dim: int, fingerprint: str) -> pa.Schema:
+    return pa.schema(
+        [
+            pa.field("id", pa.int64(), nullable=False),
+            pa.field("path", pa.string(), nullable=False),
+            pa.field("study_key", pa.string()),
+            pa.field("series_uid", pa.string()),
+            pa.field("sop_uid", pa.string()),
+            pa.field("view", pa.string()),
+            pa.field("modality", pa.string()),
+            pa.field("body_part", pa.string()),
+            pa.field("file_format", pa.string()),
+            pa.field("transfer_syntax", pa.string()),
+            pa.field("rows", pa.int32()),
+            pa.field("columns", pa.int32()),
+            pa.field("embedding", pa.list_(pa.float32(), dim)),
+        ],
+        metadata={"cxrtool": SHARD_SCHEMA_VERSION, "model_fingerprint": fingerprint},
+    )
+
+
+def image_id(rel_path: str) -> int:
+    """Stable non-negative int64 id of an archive-relative path."""
+    return int.from_bytes(hashlib.sha1(rel_path.encode()).digest()[:8], "big") & 0x7FFF_FFFF_FFFF_FFFF
+
+
+def write_shard(path: Path, rows: list[dict], vectors: np.ndarray, fingerprint: str) -> None:
+    """Write one shard atomically (temp file + rename): a shard exists whole or not at all."""
+    schema = shard_schema(vectors.shape[1], fingerprint)
+    cols = {name: [r.get(name) for r in rows] for name in META_COLUMNS}
+    flat = pa.array(np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1), type=pa.float32())
+    cols["embedding"] = pa.FixedSizeListArray.from_arrays(flat, vectors.shape[1])
+    table = pa.table(cols, schema=schema)
+    tmp = path.with_name(f".{path.name}.tmp")
+    pq.write_table(table, tmp)
+    os.replace(tmp, path)
+
+
+def shard_paths(directory: Path) -> list[Path]:
+    return sorted(directory.glob("shard-*.parquet")) if directory.is_dir() else []
+
+
+def read_shard_metadata(directory: Path, columns: list[str] | None = None) -> pa.Table:
+    """All shards' metadata columns (no vectors) as one table."""
+    paths = shard_paths(directory)
+    cols = columns or META_COLUMNS
+    if not paths:
+        return pa.table({c: pa.array([], type=shard_schema(1, "").field(c).type) for c in cols})
+    return pa.concat_tables([pq.read_table(p, columns=cols) for p in paths])
+
+
+def read_shard_vectors(directory: Path) -> tuple[np.ndarray, np.ndarray, str]:
+    """(ids int64[N], vectors float32[N, D], fingerprint) over all shards."""
+    ids, vecs, fingerprint = [], [], ""
+    for p in shard_paths(directory):
+        table = pq.read_table(p, columns=["id", "embedding"])
+        meta = table.schema.metadata or {}
+        fingerprint = meta.get(b"model_fingerprint", b"").decode()
+        ids.append(table.column("id").to_numpy())
+        emb = table.column("embedding").combine_chunks()
+        dim = emb.type.list_size
+        vecs.append(emb.flatten().to_numpy().reshape(-1, dim))
+    if not ids:
+        return np.zeros(0, np.int64), np.zeros((0, 0), np.float32), ""
+    return np.concatenate(ids), np.concatenate(vecs).astype(np.float32), fingerprint

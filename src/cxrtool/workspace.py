@@ -1,0 +1,53 @@
+"""The workspace: where `embed` writes shards and `index`/`search` read them.
+
+Resolution order: --workspace flag, $CXRTOOL_WORKSPACE, ./cxrtool_workspace. Layout::
+
+    <workspace>/embed.json        archive root, model fingerprint, counts (written by embed)
+    <workspace>/shards/*.parquet  vectors + ids + metadata (one schema: cxrtool.embed.shards)
+    <workspace>/errors.jsonl      files that could not be embedded, with the reason
+    <workspace>/index/            FAISS index + index.json (written by index)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cxrtool.constants import DEFAULT_WORKSPACE, WORKSPACE_ENV
+
+
+@dataclass(frozen=True)
+class Workspace:
+    root: Path
+
+    @classmethod
+    def resolve(cls, path: str | Path | None = None) -> Workspace:
+        return cls(Path(path or os.environ.get(WORKSPACE_ENV) or DEFAULT_WORKSPACE).expanduser())
+
+    @property
+    def shards(self) -> Path:
+        return self.root / "shards"
+
+    @property
+    def errors(self) -> Path:
+        return self.root / "errors.jsonl"
+
+    @property
+    def embed_info(self) -> Path:
+        return self.root / "embed.json"
+
+    @property
+    def index_dir(self) -> Path:
+        return self.root / "index"
+
+    def read_json(self, path: Path) -> dict[str, Any] | None:
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    def write_json(self, path: Path, data: dict[str, Any]) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data, indent=2) + "\n")
+        os.replace(tmp, path)

@@ -1,0 +1,57 @@
+"""Shared fixtures: the bundled sample archive and a tiny, randomly initialised dual encoder.
+
+The tiny model is real timm + transformers code (a small timm CNN and a 2-layer BERT saved with
+save_pretrained, using MiniLM's real tokenizer), just small enough to make tests fast.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE = REPO / "sample_data"
+ARCHIVE = SAMPLE / "archive"
+
+
+@pytest.fixture(scope="session")
+def sample_archive() -> Path:
+    return ARCHIVE
+
+
+@pytest.fixture(scope="session")
+def tiny_text_dir(tmp_path_factory) -> Path:
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from cxrtool.model.sources import minilm_dir
+
+    d = tmp_path_factory.mktemp("tiny_bert")
+    tok = AutoTokenizer.from_pretrained(minilm_dir())
+    cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                     intermediate_size=64, max_position_embeddings=128)
+    BertModel(cfg).save_pretrained(d)
+    tok.save_pretrained(d)
+    return d
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_text_dir):
+    import torch
+
+    from cxrtool.model import create_model
+
+    torch.manual_seed(0)
+    return create_model("mobilenetv3_small_050", str(tiny_text_dir), image_weights=None, embed_dim=32,
+                        input_size=64, max_length=32)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tiny_model, tmp_path_factory) -> Path:
+    from cxrtool.model import save_model_dir
+
+    return save_model_dir(tiny_model, tmp_path_factory.mktemp("models") / "tiny")

@@ -1,0 +1,167 @@
+"""Embedding shards, resume, errors, privacy; FAISS index and search (tiny model)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pyarrow.parquet as pq
+import pydicom
+import pytest
+
+from cxrtool.embed import embed_archive, read_shard_metadata, read_shard_vectors
+from cxrtool.embed.shards import shard_paths
+from cxrtool.errors import WorkspaceError
+from cxrtool.index import build_index, search
+from cxrtool.model import load_model_dir
+from cxrtool.workspace import Workspace
+
+from .conftest import ARCHIVE
+
+
+@pytest.fixture()
+def small_archive(tmp_path):
+    """A mixed archive: DICOMs with and without extension, JPEGs, a PNG, an SR, a corrupt file."""
+    root = tmp_path / "archive"
+    for rel in ["pacs/PAT0001", "pacs/PAT0002", "pacs/PAT0004/STUDY0001/SERIES07", "hannover/case01"]:
+        shutil.copytree(ARCHIVE / rel, root / rel)
+    for jpg in sorted((ARCHIVE / "nih").rglob("*.jpg"))[:5]:
+        dst = root / "nih" / jpg.relative_to(ARCHIVE / "nih")
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(jpg, dst)
+    bad = root / "pacs" / "PAT0009" / "IM000001"
+    bad.parent.mkdir(parents=True)
+    data = (ARCHIVE / "pacs/PAT0004/STUDY0001/SERIES07/IM000001").read_bytes()
+    bad.write_bytes(data[:4000])  # a truncated DICOM: header ok, pixels cut
+    return root
+
+
+def _phi_strings(archive) -> set[str]:
+    out = set()
+    for p in archive.rglob("*"):
+        if p.is_file() and p.suffix.lower() not in {".jpg", ".png"}:
+            try:
+                ds = pydicom.dcmread(p, stop_before_pixels=True)
+            except Exception:
+                continue
+            for tag in ("PatientName", "PatientID", "PatientBirthDate"):
+                v = str(ds.get(tag, "") or "")
+                if len(v) >= 4:
+                    out.add(v)
+    return out
+
+
+def test_embed_writes_shards_with_ids_and_logs_bad_files(small_archive, tmp_path, tiny_model):
+    ws = tmp_path / "ws"
+    s = embed_archive(small_archive, ws, tiny_model, batch_size=4, workers=0, progress=False)
+    assert s.found == 11 and s.embedded == 9 and s.not_images == 1 and s.failed == 1
+    assert s.failures[0]["path"] == "pacs/PAT0009/IM000001"
+    errors = [json.loads(x) for x in (ws / "errors.jsonl").read_text().splitlines()]
+    assert {e["kind"] for e in errors} == {"error", "not_image"}
+    meta = read_shard_metadata(Workspace(ws).shards)
+    assert len(set(meta.column("id").to_pylist())) == 9
+    row = next(r for r in meta.to_pylist() if r["path"] == "pacs/PAT0001/STUDY0001/SERIES01/IM000001")
+    assert row["modality"] == "CR" and row["view"] == "PA" and row["sop_uid"] and row["study_key"]
+    ids, vecs, fp = read_shard_vectors(Workspace(ws).shards)
+    assert vecs.shape == (9, 32) and fp == tiny_model.card.fingerprint
+    np.testing.assert_allclose(np.linalg.norm(vecs, axis=1), 1.0, atol=1e-5)
+
+
+def test_outputs_carry_no_patient_identifiers(small_archive, tmp_path, tiny_model):
+    phi = _phi_strings(small_archive)
+    assert phi, "the sample DICOMs carry names/IDs/birth dates: the test needs them"
+    ws = tmp_path / "ws"
+    embed_archive(small_archive, ws, tiny_model, batch_size=4, workers=0, progress=False)
+    build_index(ws)
+    for f in ws.rglob("*"):
+        if f.is_file():
+            blob = f.read_bytes()
+            for value in phi:
+                assert value.encode() not in blob, f"{value!r} leaked into {f}"
+
+
+def test_killed_run_resumes_without_duplicates_or_gaps(small_archive, tmp_path, tiny_model):
+    ws = tmp_path / "ws"
+    embed_archive(small_archive, ws, tiny_model, batch_size=2, workers=0, shard_rows=2, progress=False)
+    shards = shard_paths(Workspace(ws).shards)
+    full = set(read_shard_metadata(Workspace(ws).shards, ["path"]).column("path").to_pylist())
+    # Simulate a kill: the last two shards never got written, a temp file was left behind.
+    for p in shards[-2:]:
+        p.unlink()
+    (Workspace(ws).shards / ".shard-00099.parquet.tmp").write_bytes(b"partial")
+    again = embed_archive(small_archive, ws, tiny_model, batch_size=2, workers=0, shard_rows=2, progress=False)
+    assert again.embedded > 0 and again.failed == 0  # failures from run 1 are not retried
+    paths = read_shard_metadata(Workspace(ws).shards, ["path"]).column("path").to_pylist()
+    assert len(paths) == len(set(paths)) and set(paths) == full
+    third = embed_archive(small_archive, ws, tiny_model, workers=0, progress=False)
+    assert third.embedded == 0 and third.already_done == third.found
+
+
+def test_workspace_refuses_another_model(small_archive, tmp_path, tiny_model, tiny_text_dir):
+    from cxrtool.model import create_model
+
+    ws = tmp_path / "ws"
+    embed_archive(small_archive, ws, tiny_model, workers=0, progress=False)
+    other = create_model("mobilenetv3_small_050", str(tiny_text_dir), embed_dim=32, input_size=64)
+    other.card.fingerprint = "sha256:other"
+    with pytest.raises(WorkspaceError, match="another model"):
+        embed_archive(small_archive, ws, other, workers=0, progress=False)
+    with pytest.raises(WorkspaceError, match="another model"):
+        search("effusion", workspace=ws, model=other)
+
+
+def test_search_returns_shard_rows_by_id(small_archive, tmp_path, tiny_model_dir):
+    model = load_model_dir(tiny_model_dir)
+    ws = tmp_path / "ws"
+    embed_archive(small_archive, ws, model, workers=0, progress=False)
+    info = build_index(ws)
+    assert info.kind == "flat" and info.count == 9
+    query = small_archive / "hannover" / "case01"
+    image = next(query.iterdir())
+    hits = search(image=image, k=3, workspace=ws, model=model)
+    assert hits[0].path == f"hannover/case01/{image.name}" and hits[0].score > 0.999
+    text_hits = search("pleural effusion", k=20, workspace=ws, model=model)
+    assert len(text_hits) == 9 and [h.rank for h in text_hits] == list(range(1, 10))
+    assert all(text_hits[i].score >= text_hits[i + 1].score for i in range(8))
+
+
+@pytest.mark.parametrize("kind", ["hnsw", "ivf", "ivfpq"])
+def test_approximate_indexes_keep_ids(tmp_path, kind):
+    """Synthetic shards (the real writer) large enough to train IVF; ids survive every index type."""
+    from cxrtool.embed.shards import write_shard
+
+    ws = Workspace(tmp_path / "ws")
+    ws.shards.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    vecs = rng.normal(size=(2000, 32)).astype(np.float32)
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    rows = [{"id": 10_000 + i, "path": f"img{i}.png", "rows": 1, "columns": 1} for i in range(2000)]
+    write_shard(ws.shards / "shard-00000.parquet", rows, vecs, "sha256:x")
+    build_index(ws.root, kind)
+    from cxrtool.index.build import load_index
+
+    index, info = load_index(ws.root)
+    assert info.kind == kind
+    _, ids = index.search(vecs[:5], 1)
+    hit = (ids[:, 0] == np.arange(10_000, 10_005)).mean()
+    assert hit >= 0.8 if kind == "ivfpq" else hit == 1.0
+
+
+def test_index_is_rebuilt_when_shards_change(small_archive, tmp_path, tiny_model):
+    from cxrtool.index.build import index_is_current
+
+    ws = tmp_path / "ws"
+    embed_archive(small_archive, ws, tiny_model, workers=0, shard_rows=4, progress=False)
+    build_index(ws)
+    assert index_is_current(Workspace(ws))
+    shard_paths(Workspace(ws).shards)[-1].unlink()
+    assert not index_is_current(Workspace(ws))
+
+
+def test_shards_are_plain_parquet(small_archive, tmp_path, tiny_model):
+    ws = tmp_path / "ws"
+    embed_archive(small_archive, ws, tiny_model, workers=0, progress=False)
+    table = pq.read_table(shard_paths(Workspace(ws).shards)[0])
+    assert table.schema.field("embedding").type.list_size == 32
+    assert table.schema.metadata[b"cxrtool"] == b"cxrtool-shard/1"

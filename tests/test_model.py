@@ -1,0 +1,135 @@
+"""Model core: encodings, model directory round trip, strict refusal of mismatched weights."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from cxrtool.errors import ModelError, WeightMismatchError
+from cxrtool.model import ModelCard, create_model, load_model_dir, save_model_dir
+
+from .conftest import ARCHIVE
+
+TEXTS = ["cardiomegaly.", "no pleural effusion.", "the lungs are clear."]
+
+
+def _some_images():
+    return sorted(p for p in (ARCHIVE / "nih").rglob("*.jpg"))[:3]
+
+
+def test_encodings_are_unit_norm_float32(tiny_model):
+    img = tiny_model.encode_images(_some_images())
+    txt = tiny_model.encode_texts(TEXTS)
+    assert img.shape == (3, 32) and txt.shape == (3, 32)
+    assert img.dtype == np.float32 and txt.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(img, axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(txt, axis=1), 1.0, atol=1e-5)
+
+
+def test_model_directory_round_trip_gives_identical_embeddings(tiny_model, tiny_model_dir):
+    loaded = load_model_dir(tiny_model_dir)
+    assert np.array_equal(loaded.encode_images(_some_images()), tiny_model.encode_images(_some_images()))
+    assert np.array_equal(loaded.encode_texts(TEXTS), tiny_model.encode_texts(TEXTS))
+    assert loaded.card.to_dict() == ModelCard.load(tiny_model_dir).to_dict()
+
+
+def test_card_holds_the_preprocessing_contract(tiny_model_dir):
+    card = json.loads((tiny_model_dir / "model.json").read_text())
+    for key in ("input_size", "resize", "mean", "std", "gray_to_channels", "timm_name"):
+        assert key in card["image"]
+    for key in ("max_length", "pooling"):
+        assert key in card["text"]
+    assert card["fingerprint"].startswith("sha256:")
+    assert (tiny_model_dir / "text" / "config.json").is_file()
+
+
+def _copy(src, dst):
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_missing_weight_is_refused_and_named(tiny_model_dir, tmp_path):
+    d = _copy(tiny_model_dir, tmp_path / "m")
+    state = load_file(d / "model.safetensors")
+    del state["text_proj.weight"]
+    save_file(state, d / "model.safetensors")
+    with pytest.raises(WeightMismatchError) as info:
+        load_model_dir(d)
+    assert "text_proj.weight" in str(info.value)
+    assert info.value.missing == ["text_proj.weight"]
+
+
+def test_unexpected_weight_is_refused_and_named(tiny_model_dir, tmp_path):
+    d = _copy(tiny_model_dir, tmp_path / "m")
+    state = load_file(d / "model.safetensors")
+    state["image_backbone.extra_head.weight"] = torch.zeros(2)
+    save_file(state, d / "model.safetensors")
+    with pytest.raises(WeightMismatchError, match="image_backbone.extra_head.weight"):
+        load_model_dir(d)
+
+
+def test_changed_weights_fail_the_fingerprint(tiny_model_dir, tmp_path):
+    d = _copy(tiny_model_dir, tmp_path / "m")
+    state = load_file(d / "model.safetensors")
+    state["image_proj.bias"] = state["image_proj.bias"] + 1.0
+    save_file(state, d / "model.safetensors")
+    with pytest.raises(ModelError, match="fingerprint"):
+        load_model_dir(d)
+
+
+def test_wrong_shape_is_refused(tiny_model_dir, tmp_path):
+    d = _copy(tiny_model_dir, tmp_path / "m")
+    state = load_file(d / "model.safetensors")
+    state["text_proj.weight"] = torch.zeros(16, 32)
+    save_file(state, d / "model.safetensors")
+    with pytest.raises(ModelError, match="text_proj.weight"):
+        load_model_dir(d)
+
+
+def test_directory_without_card_is_refused_with_hint(tmp_path):
+    with pytest.raises(ModelError) as info:
+        load_model_dir(tmp_path)
+    assert "model.json" in info.value.reason and info.value.hint
+
+
+def test_changed_only_save_stores_a_delta_that_loads_identically(tiny_text_dir, tmp_path):
+    model = create_model("mobilenetv3_small_050", str(tiny_text_dir), embed_dim=16, input_size=64)
+    model.text_backbone.requires_grad_(False)
+    with torch.no_grad():
+        model.image_proj.weight.mul_(2.0)
+    d = save_model_dir(model, tmp_path / "delta", changed_only=True)
+    stored = load_file(d / "model.safetensors")
+    assert not any(k.startswith("text_backbone.") for k in stored)  # text tower comes from its source
+    assert json.loads((d / "model.json").read_text())["base_weights"]
+    loaded = load_model_dir(d)
+    assert np.array_equal(loaded.encode_texts(TEXTS), model.encode_texts(TEXTS))
+
+
+@pytest.mark.parametrize("pooling", ["cls", "eos", "mean"])
+def test_pooling_modes_round_trip(tiny_text_dir, tmp_path, pooling):
+    model = create_model("mobilenetv3_small_050", str(tiny_text_dir), embed_dim=16, input_size=64,
+                         pooling=pooling)
+    loaded = load_model_dir(save_model_dir(model, tmp_path / pooling))
+    assert loaded.card.text.pooling == pooling
+    assert np.array_equal(loaded.encode_texts(TEXTS), model.encode_texts(TEXTS))
+
+
+def test_pooling_modes_give_different_text_features(tiny_text_dir):
+    torch.manual_seed(1)
+    feats = []
+    for pooling in ("cls", "eos", "mean"):
+        model = create_model("mobilenetv3_small_050", str(tiny_text_dir), embed_dim=16, input_size=64,
+                             pooling=pooling)
+        model.text_proj.load_state_dict({"weight": torch.eye(16, 32), "bias": torch.zeros(16)})
+        feats.append(model.encode_texts(["a longer sentence about effusion."]))
+    assert not np.allclose(feats[0], feats[1]) and not np.allclose(feats[1], feats[2])
+
+
+def test_unknown_timm_model_is_refused(tiny_text_dir):
+    with pytest.raises(ModelError, match="timm"):
+        create_model("no_such_backbone_xyz", str(tiny_text_dir))
