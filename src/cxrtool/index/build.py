@@ -83,9 +83,10 @@ def build_index(workspace: str | Path | None = None, kind: str = "auto") -> Inde
     factory, nprobe = _factory(kind, len(ids), dim)
     index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
     if not index.is_trained:
+        # train on a random sample (autofaiss takes the first vectors, biased by archive order)
+        nlist = faiss.extract_index_ivf(index).nlist
         rng = np.random.default_rng(0)
-        sample = vecs[rng.choice(len(vecs), size=min(len(vecs), 256 * max(1, index.nlist if hasattr(index, "nlist") else 1)), replace=False)]
-        index.train(sample)
+        index.train(vecs[rng.choice(len(vecs), size=min(len(vecs), 256 * nlist), replace=False)])
     if kind in ("flat", "hnsw"):
         index = faiss.IndexIDMap2(index)
     index.add_with_ids(vecs, ids)

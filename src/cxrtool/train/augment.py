@@ -14,8 +14,10 @@ import torch.nn.functional as F
 from cxrtool.model.card import ImageSpec
 
 
-def random_resized_crop(x: torch.Tensor, size: int, rng: random.Random,
-                        scale: tuple[float, float] = (0.7, 1.0), ratio: tuple[float, float] = (0.85, 1.15)) -> torch.Tensor:
+def random_resized_crop(
+    x: torch.Tensor, size: int, rng: random.Random,
+    scale: tuple[float, float] = (0.7, 1.0), ratio: tuple[float, float] = (0.85, 1.15),
+) -> torch.Tensor:
     """1x1xHxW -> 1x1xSxS: a random crop of ``scale`` x area, resized (torchvision's rule)."""
     h, w = x.shape[-2:]
     area = h * w

@@ -12,7 +12,7 @@ import logging
 import math
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -55,7 +55,6 @@ class TrainConfig:
     threads: int | None = None
     changed_only: bool = False  # save only weights that differ from the base sources
     max_steps: int | None = None  # cap per epoch (smoke runs)
-    extra: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -115,7 +114,7 @@ def _validate(model: DualEncoder, items: list[CachedStudy], batch_size: int, dev
 
 
 def train(manifest: str | Path, out_dir: str | Path, cfg: TrainConfig | None = None,
-          progress: bool = True) -> TrainResult:
+          progress: bool = True, provenance: dict | None = None) -> TrainResult:
     """Train a dual encoder on a manifest's train split; save the best epoch to ``out_dir``."""
     from tqdm import tqdm
 
@@ -183,8 +182,9 @@ def train(manifest: str | Path, out_dir: str | Path, cfg: TrainConfig | None = N
             running.append(float(loss.detach()))
             bar.set_postfix(loss=f"{sum(running[-20:]) / len(running[-20:]):.3f}")
         val = _validate(model, val_items, cfg.batch_size, device) if val_items else float("nan")
+        seconds = time.time() - t0
         row = {"epoch": epoch, "train_loss": round(sum(running) / len(running), 4), "val_loss": round(val, 4),
-               "seconds": round(time.time() - t0, 1), "images_per_s": round(len(running) * cfg.batch_size / (time.time() - t0), 2)}
+               "seconds": round(seconds, 1), "images_per_s": round(len(running) * cfg.batch_size / seconds, 2)}
         history.append(row)
         log.info("epoch %s", row)
         score = val if val_items else row["train_loss"]
@@ -192,7 +192,8 @@ def train(manifest: str | Path, out_dir: str | Path, cfg: TrainConfig | None = N
             best = (score, epoch, copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()}))
     model.load_state_dict(best[2])
     model.cpu()
-    provenance = {"train_config": asdict(cfg), "history": history, "best_epoch": best[1],
-                  "manifest": str(manifest), "train_studies": len(train_items), "validate_studies": len(val_items)}
-    out = save_model_dir(model, out_dir, changed_only=cfg.changed_only, provenance=provenance)
+    record = {**(provenance or {}), "train_config": asdict(cfg), "history": history, "best_epoch": best[1],
+              "manifest": Path(manifest).name, "train_studies": len(train_items),
+              "validate_studies": len(val_items)}
+    out = save_model_dir(model, out_dir, changed_only=cfg.changed_only, provenance=record)
     return TrainResult(out, best[1], history, len(train_err) + len(val_err))

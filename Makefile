@@ -1,0 +1,54 @@
+# cxrtool — the README's two commands are `make demo` and `make test`.
+# Uses the active virtual environment if there is one, else creates ./.venv.
+SHELL := /bin/bash
+ifdef VIRTUAL_ENV
+BIN := $(VIRTUAL_ENV)/bin
+else
+BIN := $(CURDIR)/.venv/bin
+endif
+PY := $(BIN)/python
+STAMP := $(BIN)/.cxrtool-installed
+SHARED_DATA ?= ../shared/data
+QUERY ?= cardiomegaly
+
+.PHONY: install demo test test-fast lint bench sample-data default-model clean
+
+$(PY):
+	python3 -m venv $(CURDIR)/.venv
+
+$(STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install --upgrade --quiet pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## demo: install, embed the bundled sample archive with the bundled model, index it, search it
+demo: install
+	$(BIN)/cxrtool embed sample_data/archive
+	$(BIN)/cxrtool index
+	$(BIN)/cxrtool search "$(QUERY)" -k 5
+	$(BIN)/cxrtool search "pleural effusion" -k 5
+
+## test: the whole suite (unit + end-to-end CLI on sample_data)
+test: install
+	$(BIN)/python -m pytest -q
+
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not slow"
+
+lint: install
+	$(BIN)/ruff check src tests scripts benchmarks
+
+bench: install
+	$(BIN)/python benchmarks/embed_throughput.py sample_data/archive
+
+## sample-data / default-model: rebuild the bundled data and model from ../shared/data
+sample-data: install
+	$(PY) scripts/build_sample_data.py $(SHARED_DATA)
+
+default-model: install
+	cd scripts && $(PY) build_default_model.py $(abspath $(SHARED_DATA))
+
+clean:
+	rm -rf cxrtool_workspace .pytest_cache .ruff_cache

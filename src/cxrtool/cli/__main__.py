@@ -1,0 +1,5 @@
+"""`python -m cxrtool.cli` == `cxrtool`."""
+
+from cxrtool.cli.main import app
+
+app()

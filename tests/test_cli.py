@@ -1,0 +1,121 @@
+"""End-to-end: the real `cxrtool` command on the bundled sample archive and default model."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from .conftest import REPO, SAMPLE
+
+CXRTOOL = [sys.executable, "-m", "cxrtool.cli"]
+SUBCOMMANDS = ["prepare", "train", "embed", "index", "search"]
+# Findings with enough positives among the held-out sample images to judge a top-5 list.
+FINDING_QUERIES = {"effusion": "pleural effusion", "atelectasis": "atelectasis", "infiltration": "infiltrate",
+                   "pneumonia": "pneumonia", "no_finding": "the lungs are clear"}
+
+
+def cli(*args: str, cwd=None, env=None, check=True) -> subprocess.CompletedProcess:
+    proc = subprocess.run([*CXRTOOL, *args], cwd=cwd, env={**os.environ, **(env or {})}, capture_output=True,
+                          text=True, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"cxrtool {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+@pytest.fixture(scope="module")
+def demo_workspace(tmp_path_factory):
+    """`cxrtool embed sample_data` with no flags, from a fresh directory (default workspace)."""
+    cwd = tmp_path_factory.mktemp("demo")
+    env = {"CXRTOOL_WORKSPACE": "", "CXRTOOL_MODEL": ""}
+    cli("embed", str(SAMPLE / "archive"), cwd=cwd, env=env)
+    return cwd, env
+
+
+@pytest.mark.parametrize("sub", ["", *SUBCOMMANDS, "prepare csv"])
+def test_help_is_informative(sub):
+    out = cli(*sub.split(), "--help").stdout
+    assert "Usage" in out and len(out.splitlines()) > 8
+
+
+@pytest.mark.slow
+def test_embed_then_search_with_no_flags(demo_workspace):
+    cwd, env = demo_workspace
+    assert (cwd / "cxrtool_workspace" / "shards").is_dir()
+    out = cli("search", "cardiomegaly", cwd=cwd, env=env).stdout
+    assert "cardiomegaly" in out and "score" in out and "nih/" in out
+
+
+@pytest.mark.slow
+def test_label_queries_beat_base_rate_on_held_out_images(demo_workspace):
+    """Precision@5 of the query naming a finding > that finding's base rate, for >= 3 findings.
+
+    The NIH images in sample_data belong to patients the default model never saw in training.
+    Results come from `cxrtool search --json` over the whole archive; only the labelled images
+    are candidates for relevance, and the base rate is over those images.
+    """
+    cwd, env = demo_workspace
+    with open(SAMPLE / "labels.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    better = []
+    for label, query in FINDING_QUERIES.items():
+        positive = {r["path"] for r in rows if r[label] == "1"}
+        base_rate = len(positive) / len(rows)
+        hits = json.loads(cli("search", query, "-k", "5", "--json", cwd=cwd, env=env).stdout)
+        assert len(hits) == 5
+        precision = sum(h["path"] in positive for h in hits) / 5
+        if precision > base_rate:
+            better.append((label, precision, round(base_rate, 3)))
+    assert len(better) >= 3, better
+
+
+@pytest.mark.slow
+def test_search_by_image_finds_the_image_itself(demo_workspace):
+    cwd, env = demo_workspace
+    image = sorted((SAMPLE / "archive" / "nih").rglob("*.jpg"))[7]
+    hits = json.loads(cli("search", "--image", str(image), "-k", "3", "--json", cwd=cwd, env=env).stdout)
+    assert hits[0]["path"] == image.relative_to(SAMPLE / "archive").as_posix()
+
+
+@pytest.mark.slow
+def test_second_embed_resumes_and_index_reports(demo_workspace):
+    cwd, env = demo_workspace
+    again = json.loads(cli("embed", str(SAMPLE / "archive"), "--json", cwd=cwd, env=env).stdout)
+    assert again["embedded"] == 0 and again["already_done"] == again["found"]
+    info = json.loads(cli("index", "--json", cwd=cwd, env=env).stdout)
+    assert info["count"] == 167 and info["kind"] == "flat"
+
+
+def test_errors_are_one_line_with_a_hint(tmp_path):
+    proc = cli("search", "effusion", "--workspace", str(tmp_path / "empty"), check=False)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.startswith("error:") and "hint:" in proc.stderr
+    proc = cli("embed", str(SAMPLE), "--model", str(tmp_path), check=False)
+    assert proc.returncode == 2 and "model.json" in proc.stderr
+
+
+def test_prepare_and_train_on_cpu(tmp_path, tiny_model_dir):
+    manifest = tmp_path / "m.parquet"
+    out = cli("prepare", "csv", str(SAMPLE / "labels.csv"), "--out", str(manifest), "--image-root",
+              str(SAMPLE / "archive"), "--patient-col", "patient_id", "--view-col", "view",
+              "--labels", "cardiomegaly,effusion,pneumothorax,no_finding", "--json").stdout
+    summary = json.loads(out)
+    assert summary["studies"] == 148 and summary["label_counts"]["Pleural Effusion"]["positive"] > 0
+    result = json.loads(cli("train", str(manifest), "--out", str(tmp_path / "model"), "--init-from",
+                            str(tiny_model_dir), "--epochs", "1", "--batch-size", "8", "--max-steps", "2",
+                            "--device", "cpu", "--json").stdout)
+    assert result["best_epoch"] == 1 and (tmp_path / "model" / "model.json").is_file()
+    hits = cli("embed", str(SAMPLE / "archive" / "hannover"), "--model", str(tmp_path / "model"),
+               "--workspace", str(tmp_path / "ws"), "--json").stdout
+    assert json.loads(hits)["embedded"] == 8
+
+
+def test_readme_commands_are_the_makefile_targets():
+    readme = (REPO / "README.md").read_text()
+    assert "make demo" in readme and "make test" in readme
+    assert "make test" in (REPO / ".ci" / "run").read_text()
