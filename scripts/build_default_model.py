@@ -24,7 +24,7 @@ from cxrtool.train import TrainConfig, train
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(sys.argv[1]) if len(sys.argv) > 1 else REPO.parent / "shared" / "data"
-EPOCHS = int(sys.argv[2]) if len(sys.argv) > 2 else 8
+EPOCHS = int(sys.argv[2]) if len(sys.argv) > 2 else 10
 WORK = REPO / "runs" / "default_model"
 PROVENANCE = {
     "name": "cxrtool-default-v1 (EfficientNet-Lite0 + MiniLM-L6)",
@@ -45,7 +45,7 @@ def main() -> None:
     logging.info("%d NIH studies, %d after removing the sample_data hold-out", len(studies), len(kept))
     manifest = write_manifest(kept, WORK / "manifest.parquet")
     cfg = TrainConfig(epochs=EPOCHS, batch_size=32, lr=2e-4, freeze_text=True, changed_only=True,
-                      max_negatives=2, seed=0)
+                      max_negatives=2, targets="labels", seed=0)
     result = train(manifest, DEFAULT_MODEL_DIR, cfg, provenance=PROVENANCE)
     logging.info("saved %s (best epoch %d)", result.model_dir, result.best_epoch)
     for row in result.history:

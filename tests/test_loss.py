@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from cxrtool.train.loss import clip_loss, text_match_targets
+from cxrtool.train.loss import clip_loss, label_match_targets, text_match_targets
 
 
 def _feats(n=6, d=8, seed=0):
@@ -44,3 +44,11 @@ def test_loss_prefers_aligned_pairs():
     aligned = clip_loss(img, img.clone(), torch.tensor(10.0))
     random_pairs = clip_loss(img, txt, torch.tensor(10.0))
     assert aligned < random_pairs
+
+
+def test_label_targets_share_mass_between_studies_with_common_findings():
+    t = label_match_targets([{"Cardiomegaly": 1, "Edema": 0}, {"Cardiomegaly": 1, "Edema": 1}, {"Edema": 0}, {}])
+    assert torch.allclose(t.sum(1), torch.ones(4))
+    assert t[0, 1] > 0 and t[0, 2] == 0  # shared cardiomegaly; nothing shared with a normal study
+    assert torch.allclose(t[2], torch.tensor([0.0, 0.0, 0.5, 0.5]))  # two "No Finding" studies
+    assert t[0, 0] > t[0, 1]

@@ -26,9 +26,14 @@ def search_cmd(
         return
     title = f'"{query}"' if query is not None else f"images like {image}"
     table = Table(title=f"top {len(hits)} for {title}")
-    for col in ("rank", "score", "study", "view", "modality", "path"):
-        table.add_column(col, overflow="fold")
+    table.add_column("rank", justify="right")
+    table.add_column("score")
+    table.add_column("study", max_width=22, overflow="ellipsis", no_wrap=True)
+    table.add_column("view")
+    table.add_column("type")
+    table.add_column("path", overflow="fold", ratio=1, min_width=24)
     for h in hits:
-        study = h.study_key if len(h.study_key) <= 28 else "…" + h.study_key[-27:]
-        table.add_row(str(h.rank), f"{h.score:.3f}", study, h.view, h.modality or "-", h.path)
+        study = h.study_key if len(h.study_key) <= 22 else "…" + h.study_key[-21:]
+        kind = h.modality or Path(h.path).suffix.lstrip(".").upper() or "-"
+        table.add_row(str(h.rank), f"{h.score:.3f}", study, h.view or "-", kind, h.path)
     out.print(table)

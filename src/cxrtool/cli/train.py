@@ -25,6 +25,9 @@ def train_cmd(
     input_size: int = typer.Option(224, help="Image input size in pixels."),
     freeze_text: bool = typer.Option(False, help="Keep the text tower fixed (train projections only)."),
     freeze_image: bool = typer.Option(False, help="Keep the image tower fixed."),
+    targets: str = typer.Option("text", help="Contrastive targets: 'text' (identical texts are positives) or "
+                                             "'labels' (label-only studies sharing findings are partial positives)."),
+    max_negatives: int = typer.Option(3, help="Negative sentences sampled per label-only training text."),
     changed_only: bool = typer.Option(False, help="Store only weights that differ from the base sources."),
     device: str = typer.Option("auto", help="cpu, cuda, cuda:1 ... or auto."),
     seed: int = typer.Option(0),
@@ -36,6 +39,7 @@ def train_cmd(
                       text_model=text_model, init_from=str(init_from) if init_from else None, epochs=epochs,
                       batch_size=batch_size, lr=lr, embed_dim=embed_dim, input_size=input_size,
                       freeze_text=freeze_text, freeze_image=freeze_image, changed_only=changed_only,
+                      targets=targets, max_negatives=max_negatives,
                       device=pick_device(device), seed=seed, max_steps=max_steps)
     result = run(lambda: train(manifest, out_dir, cfg, progress=not as_json))
     if as_json:

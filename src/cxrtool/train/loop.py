@@ -25,7 +25,7 @@ from cxrtool.model.dual import DualEncoder
 from cxrtool.model.sources import EFFNET_LITE0_PACKAGE, MINILM_PACKAGE
 from cxrtool.model.transform import normalize, resize_to_input
 from cxrtool.train.augment import train_view
-from cxrtool.train.loss import clip_loss, text_match_targets
+from cxrtool.train.loss import clip_loss, label_match_targets, text_match_targets
 from cxrtool.train.studies import CachedStudy, cache_studies, draw_text
 
 log = logging.getLogger(__name__)
@@ -50,6 +50,7 @@ class TrainConfig:
     freeze_text: bool = False
     freeze_image: bool = False
     max_negatives: int = 3
+    targets: str = "text"  # "text": identical texts are positives; "labels": label overlap (label-only data)
     seed: int = 0
     device: str = "cpu"
     threads: int | None = None
@@ -88,7 +89,15 @@ def _batch_images(items: list[CachedStudy], model: DualEncoder, rng: random.Rand
     return normalize(torch.cat(views), spec)
 
 
-def _forward_loss(model: DualEncoder, images: torch.Tensor, texts: list[str], device: torch.device) -> torch.Tensor:
+def _targets(items: list[CachedStudy], texts: list[str], how: str, device: torch.device) -> torch.Tensor:
+    studies = [c.study for c in items]
+    if how == "labels" and all(s.labels and not s.report and not s.findings for s in studies):
+        return label_match_targets([s.labels for s in studies], device)
+    return text_match_targets(texts, device)
+
+
+def _forward_loss(model: DualEncoder, images: torch.Tensor, texts: list[str], device: torch.device,
+                  targets: torch.Tensor) -> torch.Tensor:
     enc = {k: v.to(device) for k, v in model.tokenize(texts).items()}
     images = images.to(device)
     if device.type == "cuda":
@@ -96,7 +105,6 @@ def _forward_loss(model: DualEncoder, images: torch.Tensor, texts: list[str], de
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
         img = model.image_features(images)
         txt = model.text_features(**enc)
-    targets = text_match_targets(texts, device)
     return clip_loss(img.float(), txt.float(), model.scale(), targets)
 
 
@@ -108,8 +116,9 @@ def _validate(model: DualEncoder, items: list[CachedStudy], batch_size: int, dev
         chunk = items[i : i + batch_size]
         if len(chunk) < 2:
             continue
-        losses.append(float(_forward_loss(model, _batch_images(chunk, model, None),
-                                          [c.study.text for c in chunk], device)))
+        texts = [c.study.text for c in chunk]
+        losses.append(float(_forward_loss(model, _batch_images(chunk, model, None), texts, device,
+                                          text_match_targets(texts, device))))
     return sum(losses) / max(len(losses), 1)
 
 
@@ -127,6 +136,8 @@ def train(manifest: str | Path, out_dir: str | Path, cfg: TrainConfig | None = N
     studies = read_manifest(manifest)
     train_studies = [s for s in studies if s.split == "train"]
     val_studies = [s for s in studies if s.split == "validate"]
+    if cfg.targets not in ("text", "labels"):
+        raise ManifestError(f"unknown targets {cfg.targets!r}; use 'text' or 'labels'")
     if len(train_studies) < 2:
         raise ManifestError(f"{manifest}: {len(train_studies)} training studies; need at least 2")
     if cfg.init_from:
@@ -173,7 +184,8 @@ def train(manifest: str | Path, out_dir: str | Path, cfg: TrainConfig | None = N
             texts = [draw_text(c.study, bank, rng, cfg.max_negatives) for c in chunk]
             for g in opt.param_groups:
                 g["lr"] = g["initial_lr"] * lr_factor(step)
-            loss = _forward_loss(model, _batch_images(chunk, model, rng), texts, device)
+            loss = _forward_loss(model, _batch_images(chunk, model, rng), texts, device,
+                                 _targets(chunk, texts, cfg.targets, device))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)

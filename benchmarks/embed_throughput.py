@@ -1,0 +1,103 @@
+"""Embedding throughput: decode alone, model alone, and the whole pipeline, in one run.
+
+Usage: python benchmarks/embed_throughput.py ARCHIVE [--workers N] [--device cpu|cuda] [--repeat R]
+
+Prints images/s for each stage and the ratio pipeline ÷ model-only (1.0 = the model is the only
+bottleneck; lower = decoding or I/O starves it). Uses the bundled default model unless --model.
+Timings are medians over --repeat runs; compare ratios, not absolute numbers, across machines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+
+from cxrtool.embed import embed_archive
+from cxrtool.embed.pipeline import default_workers
+from cxrtool.io import decode_image, discover_archive
+from cxrtool.io.decode import DecodeError
+from cxrtool.model import load_model
+from cxrtool.model.transform import preprocess
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("archive", type=Path)
+    ap.add_argument("--workers", type=int, default=None)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--model", default=None)
+    args = ap.parse_args()
+
+    model = load_model(args.model, device=args.device)
+    files = list(discover_archive(args.archive))
+
+    # 1. decode + preprocess alone, one process, by kind of file
+    per_kind: dict[str, list[float]] = defaultdict(list)
+    tensors = []
+    for f in files:
+        t = time.perf_counter()
+        try:
+            img = decode_image(f.path)
+        except DecodeError:
+            continue
+        x = preprocess(img.pixels, model.card.image)
+        ts = img.meta.get("TransferSyntaxUID", f.path.suffix.lower() or "dicom")
+        per_kind[f"{f.kind}:{ts}"].append(time.perf_counter() - t)
+        tensors.append(x)
+    decode_rate = len(tensors) / sum(sum(v) for v in per_kind.values())
+
+    # 2. model alone on already-preprocessed tensors
+    batch = torch.stack(tensors[: args.batch_size])
+    model.encode_pixels(batch)  # warm-up
+    model_rates = []
+    for _ in range(args.repeat):
+        t = time.perf_counter()
+        n = 0
+        for i in range(0, len(tensors), args.batch_size):
+            model.encode_pixels(torch.stack(tensors[i : i + args.batch_size]))
+            n += len(tensors[i : i + args.batch_size])
+        model_rates.append(n / (time.perf_counter() - t))
+    model_rate = statistics.median(model_rates)
+
+    # 3. the real pipeline (workers, batching, shard writing), fresh workspace each time
+    pipe_rates, last = [], None
+    for _ in range(args.repeat):
+        with tempfile.TemporaryDirectory() as ws:
+            last = embed_archive(args.archive, ws, model, batch_size=args.batch_size, workers=args.workers,
+                                 device=args.device, progress=False)
+            pipe_rates.append(last.embedded / last.seconds)
+    pipe_rate = statistics.median(pipe_rates)
+
+    # 4. text query encoding latency
+    model.encode_texts(["warm up"])
+    t = time.perf_counter()
+    for q in ["cardiomegaly", "left pleural effusion", "pneumothorax", "the lungs are clear"] * 5:
+        model.encode_texts([q])
+    query_ms = (time.perf_counter() - t) / 20 * 1000
+
+    report = {
+        "device": args.device, "torch_threads": torch.get_num_threads(), "images": len(tensors),
+        "workers": args.workers if args.workers is not None else default_workers(),
+        "decode_only_img_per_s": round(decode_rate, 1),
+        "model_only_img_per_s": round(model_rate, 1),
+        "pipeline_img_per_s": round(pipe_rate, 1),
+        "pipeline_over_model_only": round(pipe_rate / model_rate, 3),
+        "pipeline_time_split_s": {"wait_for_decode": round(last.wait_seconds, 2),
+                                  "model": round(last.model_seconds, 2), "write": round(last.write_seconds, 2)},
+        "query_encode_ms": round(query_ms, 1),
+        "decode_ms_by_kind": {k: round(statistics.median(v) * 1000, 1) for k, v in sorted(per_kind.items())},
+    }
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
