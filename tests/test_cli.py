@@ -15,8 +15,9 @@ from .conftest import REPO, SAMPLE
 CXRTOOL = [sys.executable, "-m", "cxrtool.cli"]
 SUBCOMMANDS = ["prepare", "train", "embed", "index", "search"]
 # Findings with enough positives among the held-out sample images to judge a top-5 list.
-FINDING_QUERIES = {"effusion": "pleural effusion", "atelectasis": "atelectasis", "infiltration": "infiltrate",
-                   "pneumonia": "pneumonia", "no_finding": "the lungs are clear"}
+FINDING_QUERIES = {"cardiomegaly": "cardiomegaly", "effusion": "pleural effusion", "atelectasis": "atelectasis",
+                   "infiltration": "infiltrate", "pneumonia": "pneumonia", "pneumothorax": "pneumothorax",
+                   "no_finding": "the lungs are clear"}
 
 
 def cli(*args: str, cwd=None, env=None, check=True) -> subprocess.CompletedProcess:

@@ -133,3 +133,16 @@ def test_pooling_modes_give_different_text_features(tiny_text_dir):
 def test_unknown_timm_model_is_refused(tiny_text_dir):
     with pytest.raises(ModelError, match="timm"):
         create_model("no_such_backbone_xyz", str(tiny_text_dir))
+
+
+def test_saving_keeps_other_files_and_refuses_foreign_directories(tiny_model, tiny_model_dir, tmp_path):
+    d = _copy(tiny_model_dir, tmp_path / "m")
+    (d / "README.md").write_text("notes")
+    save_model_dir(tiny_model, d)
+    assert (d / "README.md").read_text() == "notes"
+    assert not [p for p in d.iterdir() if p.name.startswith(".tmp")]
+    foreign = tmp_path / "photos"
+    foreign.mkdir()
+    (foreign / "holiday.jpg").write_bytes(b"x")
+    with pytest.raises(ModelError, match="not a model directory"):
+        save_model_dir(tiny_model, foreign)

@@ -29,6 +29,8 @@ from cxrtool.model.dual import DualEncoder
 from cxrtool.model.transform import preprocess
 from cxrtool.workspace import Workspace
 
+MAX_FAILURES_KEPT = 100
+
 
 @dataclass
 class EmbedSummary:
@@ -194,7 +196,8 @@ def embed_archive(
                         summary.not_images += 1
                     else:
                         summary.failed += 1
-                        summary.failures.append({"path": rec["path"], "reason": reason})
+                        if len(summary.failures) < MAX_FAILURES_KEPT:  # all of them are in errors.jsonl
+                            summary.failures.append({"path": rec["path"], "reason": reason})
             if good:
                 t = time.perf_counter()
                 vecs.append(model.encode_pixels(torch.stack([x for x, _ in good])))

