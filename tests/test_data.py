@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -81,15 +82,26 @@ def test_csv_rows_group_into_studies(tmp_path):
     assert studies[0].text == "Small left effusion."
 
 
-def test_bad_label_value_names_the_line(tmp_path):
-    csv_path = tmp_path / "t.csv"
-    csv_path.write_text("path,edema\na.png,1\nb.png,maybe\n")
-    with pytest.raises(ManifestError, match=":3: label 'edema'"):
-        read_csv_studies(csv_path, label_cols=["edema"])
-
-
 def test_missing_column_is_reported(tmp_path):
     csv_path = tmp_path / "t.csv"
     csv_path.write_text("file_name,edema\na.png,1\n")
     with pytest.raises(ManifestError, match="image"):
         read_csv_studies(csv_path)
+
+
+def test_a_patient_in_two_splits_is_refused(tmp_path):
+    csv_path = tmp_path / "t.csv"
+    csv_path.write_text("path,patient,split,edema\na.png,p1,train,1\nb.png,p1,test,0\n")
+    with pytest.raises(ManifestError, match="both"):
+        prepare_csv(csv_path, tmp_path / "m.parquet", patient_col="patient", split_col="split", check_files=False)
+
+
+def test_unparseable_label_row_is_dropped_and_reported(tmp_path):
+    import json
+
+    csv_path = tmp_path / "t.csv"
+    csv_path.write_text("path,edema\na.png,1\nb.png,maybe\n")
+    s = prepare_csv(csv_path, tmp_path / "m.parquet", label_cols=["edema"], check_files=False)
+    assert s.studies == 1 and s.dropped_rows == 1
+    reject = json.loads(Path(s.rejects_file).read_text())
+    assert reject["where"] == "t.csv:3" and "maybe" in reject["reason"] and reject["action"] == "dropped"

@@ -1,4 +1,4 @@
-"""`cxrtool prepare SOURCE ...`: build a study manifest."""
+"""`cxrtool prepare SOURCE ...`: build a study manifest (one subcommand per source layout)."""
 
 from __future__ import annotations
 
@@ -8,16 +8,44 @@ import typer
 from rich.table import Table
 
 from cxrtool.cli.common import out, print_json, run
-from cxrtool.data.prepare import prepare_csv
+from cxrtool.data.prepare import PrepareSummary, prepare_chexpert, prepare_csv, prepare_nih, prepare_openi
 
 app = typer.Typer(help="Turn a dataset into a study-level Parquet manifest (labels become report-like text).",
                   no_args_is_help=True)
+
+OUT = typer.Option(Path("manifest.parquet"), "--out", "-o", help="Manifest to write (rejects go beside it).")
+VALIDATE = typer.Option(0.1, help="Fraction of patients for validation (hashed split).")
+TEST = typer.Option(0.0, help="Fraction of patients for test (hashed split).")
+JSON = typer.Option(False, "--json", help="Print the summary as JSON.")
+STATS = typer.Option(False, "--stats", help="Also print per-split label counts.")
+NO_CHECK = typer.Option(False, "--no-check-files", help="Do not check that image files exist.")
+
+
+def _render(s: PrepareSummary, as_json: bool, stats: bool) -> None:
+    if as_json:
+        print_json(s.to_dict())
+        return
+    out.print(f"wrote [bold]{s.manifest}[/]: {s.studies} studies, {s.images} images, splits {s.splits}")
+    out.print(f"sections: {s.sections}; views: {dict(list(s.views.items())[:6])}")
+    if s.reject_reasons:
+        out.print(f"[yellow]{s.dropped_rows} rows dropped, {s.flagged_studies} studies flagged[/] "
+                  f"({s.reject_reasons}) -> {s.rejects_file}", highlight=False)
+    splits = list(s.label_counts_by_split) if stats else ["all"]
+    table = Table("label", *[f"{sp} +/-/?" for sp in splits])
+    for label in s.label_counts:
+        cells = []
+        for sp in splits:
+            c = s.label_counts[label] if sp == "all" else s.label_counts_by_split[sp].get(label, {})
+            cells.append(f"{c.get('positive', 0)}/{c.get('negative', 0)}/{c.get('uncertain', 0)}")
+        table.add_row(label, *cells)
+    if s.label_counts:
+        out.print(table)
 
 
 @app.command("csv")
 def csv_cmd(
     csv_path: Path = typer.Argument(..., help="CSV with one row per image."),
-    out_path: Path = typer.Option(Path("manifest.parquet"), "--out", "-o", help="Manifest to write."),
+    out_path: Path = OUT,
     image_col: str = typer.Option(None, help="Column with image paths (default: path/image/filename)."),
     patient_col: str = typer.Option(None, help="Column with a patient id (splits are by patient)."),
     study_col: str = typer.Option(None, help="Column grouping rows into studies (default: one study per row)."),
@@ -26,9 +54,8 @@ def csv_cmd(
     labels: str = typer.Option(None, help="Comma-separated label columns (default: every 1/0/-1/blank column)."),
     split_col: str = typer.Option(None, help="Column with train/validate/test (default: hash of patient)."),
     image_root: Path = typer.Option(None, help="Folder image paths are relative to (default: the CSV's folder)."),
-    validate: float = typer.Option(0.1, help="Fraction of patients for validation when no split column."),
-    test: float = typer.Option(0.0, help="Fraction of patients for test when no split column."),
-    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+    validate: float = VALIDATE, test: float = TEST, no_check_files: bool = NO_CHECK,
+    stats: bool = STATS, as_json: bool = JSON,
 ) -> None:
     """A CSV of image paths with label columns and/or report text -> manifest.
 
@@ -36,20 +63,54 @@ def csv_cmd(
     deterministic prompt text (e.g. 'cardiomegaly. pleural effusion.'); training draws fresh
     random prompts.
     """
-    summary = run(lambda: prepare_csv(
-        csv_path, out_path, image_col=image_col, patient_col=patient_col, study_col=study_col,
-        view_col=view_col, report_col=report_col, label_cols=labels.split(",") if labels else None,
-        split_col=split_col, image_root=image_root, validate_fraction=validate, test_fraction=test,
-        source="csv"))
-    if as_json:
-        print_json(summary.to_dict())
-        return
-    out.print(f"wrote [bold]{summary.manifest}[/]: {summary.studies} studies, {summary.images} images, "
-              f"splits {summary.splits}")
-    if summary.missing_images:
-        out.print(f"[yellow]warning:[/] {summary.missing_images} image paths do not exist")
-    table = Table("label", "positive", "negative", "uncertain")
-    for label, c in summary.label_counts.items():
-        table.add_row(label, str(c.get("positive", 0)), str(c.get("negative", 0)), str(c.get("uncertain", 0)))
-    if summary.label_counts:
-        out.print(table)
+    s = run(lambda: prepare_csv(
+        csv_path, out_path, check_files=not no_check_files, image_col=image_col, patient_col=patient_col,
+        study_col=study_col, view_col=view_col, report_col=report_col,
+        label_cols=labels.split(",") if labels else None, split_col=split_col, image_root=image_root,
+        validate_fraction=validate, test_fraction=test, source="csv"))
+    _render(s, as_json, stats)
+
+
+@app.command("nih")
+def nih_cmd(
+    csv_path: Path = typer.Argument(..., help="Data_Entry_2017*.csv(.gz) of NIH ChestX-ray14."),
+    out_path: Path = OUT,
+    image_root: Path = typer.Option(None, help="Folder of the PNGs, searched recursively (default CSV_DIR/images)."),
+    split_lists: Path = typer.Option(None, help="Folder with train_val_list.txt / test_list.txt (official split)."),
+    validate: float = VALIDATE, test: float = TEST, no_check_files: bool = NO_CHECK,
+    stats: bool = STATS, as_json: bool = JSON,
+) -> None:
+    """NIH ChestX-ray14: one study per image, '|'-separated findings -> labels and prompt text."""
+    s = run(lambda: prepare_nih(csv_path, out_path, check_files=not no_check_files, image_root=image_root,
+                                split_dir=split_lists, validate_fraction=validate, test_fraction=test))
+    _render(s, as_json, stats)
+
+
+@app.command("chexpert")
+def chexpert_cmd(
+    csv_path: Path = typer.Argument(..., help="CheXpert train.csv / valid.csv (.gz allowed)."),
+    out_path: Path = OUT,
+    image_root: Path = typer.Option(None, help="Folder containing CheXpert-v1.0(-small)/ (default: two levels up)."),
+    hashed_split: bool = typer.Option(False, help="Split by patient hash instead of the file's official split."),
+    validate: float = VALIDATE, test: float = TEST, no_check_files: bool = NO_CHECK,
+    stats: bool = STATS, as_json: bool = JSON,
+) -> None:
+    """CheXpert: rows grouped into patient/study, 1 / 0 / -1 / blank labels kept as such."""
+    s = run(lambda: prepare_chexpert(csv_path, out_path, check_files=not no_check_files, image_root=image_root,
+                                     hashed=hashed_split, validate_fraction=validate, test_fraction=test))
+    _render(s, as_json, stats)
+
+
+@app.command("openi")
+def openi_cmd(
+    source: Path = typer.Argument(..., help="NLMCXR_reports.tgz or the folder of its XML files."),
+    out_path: Path = OUT,
+    image_root: Path = typer.Option(None, help="Folder of the OpenI PNGs (default: SOURCE_DIR/NLMCXR_png)."),
+    metadata: Path = typer.Option(None, help="nlmcxr_dicom_metadata.csv(.gz), for view positions."),
+    validate: float = VALIDATE, test: float = TEST, no_check_files: bool = NO_CHECK,
+    stats: bool = STATS, as_json: bool = JSON,
+) -> None:
+    """OpenI / Indiana reports: findings + impression sections, MeSH headings -> labels."""
+    s = run(lambda: prepare_openi(source, out_path, check_files=not no_check_files, image_root=image_root,
+                                  metadata=metadata, validate_fraction=validate, test_fraction=test))
+    _render(s, as_json, stats)

@@ -12,22 +12,22 @@ import csv
 from collections.abc import Sequence
 from pathlib import Path
 
-from cxrtool.data.manifest import SPLITS, Study, StudyImage, split_for_patient
+from cxrtool.data.manifest import Study, StudyImage
 from cxrtool.data.prompts import PromptBank
+from cxrtool.data.sources.common import (
+    _LABEL_VALUES,
+    Reject,
+    hashed_split,
+    merge_label,
+    normalise_split,
+    open_text,
+    parse_label,
+)
 from cxrtool.errors import ManifestError
 
 IMAGE_COLUMNS = ("path", "image", "image_path", "filename", "file", "Path")
 ID_LIKE = {"path", "image", "image_path", "filename", "file", "patient_id", "patient", "study_id", "study",
            "view", "age", "sex", "split", "report", "text", "findings", "impression"}
-_LABEL_VALUES = {"": None, "1": 1, "1.0": 1, "true": 1, "0": 0, "0.0": 0, "false": 0, "-1": -1, "-1.0": -1}
-
-
-def parse_label(cell: str) -> int | None:
-    key = cell.strip().lower()
-    if key not in _LABEL_VALUES:
-        raise ValueError(cell)
-    return _LABEL_VALUES[key]
-
 
 def _detect_label_columns(header: Sequence[str], rows: list[dict[str, str]]) -> list[str]:
     out = []
@@ -54,13 +54,15 @@ def read_csv_studies(
     validate_fraction: float = 0.1,
     test_fraction: float = 0.0,
     bank: PromptBank | None = None,
+    rejects: list[Reject] | None = None,
 ) -> list[Study]:
     """Read the CSV and build studies; image paths are resolved against ``image_root`` (default:
     the CSV's folder) and stored absolute so the manifest can live anywhere."""
     csv_path = Path(csv_path)
     if not csv_path.is_file():
         raise ManifestError(f"{csv_path}: file not found")
-    with open(csv_path, newline="", encoding="utf-8-sig") as fh:
+    rejects = [] if rejects is None else rejects
+    with open_text(csv_path) as fh:
         reader = csv.DictReader(fh)
         header = list(reader.fieldnames or [])
         rows = list(reader)
@@ -86,35 +88,39 @@ def read_csv_studies(
     root = Path(image_root) if image_root else csv_path.parent
     studies: dict[str, Study] = {}
     for lineno, row in enumerate(rows, start=2):
+        where = f"{csv_path.name}:{lineno}"
         rel = row[image_col].strip()
         if not rel:
-            raise ManifestError(f"{csv_path}:{lineno}: empty image path")
+            rejects.append(Reject(where, "empty image path", "dropped"))
+            continue
+        values: dict[str, int] = {}
+        try:
+            for col in labels:
+                value = parse_label(row.get(col, ""))
+                if value is not None:
+                    values[col] = value
+        except ValueError:
+            bad = next(c for c in labels if (row.get(c) or "").strip().lower() not in _LABEL_VALUES)
+            rejects.append(Reject(where, f"label {bad!r} has value {row[bad]!r} (expected 1, 0, -1 or blank)",
+                                  "dropped"))
+            continue
         image_path = Path(rel) if Path(rel).is_absolute() else (root / rel)
         key = row[study_col].strip() if study_col else rel
         patient = row[patient_col].strip() if patient_col else key
         study = studies.get(key)
         if study is None:
-            split = row[split_col].strip().lower() if split_col else split_for_patient(
+            split = normalise_split(row[split_col], where) if split_col else hashed_split(
                 patient, validate_fraction, test_fraction)
-            if split == "valid" or split == "val":
-                split = "validate"
-            if split not in SPLITS:
-                raise ManifestError(f"{csv_path}:{lineno}: split {split!r} is not one of {SPLITS}")
             study = Study(key, patient, split, source, [])
             if report_col:
                 study.report = row[report_col].strip() or None
             studies[key] = study
         study.images.append(StudyImage(str(image_path.resolve()), (row[view_col].strip().upper() if view_col else "")))
-        for col in labels:
-            try:
-                value = parse_label(row.get(col, ""))
-            except ValueError:
-                raise ManifestError(f"{csv_path}:{lineno}: label {col!r} has value {row[col]!r}; "
-                                    "expected 1, 0, -1 or blank") from None
-            if value is not None:
-                name = bank.canonical(col)
-                old = study.labels.get(name)
-                study.labels[name] = value if old is None else max(old, value)
+        for col, value in values.items():
+            name = bank.canonical(col)
+            study.labels[name] = merge_label(study.labels.get(name), value)
     for study in studies.values():
         study.text = study.report or bank.to_text(study.labels)
+        if not study.report and not study.labels:
+            rejects.append(Reject(csv_path.name, "no report text and no labels", "kept", study.study_key))
     return list(studies.values())
