@@ -218,3 +218,68 @@ def test_openi_folder_of_xml_is_accepted(openi_tgz, tmp_path):
     with tarfile.open(openi_tgz) as tar:
         tar.extractall(folder, filter="data")
     assert len(read_openi_studies(folder)) == 3
+
+
+# ---------------------------------------------------------------------------------- MIMIC
+
+
+def test_mimic_layout_gives_studies_with_views_sections_labels_and_official_split(tmp_path):
+    from cxrtool.data import prepare_mimic
+
+    root = tmp_path / "mimic-cxr-jpg"
+    root.mkdir()
+    (root / "mimic-cxr-2.0.0-metadata.csv").write_text(
+        "dicom_id,subject_id,study_id,PerformedProcedureStepDescription,ViewPosition,Rows,Columns\n"
+        "d1,10000032,50414267,CHEST (PA AND LAT),PA,3056,2544\n"
+        "d2,10000032,50414267,CHEST (PA AND LAT),LATERAL,3056,2544\n"
+        "d3,10000764,57375967,CHEST (PORTABLE AP),AP,2539,3050\n")
+    with gzip.open(root / "mimic-cxr-2.0.0-split.csv.gz", "wt") as fh:
+        fh.write("dicom_id,study_id,subject_id,split\nd1,50414267,10000032,train\nd2,50414267,10000032,train\n"
+                 "d3,57375967,10000764,test\n")
+    (root / "mimic-cxr-2.0.0-chexpert.csv").write_text(
+        "subject_id,study_id,Atelectasis,Cardiomegaly,Edema,No Finding,Pleural Effusion\n"
+        "10000032,50414267,,,,1.0,\n10000764,57375967,-1.0,1.0,0.0,,1.0\n")
+    report = root / "files" / "p10" / "p10000032" / "s50414267.txt"
+    report.parent.mkdir(parents=True)
+    report.write_text(MIMIC_STYLE)
+    image = root / "files" / "p10" / "p10000032" / "s50414267" / "d1.jpg"
+    image.parent.mkdir(parents=True)
+    image.write_bytes(b"jpg")
+    s = prepare_mimic(root, tmp_path / "m.parquet")
+    assert s.studies == 2 and s.images == 3 and s.missing_images == 2
+    studies = {x.study_key: x for x in read_manifest(tmp_path / "m.parquet")}
+    one, two = studies["s50414267"], studies["s57375967"]
+    assert one.patient_key == "p10000032" and one.split == "train" and two.split == "test"
+    assert [i.view for i in one.images] == ["PA", "LATERAL"] and one.images[0].path == str(image)
+    assert one.impression == "No acute cardiopulmonary process." and one.text == one.findings
+    assert two.labels == {"Atelectasis": -1, "Cardiomegaly": 1, "Edema": 0, "Pleural Effusion": 1}
+    assert two.report is None and two.text  # no report file: flagged, text from labels
+    reasons = [json.loads(x)["reason"] for x in Path(s.rejects_file).read_text().splitlines()]
+    assert any(r.startswith("report not found") for r in reasons)
+
+
+# --------------------------------------------------------------------------- DICOM folder
+
+
+def test_dicom_folder_with_reports_keyed_by_study_uid(sample_archive, tmp_path):
+    import pydicom
+
+    from cxrtool.data import prepare_dicom_folder
+
+    pacs = sample_archive / "pacs"
+    chest = pacs / "PAT0001" / "STUDY0001" / "SERIES01" / "IM000001"
+    ds = pydicom.dcmread(chest, stop_before_pixels=True)
+    reports = tmp_path / "reports.csv"
+    reports.write_text("StudyInstanceUID,report\n"
+                       f"{ds.StudyInstanceUID},\"FINDINGS: Clear lungs. IMPRESSION: Normal.\"\n"
+                       "1.2.3.4.999,\"IMPRESSION: orphan report\"\n")
+    s = prepare_dicom_folder(pacs, tmp_path / "d.parquet", reports_csv=reports, pseudonym_key="secret")
+    studies = {x.study_key: x for x in read_manifest(tmp_path / "d.parquet")}
+    study = studies[str(ds.StudyInstanceUID)]
+    assert study.findings == "Clear lungs." and study.impression == "Normal." and study.images[0].view == "PA"
+    assert study.patient_key.startswith("pt-") and str(ds.PatientID) not in study.patient_key
+    rejects = [json.loads(x) for x in Path(s.rejects_file).read_text().splitlines()]
+    assert any("not an image" in r["reason"] and r["action"] == "dropped" for r in rejects)  # the SR
+    assert any(r["reason"].startswith("report matches no study") for r in rejects)
+    blob = (tmp_path / "d.parquet").read_bytes() + Path(s.rejects_file).read_bytes()
+    assert str(ds.PatientID).encode() not in blob and b"1.2.3.4.999" not in Path(s.rejects_file).read_bytes()

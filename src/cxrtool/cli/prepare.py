@@ -8,7 +8,15 @@ import typer
 from rich.table import Table
 
 from cxrtool.cli.common import out, print_json, run
-from cxrtool.data.prepare import PrepareSummary, prepare_chexpert, prepare_csv, prepare_nih, prepare_openi
+from cxrtool.data.prepare import (
+    PrepareSummary,
+    prepare_chexpert,
+    prepare_csv,
+    prepare_dicom_folder,
+    prepare_mimic,
+    prepare_nih,
+    prepare_openi,
+)
 
 app = typer.Typer(help="Turn a dataset into a study-level Parquet manifest (labels become report-like text).",
                   no_args_is_help=True)
@@ -113,4 +121,41 @@ def openi_cmd(
     """OpenI / Indiana reports: findings + impression sections, MeSH headings -> labels."""
     s = run(lambda: prepare_openi(source, out_path, check_files=not no_check_files, image_root=image_root,
                                   metadata=metadata, validate_fraction=validate, test_fraction=test))
+    _render(s, as_json, stats)
+
+
+@app.command("mimic")
+def mimic_cmd(
+    root: Path = typer.Argument(..., help="MIMIC-CXR(-JPG) root: metadata/split/label CSVs and files/."),
+    out_path: Path = OUT,
+    reports: Path = typer.Option(None, help="Folder holding files/pNN/pSUBJECT/sSTUDY.txt (default: ROOT)."),
+    image_ext: str = typer.Option(".jpg", help="Image extension: .jpg (MIMIC-CXR-JPG) or .dcm (MIMIC-CXR)."),
+    labeler: str = typer.Option("chexpert", help="Label file: chexpert or negbio."),
+    validate: float = VALIDATE, test: float = TEST, no_check_files: bool = NO_CHECK,
+    stats: bool = STATS, as_json: bool = JSON,
+) -> None:
+    """MIMIC-CXR: official split, views from metadata, findings/impression from the report tree."""
+    s = run(lambda: prepare_mimic(root, out_path, check_files=not no_check_files, reports_dir=reports,
+                                  image_ext=image_ext, labeler=labeler, validate_fraction=validate,
+                                  test_fraction=test))
+    _render(s, as_json, stats)
+
+
+@app.command("dicom")
+def dicom_cmd(
+    folder: Path = typer.Argument(..., help="Folder of DICOM files (any nesting, extensions optional)."),
+    out_path: Path = OUT,
+    reports_csv: Path = typer.Option(None, "--reports", help="CSV with one report per study."),
+    match_on: str = typer.Option("study_uid", help="Join reports on study_uid or accession."),
+    key_col: str = typer.Option(None, help="Reports CSV key column (default StudyInstanceUID / AccessionNumber)."),
+    report_col: str = typer.Option("report", help="Reports CSV column with the report text."),
+    pseudonym_key: str = typer.Option(None, envvar="CXRTOOL_PSEUDONYM_KEY",
+                                      help="Secret for the keyed hash that turns PatientID into patient_key."),
+    validate: float = VALIDATE, test: float = TEST,
+    stats: bool = STATS, as_json: bool = JSON,
+) -> None:
+    """A PACS export: studies by StudyInstanceUID, pseudonymous patient keys, reports joined from a CSV."""
+    s = run(lambda: prepare_dicom_folder(folder, out_path, reports_csv=reports_csv, match_on=match_on,
+                                         key_col=key_col, report_col=report_col, pseudonym_key=pseudonym_key,
+                                         validate_fraction=validate, test_fraction=test))
     _render(s, as_json, stats)

@@ -6,10 +6,13 @@ from cxrtool.data.prepare import (
     manifest_stats,
     prepare_chexpert,
     prepare_csv,
+    prepare_dicom_folder,
+    prepare_mimic,
     prepare_nih,
     prepare_openi,
 )
 from cxrtool.data.prompts import PromptBank
 
 __all__ = ["MANIFEST_SCHEMA", "PrepareSummary", "PromptBank", "Study", "StudyImage", "manifest_stats",
-           "prepare_chexpert", "prepare_csv", "prepare_nih", "prepare_openi", "read_manifest", "write_manifest"]
+           "prepare_chexpert", "prepare_csv", "prepare_dicom_folder", "prepare_mimic", "prepare_nih",
+           "prepare_openi", "read_manifest", "write_manifest"]

@@ -17,6 +17,8 @@ from cxrtool.data.manifest import Study, write_manifest
 from cxrtool.data.sources.chexpert import read_chexpert_studies
 from cxrtool.data.sources.common import Reject
 from cxrtool.data.sources.csv_table import read_csv_studies
+from cxrtool.data.sources.dicom_folder import read_dicom_folder_studies
+from cxrtool.data.sources.mimic import read_mimic_studies
 from cxrtool.data.sources.nih import read_nih_studies
 from cxrtool.data.sources.openi import read_openi_studies
 from cxrtool.errors import ManifestError
@@ -127,3 +129,13 @@ def prepare_chexpert(csv_path: str | Path, out: str | Path, check_files: bool = 
 def prepare_openi(source: str | Path, out: str | Path, check_files: bool = True, **options) -> PrepareSummary:
     """OpenI ``NLMCXR_reports.tgz`` (or its XML folder) -> manifest (see ``read_openi_studies``)."""
     return _prepare(read_openi_studies, source, out, check_files, **options)
+
+
+def prepare_mimic(root: str | Path, out: str | Path, check_files: bool = True, **options) -> PrepareSummary:
+    """MIMIC-CXR(-JPG) root with its CSVs (+ report tree) -> manifest (see ``read_mimic_studies``)."""
+    return _prepare(read_mimic_studies, root, out, check_files, **options)
+
+
+def prepare_dicom_folder(folder: str | Path, out: str | Path, check_files: bool = True, **options) -> PrepareSummary:
+    """DICOM folder + optional reports CSV -> manifest (see ``read_dicom_folder_studies``)."""
+    return _prepare(read_dicom_folder_studies, folder, out, check_files, **options)

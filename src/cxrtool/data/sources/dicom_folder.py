@@ -1,0 +1,93 @@
+"""A DICOM folder (PACS export) plus a reports CSV keyed by StudyInstanceUID or accession number.
+
+Images are grouped into studies by StudyInstanceUID, with views from ViewPosition. Patients get
+a pseudonymous key: a keyed hash of PatientID (set your own key with ``pseudonym_key`` /
+``--pseudonym-key`` or $CXRTOOL_PSEUDONYM_KEY; the raw PatientID is never written). Objects
+without pixels (SR, presentation states) are listed as rejects, not studies.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import hmac
+import os
+import warnings
+from pathlib import Path
+
+from cxrtool.data.manifest import Study, StudyImage
+from cxrtool.data.prompts import PromptBank
+from cxrtool.data.sections import parse_report
+from cxrtool.data.sources.common import Reject, hashed_split, open_text
+from cxrtool.errors import ManifestError
+from cxrtool.io.discover import discover_archive
+
+PSEUDONYM_ENV = "CXRTOOL_PSEUDONYM_KEY"
+
+
+def pseudonym(value: str, key: str) -> str:
+    """Keyed (HMAC-SHA256) pseudonym: stable per key, not reversible without it."""
+    return "pt-" + hmac.new(key.encode(), value.encode(), hashlib.sha256).hexdigest()[:16]
+
+
+def read_dicom_folder_studies(folder: str | Path, reports_csv: str | Path | None = None, match_on: str = "study_uid",
+                              key_col: str | None = None, report_col: str = "report",
+                              pseudonym_key: str | None = None, validate_fraction: float = 0.1,
+                              test_fraction: float = 0.0, bank: PromptBank | None = None,
+                              rejects: list[Reject] | None = None) -> list[Study]:
+    import pydicom
+
+    folder = Path(folder)
+    if not folder.exists():
+        raise ManifestError(f"{folder}: not found")
+    if match_on not in ("study_uid", "accession"):
+        raise ManifestError(f"match_on must be 'study_uid' or 'accession', not {match_on!r}")
+    rejects = [] if rejects is None else rejects
+    bank = bank or PromptBank.load()
+    secret = pseudonym_key or os.environ.get(PSEUDONYM_ENV) or "cxrtool"
+    reports: dict[str, str] = {}
+    if reports_csv:
+        key_col = key_col or ("StudyInstanceUID" if match_on == "study_uid" else "AccessionNumber")
+        with open_text(Path(reports_csv)) as fh:
+            reader = csv.DictReader(fh)
+            for col in (key_col, report_col):
+                if col not in (reader.fieldnames or []):
+                    raise ManifestError(f"{reports_csv}: no column {col!r}; columns are {reader.fieldnames}")
+            reports = {r[key_col].strip(): r[report_col] for r in reader if r[key_col].strip()}
+            lines = {r: i for i, r in enumerate(reports, start=2)}
+    studies: dict[str, Study] = {}
+    matched: set[str] = set()
+    for f in discover_archive(folder):
+        if f.kind != "dicom":
+            continue
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                ds = pydicom.dcmread(f.path, stop_before_pixels=True)
+        except Exception as exc:
+            rejects.append(Reject(f.rel, f"unreadable DICOM header ({type(exc).__name__})", "dropped"))
+            continue
+        if "Rows" not in ds or "StudyInstanceUID" not in ds:
+            rejects.append(Reject(f.rel, f"not an image ({getattr(ds, 'Modality', '') or 'no pixels'})", "dropped"))
+            continue
+        uid = str(ds.StudyInstanceUID)
+        study = studies.get(uid)
+        if study is None:
+            patient = pseudonym(str(getattr(ds, "PatientID", "") or uid), secret)
+            study = Study(uid, patient, hashed_split(patient, validate_fraction, test_fraction), "dicom-folder", [])
+            lookup = uid if match_on == "study_uid" else str(getattr(ds, "AccessionNumber", "") or "")
+            if lookup in reports:
+                matched.add(lookup)
+                sections = parse_report(reports[lookup])
+                study.findings, study.impression, study.report = sections.findings, sections.impression, sections.full
+                study.text = sections.main_text() or sections.full
+            studies[uid] = study
+        study.images.append(StudyImage(str(f.path), str(getattr(ds, "ViewPosition", "") or "").upper()))
+    for study in studies.values():
+        if not study.report:
+            reason = "no report in the reports CSV" if reports_csv else "no report text (no reports CSV given)"
+            rejects.append(Reject(study.study_key, reason, "kept", study.study_key))
+    for key in sorted(set(reports) - matched, key=lambda k: lines[k]):  # the key itself may be an identifier
+        rejects.append(Reject(f"{Path(reports_csv).name}:{lines[key]}", f"report matches no study ({match_on})",
+                              "dropped"))
+    return list(studies.values())
