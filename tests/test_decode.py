@@ -149,3 +149,26 @@ def test_discovery_finds_dicoms_without_extension(tmp_path):
     (tmp_path / "README.txt").write_text("not an image")
     found = list(discover_archive(tmp_path))
     assert [(f.rel, f.kind) for f in found] == [("IM000001", "dicom")]
+
+
+@pytest.mark.parametrize("name", ["RG3_CR_tibia_J2KR.dcm", "RG3_CR_tibia_J2KI.dcm", "RG1_CR_chest_J2KI.dcm",
+                                  "CR_chest_PA_siim_jpegbaseline.dcm"])
+def test_reduced_resolution_decode_matches_full_decode_at_model_size(name):
+    """JPEG 2000 levels / JPEG DCT scaling give the same 224-px model input as a full decode."""
+    import torch.nn.functional as F
+
+    from cxrtool.model.card import ImageSpec
+    from cxrtool.model.transform import resize_to_input, to_tensor
+
+    spec = ImageSpec("any", 1, input_size=224)
+    full = decode_image(SOURCES[name])
+    reduced = decode_image(SOURCES[name], min_side=224)
+    assert reduced.meta.get("decode_scale", 1.0) < 1.0 and min(reduced.pixels.shape) >= 224
+    a = resize_to_input(to_tensor(full.pixels), spec)
+    b = resize_to_input(to_tensor(reduced.pixels), spec)
+    assert float(F.l1_loss(a, b)) < 0.01
+
+
+def test_codecs_without_reduced_decoding_fall_back_to_full_size():
+    img = decode_image(SOURCES["RG3_CR_tibia_JLSL.dcm"], min_side=224)
+    assert img.pixels.shape == (1760, 1760) and "decode_scale" not in img.meta

@@ -14,8 +14,9 @@ def embed_cmd(
     archive: Path = typer.Argument(..., help="Folder of DICOM (with or without extension), PNG or JPEG files."),
     workspace: Path = typer.Option(None, help="Workspace folder (env CXRTOOL_WORKSPACE; default ./cxrtool_workspace)."),
     model: str = typer.Option(None, help="Model directory (env CXRTOOL_MODEL; default: the bundled model)."),
-    batch_size: int = typer.Option(32, help="Images per model batch."),
-    workers: int = typer.Option(None, help="Decoding worker processes (default: number of CPUs, max 8)."),
+    batch_size: int = typer.Option(None, help="Images per model batch (default: 4 on CPU, 64 on GPU)."),
+    workers: int = typer.Option(None, help="Decoding worker processes (default: half the CPUs on CPU, 0 on 2 cores; "
+                                          "up to 8 with a GPU)."),
     device: str = typer.Option("auto", help="cpu, cuda, cuda:1 ... or auto."),
     overwrite: bool = typer.Option(False, help="Discard what the workspace holds and start again."),
     retry_errors: bool = typer.Option(False, help="Try files that failed in an earlier run again."),

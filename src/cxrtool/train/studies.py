@@ -43,7 +43,7 @@ def cache_studies(studies: list[Study], side: int, progress: bool = True) -> tup
         images = []
         for image in study.images:
             try:
-                pixels = torch.from_numpy(decode_image(image.path).pixels)
+                pixels = torch.from_numpy(decode_image(image.path, min_side=side).pixels)
             except DecodeError as exc:
                 errors.append(exc.reason)
                 continue
