@@ -120,3 +120,34 @@ def test_readme_commands_are_the_makefile_targets():
     readme = (REPO / "README.md").read_text()
     assert "make demo" in readme and "make test" in readme
     assert "make test" in (REPO / ".ci" / "run").read_text()
+
+
+@pytest.mark.slow
+def test_embed_survives_repeated_kill_9_and_finishes_exactly_once(tmp_path):
+    """Kill the real command at arbitrary points three times, then let it finish."""
+    import random
+    import shutil
+    import signal
+    import time
+
+    archive = tmp_path / "archive"
+    shutil.copytree(SAMPLE / "archive" / "nih", archive / "nih")
+    expected = {p.relative_to(archive).as_posix() for p in archive.rglob("*.jpg")}
+    ws = tmp_path / "ws"
+    args = [*CXRTOOL, "embed", str(archive), "--workspace", str(ws), "--shard-rows", "8", "--json"]
+    rng = random.Random(0)
+    killed_mid_run = 0
+    for _ in range(3):
+        proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(3.0, 7.0))
+        killed_mid_run += proc.poll() is None
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert killed_mid_run >= 1, "every run finished before its kill: the test proved nothing"
+    final = json.loads(cli("embed", str(archive), "--workspace", str(ws), "--shard-rows", "8", "--json").stdout)
+    import pyarrow.parquet as pq
+
+    shards = sorted((ws / "shards").glob("shard-*.parquet"))
+    paths = [p for f in shards for p in pq.read_table(f).column("path").to_pylist()]
+    assert len(paths) == len(set(paths)) == len(expected) and set(paths) == expected
+    assert final["embedded"] + final["already_done"] == len(expected)

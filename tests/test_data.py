@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import re
 from pathlib import Path
 
 import pyarrow as pa
@@ -105,3 +106,17 @@ def test_unparseable_label_row_is_dropped_and_reported(tmp_path):
     assert s.studies == 1 and s.dropped_rows == 1
     reject = json.loads(Path(s.rejects_file).read_text())
     assert reject["where"] == "t.csv:3" and "maybe" in reject["reason"] and reject["action"] == "dropped"
+
+
+def test_sampled_negatives_are_capped_and_seeded():
+    bank = PromptBank.load()
+    labels = {"Cardiomegaly": 1, **{k: 0 for k in ("Edema", "Pneumothorax", "Atelectasis", "Mass", "Nodule")}}
+    negatives = {s for k in labels if k != "Cardiomegaly" for s in bank.prompts(k).negative}
+    for cap in (0, 1, 3):
+        rng = random.Random(7)
+        for _ in range(20):
+            text = bank.to_text(labels, rng, max_negatives=cap)
+            sentences = [x.strip() for x in re.findall(r"[^.]+\.", text)]
+            assert sum(x in negatives for x in sentences) <= cap
+    a = [bank.to_text(labels, random.Random(3)) for _ in range(2)]
+    assert a[0] == a[1]  # same seed, same draw

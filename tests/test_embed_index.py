@@ -165,3 +165,57 @@ def test_shards_are_plain_parquet(small_archive, tmp_path, tiny_model):
     table = pq.read_table(shard_paths(Workspace(ws).shards)[0])
     assert table.schema.field("embedding").type.list_size == 32
     assert table.schema.metadata[b"cxrtool"] == b"cxrtool-shard/1"
+
+
+def test_bad_inputs_each_get_one_error_row_and_the_run_goes_on(tmp_path, tiny_model):
+    import os
+
+    root = tmp_path / "bad"
+    root.mkdir()
+    good = ARCHIVE / "pacs/PAT0004/STUDY0001/SERIES07/IM000001"
+    shutil.copy(good, root / "good.dcm")
+    data = good.read_bytes()
+    (root / "truncated.dcm").write_bytes(data[: len(data) // 2])
+    (root / "not_dicom.dcm").write_text("this is a text file with a .dcm name")
+    (root / "empty.dcm").write_bytes(b"")
+    shutil.copy(ARCHIVE / "pacs/PAT0002/STUDY0001/SERIES99/SR000001", root / "report_sr")
+    ds = pydicom.dcmread(good)
+    ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.4.100"  # MPEG2: no decoder for it
+    ds.save_as(root / "mpeg2.dcm")
+    locked = root / "locked.png"
+    shutil.copy(next((ARCHIVE / "hannover").rglob("*.png")), locked)
+    os.chmod(locked, 0)
+    s = embed_archive(root, tmp_path / "ws", tiny_model, workers=0, progress=False)
+    errors = {json.loads(x)["path"]: json.loads(x) for x in (tmp_path / "ws" / "errors.jsonl").read_text().splitlines()}
+    expected_bad = {"truncated.dcm", "not_dicom.dcm", "empty.dcm", "report_sr", "mpeg2.dcm"}
+    assert expected_bad <= set(errors)
+    assert errors["report_sr"]["kind"] == "not_image"
+    assert all(errors[p]["reason"] and "\n" not in errors[p]["reason"] for p in errors)
+    assert "transfer syntax" in errors["mpeg2.dcm"]["reason"]
+    if os.geteuid() == 0:  # root reads anything: the locked file embeds
+        assert s.embedded == 2
+    else:
+        assert "locked.png" in errors and s.embedded == 1
+
+
+def test_header_filters_and_duplicate_instances_are_skipped_with_reasons(tmp_path, tiny_model):
+    root = tmp_path / "mixed"
+    root.mkdir()
+    chest = ARCHIVE / "pacs/PAT0001/STUDY0001/SERIES01/IM000001"
+    shutil.copy(chest, root / "chest1")
+    shutil.copy(chest, root / "chest1_again")  # the same SOP instance exported twice
+    ds = pydicom.dcmread(chest)
+    ds.Modality = "CT"
+    ds.SOPInstanceUID = pydicom.uid.generate_uid()
+    ds.save_as(root / "ct_slice")
+    shutil.copy(ARCHIVE / "pacs/PAT0004/STUDY0001/SERIES07/IM000001", root / "tibia")
+    from cxrtool.io.classify import HeaderFilter
+
+    s = embed_archive(root, tmp_path / "ws", tiny_model, workers=0, progress=False,
+                      header_filter=HeaderFilter(body_parts=("CHEST",)))
+    assert s.embedded == 1
+    assert s.skipped == {"duplicate SOPInstanceUID": 1, "modality CT not in CR,DX": 1,
+                         "body part EXTREMITY not in CHEST": 1}
+    again = embed_archive(root, tmp_path / "ws", tiny_model, workers=0, progress=False,
+                          header_filter=HeaderFilter(body_parts=("CHEST",)))
+    assert again.embedded == 0 and again.already_done == 4

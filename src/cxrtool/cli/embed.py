@@ -7,7 +7,19 @@ from pathlib import Path
 import typer
 
 from cxrtool.cli.common import out, pick_device, print_json, run
+from cxrtool.constants import SHARD_ROWS
 from cxrtool.embed.pipeline import embed_archive
+from cxrtool.io.classify import RADIOGRAPH_MODALITIES, HeaderFilter
+
+# Exit status: 0 all usable files embedded (or already done); 1 finished, but some files failed
+# (see errors.jsonl); 2 a usage/configuration error (one line + hint); 3 no images found.
+EXIT_FAILURES, EXIT_NOTHING = 1, 3
+
+
+def _names(value: str | None) -> tuple[str, ...] | None:
+    if value is None or value.lower() == "any":
+        return None
+    return tuple(v.strip().upper() for v in value.split(",") if v.strip())
 
 
 def embed_cmd(
@@ -18,22 +30,39 @@ def embed_cmd(
     workers: int = typer.Option(None, help="Decoding worker processes (default: half the CPUs on CPU, 0 on 2 cores; "
                                           "up to 8 with a GPU)."),
     device: str = typer.Option("auto", help="cpu, cuda, cuda:1 ... or auto."),
+    shard_rows: int = typer.Option(SHARD_ROWS, help="Rows per Parquet shard (the unit of resume)."),
     overwrite: bool = typer.Option(False, help="Discard what the workspace holds and start again."),
     retry_errors: bool = typer.Option(False, help="Try files that failed in an earlier run again."),
+    modality: str = typer.Option(",".join(RADIOGRAPH_MODALITIES),
+                                 help="DICOM modalities to embed, comma-separated, or 'any' (e.g. CR,DX,OT)."),
+    body_part: str = typer.Option(None, help="Keep only these BodyPartExamined values, e.g. CHEST (missing = kept)."),
+    view: str = typer.Option(None, help="Keep only these ViewPosition values, e.g. PA,AP (missing = kept)."),
+    multiframe: bool = typer.Option(False, help="Embed the first frame of multi-frame objects instead of skipping."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
-    """Embed every image of an archive into Parquet shards; re-running resumes where it stopped."""
+    """Embed every image of an archive into Parquet shards; re-running resumes where it stopped.
+
+    Exit status: 0 done; 1 done but some files failed (listed in errors.jsonl); 2 usage error;
+    3 no images found.
+    """
+    filters = HeaderFilter(_names(modality), _names(body_part), _names(view), multiframe)
     s = run(lambda: embed_archive(archive, workspace, model, batch_size=batch_size, workers=workers,
                                   device=pick_device(device), overwrite=overwrite, retry_errors=retry_errors,
-                                  progress=not as_json))
+                                  header_filter=filters, shard_rows=shard_rows, progress=not as_json))
+    code = EXIT_NOTHING if s.found == 0 else EXIT_FAILURES if s.failed else 0
     if as_json:
         print_json(s.to_dict())
-        return
+        raise typer.Exit(code)
     out.print(f"{s.found} files found, {s.already_done} already done, [bold]{s.embedded} embedded[/], "
-              f"{s.not_images} not images, {s.failed} failed -> {s.workspace}")
+              f"{s.not_images} not images, {sum(s.skipped.values())} skipped, {s.failed} failed -> {s.workspace}")
+    for reason, n in s.skipped.items():
+        out.print(f"  skipped {n}: {reason}", highlight=False)
     out.print(f"{s.images_per_second:.1f} img/s (waiting for decode {s.wait_seconds:.1f}s, model "
               f"{s.model_seconds:.1f}s, writing {s.write_seconds:.1f}s)")
     for f in s.failures[:10]:
         out.print(f"[red]failed:[/] {f['path']}: {f['reason']}", highlight=False)
     if s.failed:
         out.print(f"all failures are listed in {Path(s.workspace) / 'errors.jsonl'}")
+    if s.found == 0:
+        out.print("[yellow]no DICOM, PNG or JPEG files found[/]")
+    raise typer.Exit(code)

@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 from cxrtool.constants import SHARD_ROWS
 from cxrtool.embed.shards import image_id, read_shard_metadata, shard_paths, write_shard
 from cxrtool.errors import DecodeError, NotAnImageError, WorkspaceError
+from cxrtool.io.classify import HeaderFilter, read_dicom_header
 from cxrtool.io.decode import decode_image
 from cxrtool.io.discover import ArchiveFile, discover_archive
 from cxrtool.model.card import ImageSpec
@@ -41,6 +42,7 @@ class EmbedSummary:
     embedded: int = 0
     failed: int = 0
     not_images: int = 0
+    skipped: dict[str, int] = field(default_factory=dict)  # reason -> count (filters, duplicates)
     shards_written: int = 0
     seconds: float = 0.0
     wait_seconds: float = 0.0  # main process waiting for decoded batches
@@ -73,11 +75,13 @@ def image_record(f: ArchiveFile, meta: dict, shape: tuple[int, ...]) -> dict:
 
 
 class _DecodeDataset(Dataset):
-    """Runs in the loader workers: decode + the card's eval transform, errors returned as data."""
+    """Runs in the loader workers: header check, decode + the card's eval transform; errors and
+    skips are returned as data so one bad file never stops the run."""
 
-    def __init__(self, files: list[ArchiveFile], spec: ImageSpec) -> None:
+    def __init__(self, files: list[ArchiveFile], spec: ImageSpec, header_filter: HeaderFilter) -> None:
         self.files = files
         self.spec = spec
+        self.filter = header_filter
 
     def __len__(self) -> int:
         return len(self.files)
@@ -85,6 +89,11 @@ class _DecodeDataset(Dataset):
     def __getitem__(self, i: int):
         f = self.files[i]
         try:
+            if f.kind == "dicom":
+                reason = self.filter.skip_reason(read_dicom_header(f.path))
+                if reason:
+                    return None, {"path": f.rel}, ("not_image" if reason.startswith("not an image") else "skipped",
+                                                   reason)
             image = decode_image(f.path, min_side=self.spec.input_size)
             return preprocess(image.pixels, self.spec), image_record(f, image.meta, image.pixels.shape), None
         except NotAnImageError as exc:
@@ -149,6 +158,7 @@ def embed_archive(
     shard_rows: int = SHARD_ROWS,
     overwrite: bool = False,
     retry_errors: bool = False,
+    header_filter: HeaderFilter | None = None,
     progress: bool = True,
 ) -> EmbedSummary:
     """Embed every image under ``archive`` into shards in the workspace; resumes by default."""
@@ -164,10 +174,15 @@ def embed_archive(
     model.to(device).eval()
     _check_workspace(ws, archive, model, overwrite)
     ws.shards.mkdir(parents=True, exist_ok=True)
+    for stale in ws.shards.glob(".shard-*.tmp"):  # half-written by a killed run: never counted
+        stale.unlink()
     t_start = time.perf_counter()
     files = list(discover_archive(archive))
     summary = EmbedSummary(str(archive), str(ws.root), found=len(files))
     done = _done_paths(ws, retry_errors)
+    # SOPInstanceUID -> path: the same DICOM instance exported twice is embedded once
+    seen_sops = {sop: path for sop, path in zip(*(read_shard_metadata(ws.shards, ["sop_uid", "path"]).column(c)
+                                                    .to_pylist() for c in ("sop_uid", "path")), strict=True) if sop}
     todo = [f for f in files if f.rel not in done]
     summary.already_done = len(files) - len(todo)
     ws.write_json(ws.embed_info, {"archive": str(archive), "model": model.card.provenance.get("name", ""),
@@ -176,7 +191,8 @@ def embed_archive(
     next_shard = (int(existing[-1].stem.split("-")[1]) + 1) if existing else 0
     workers = default_workers(device) if workers is None else workers
     batch_size = batch_size or default_batch_size(device)
-    loader = DataLoader(_DecodeDataset(todo, model.card.image), batch_size=batch_size, num_workers=workers,
+    dataset = _DecodeDataset(todo, model.card.image, header_filter or HeaderFilter())
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers,
                         collate_fn=_collate, pin_memory=device.startswith("cuda"),
                         prefetch_factor=4 if workers else None, persistent_workers=False)
     rows: list[dict] = []
@@ -200,13 +216,24 @@ def embed_archive(
         t_wait = time.perf_counter()
         for batch in loader:
             summary.wait_seconds += time.perf_counter() - t_wait
-            good = [(x, rec) for x, rec, err in batch if err is None]
+            good = []
+            for i, (x, rec, err) in enumerate(batch):
+                sop = rec.get("sop_uid") if err is None else None
+                if sop and sop in seen_sops:
+                    batch[i] = (None, rec, ("skipped", f"duplicate SOPInstanceUID (same instance as {seen_sops[sop]})"))
+                elif err is None:
+                    if sop:
+                        seen_sops[sop] = rec["path"]
+                    good.append((x, rec))
             for _, rec, err in batch:
                 if err is not None:
                     kind, reason = err
                     errors_fh.write(json.dumps({"path": rec["path"], "kind": kind, "reason": reason}) + "\n")
                     if kind == "not_image":
                         summary.not_images += 1
+                    elif kind == "skipped":
+                        key = reason.split(" (same instance")[0]
+                        summary.skipped[key] = summary.skipped.get(key, 0) + 1
                     else:
                         summary.failed += 1
                         if len(summary.failures) < MAX_FAILURES_KEPT:  # all of them are in errors.jsonl
