@@ -219,3 +219,26 @@ def test_header_filters_and_duplicate_instances_are_skipped_with_reasons(tmp_pat
     again = embed_archive(root, tmp_path / "ws", tiny_model, workers=0, progress=False,
                           header_filter=HeaderFilter(body_parts=("CHEST",)))
     assert again.embedded == 0 and again.already_done == 4
+
+
+def test_identity_only_as_keyed_hashes_and_only_when_asked(small_archive, tmp_path, tiny_model):
+    from cxrtool.privacy import pseudonym
+
+    phi = _phi_strings(small_archive)
+    ws = tmp_path / "ws"
+    embed_archive(small_archive, ws, tiny_model, workers=0, progress=False, pseudonym_key="s3cret", float16=True)
+    meta = read_shard_metadata(Workspace(ws).shards).to_pylist()
+    chest = next(r for r in meta if r["path"] == "pacs/PAT0001/STUDY0001/SERIES01/IM000001")
+    ds = pydicom.dcmread(small_archive / chest["path"], stop_before_pixels=True)
+    assert chest["patient_key"] == pseudonym(str(ds.PatientID), "s3cret")
+    assert chest["study_date"] is None and len(chest["content_hash"]) == 64
+    assert all(r["patient_key"] is None for r in meta if r["path"].endswith((".jpg", ".png")))
+    for f in ws.rglob("*"):
+        if f.is_file():
+            for value in phi:
+                assert value.encode() not in f.read_bytes()
+    ids, vecs, _ = read_shard_vectors(Workspace(ws).shards)
+    assert vecs.dtype == np.float32 and np.allclose(np.linalg.norm(vecs, axis=1), 1.0, atol=1e-2)
+    plain = embed_archive(small_archive, tmp_path / "ws2", tiny_model, workers=0, progress=False)
+    assert plain.embedded == 9
+    assert all(r["patient_key"] is None for r in read_shard_metadata(Workspace(tmp_path / "ws2").shards).to_pylist())

@@ -38,6 +38,10 @@ def embed_cmd(
     body_part: str = typer.Option(None, help="Keep only these BodyPartExamined values, e.g. CHEST (missing = kept)."),
     view: str = typer.Option(None, help="Keep only these ViewPosition values, e.g. PA,AP (missing = kept)."),
     multiframe: bool = typer.Option(False, help="Embed the first frame of multi-frame objects instead of skipping."),
+    pseudonym_key: str = typer.Option(None, envvar="CXRTOOL_PSEUDONYM_KEY",
+                                      help="Secret: store PatientID / AccessionNumber as keyed hashes (else omitted)."),
+    keep_study_date: bool = typer.Option(False, help="Store StudyDate (a date is identifying: off by default)."),
+    float16: bool = typer.Option(False, help="Store vectors as float16 (half the disk; search reads them as float32)."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
     """Embed every image of an archive into Parquet shards; re-running resumes where it stopped.
@@ -48,7 +52,8 @@ def embed_cmd(
     filters = HeaderFilter(_names(modality), _names(body_part), _names(view), multiframe)
     s = run(lambda: embed_archive(archive, workspace, model, batch_size=batch_size, workers=workers,
                                   device=pick_device(device), overwrite=overwrite, retry_errors=retry_errors,
-                                  header_filter=filters, shard_rows=shard_rows, progress=not as_json))
+                                  header_filter=filters, shard_rows=shard_rows, pseudonym_key=pseudonym_key,
+                                  keep_study_date=keep_study_date, float16=float16, progress=not as_json))
     code = EXIT_NOTHING if s.found == 0 else EXIT_FAILURES if s.failed else 0
     if as_json:
         print_json(s.to_dict())

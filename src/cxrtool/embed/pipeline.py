@@ -7,6 +7,7 @@ a killed run restarts where the last complete shard ended, with no duplicates an
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -28,6 +29,7 @@ from cxrtool.model.card import ImageSpec
 from cxrtool.model.directory import load_model
 from cxrtool.model.dual import DualEncoder
 from cxrtool.model.transform import preprocess
+from cxrtool.privacy import resolve_key
 from cxrtool.workspace import Workspace
 
 MAX_FAILURES_KEPT = 100
@@ -55,8 +57,8 @@ class EmbedSummary:
         return asdict(self)
 
 
-def image_record(f: ArchiveFile, meta: dict, shape: tuple[int, ...]) -> dict:
-    """Shard row metadata for one image, from PHI-safe header fields only."""
+def image_record(f: ArchiveFile, meta: dict, shape: tuple[int, ...], identity: dict | None = None) -> dict:
+    """Shard row metadata for one image, from PHI-safe header fields (+ pseudonyms, if keyed)."""
     study = meta.get("StudyInstanceUID") or (str(Path(f.rel).parent) if "/" in f.rel else "")
     return {
         "id": image_id(f.rel),
@@ -71,31 +73,48 @@ def image_record(f: ArchiveFile, meta: dict, shape: tuple[int, ...]) -> dict:
         "transfer_syntax": meta.get("TransferSyntaxUID"),
         "rows": int(shape[0]),
         "columns": int(shape[1]),
+        "content_hash": _file_sha256(f.path),
+        **(identity or {}),
     }
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 class _DecodeDataset(Dataset):
     """Runs in the loader workers: header check, decode + the card's eval transform; errors and
     skips are returned as data so one bad file never stops the run."""
 
-    def __init__(self, files: list[ArchiveFile], spec: ImageSpec, header_filter: HeaderFilter) -> None:
+    def __init__(self, files: list[ArchiveFile], spec: ImageSpec, header_filter: HeaderFilter,
+                 pseudonym_key: str | None = None, keep_study_date: bool = False) -> None:
         self.files = files
         self.spec = spec
         self.filter = header_filter
+        self.pseudonym_key = pseudonym_key
+        self.keep_study_date = keep_study_date
 
     def __len__(self) -> int:
         return len(self.files)
 
     def __getitem__(self, i: int):
         f = self.files[i]
+        identity = None
         try:
             if f.kind == "dicom":
-                reason = self.filter.skip_reason(read_dicom_header(f.path))
+                header = read_dicom_header(f.path, self.pseudonym_key, self.keep_study_date)
+                identity = {k: header.get(k) for k in ("patient_key", "accession_key", "study_date")}
+                reason = self.filter.skip_reason(header)
                 if reason:
                     return None, {"path": f.rel}, ("not_image" if reason.startswith("not an image") else "skipped",
                                                    reason)
             image = decode_image(f.path, min_side=self.spec.input_size)
-            return preprocess(image.pixels, self.spec), image_record(f, image.meta, image.pixels.shape), None
+            record = image_record(f, image.meta, image.pixels.shape, identity)
+            return preprocess(image.pixels, self.spec), record, None
         except NotAnImageError as exc:
             return None, {"path": f.rel}, ("not_image", exc.short_reason)
         except DecodeError as exc:
@@ -159,6 +178,9 @@ def embed_archive(
     overwrite: bool = False,
     retry_errors: bool = False,
     header_filter: HeaderFilter | None = None,
+    pseudonym_key: str | None = None,
+    keep_study_date: bool = False,
+    float16: bool = False,
     progress: bool = True,
 ) -> EmbedSummary:
     """Embed every image under ``archive`` into shards in the workspace; resumes by default."""
@@ -191,7 +213,8 @@ def embed_archive(
     next_shard = (int(existing[-1].stem.split("-")[1]) + 1) if existing else 0
     workers = default_workers(device) if workers is None else workers
     batch_size = batch_size or default_batch_size(device)
-    dataset = _DecodeDataset(todo, model.card.image, header_filter or HeaderFilter())
+    dataset = _DecodeDataset(todo, model.card.image, header_filter or HeaderFilter(), resolve_key(pseudonym_key),
+                             keep_study_date)
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers,
                         collate_fn=_collate, pin_memory=device.startswith("cuda"),
                         prefetch_factor=4 if workers else None, persistent_workers=False)
@@ -204,7 +227,8 @@ def embed_archive(
         if not rows:
             return
         t = time.perf_counter()
-        write_shard(ws.shards / f"shard-{next_shard:05d}.parquet", rows, np.concatenate(vecs), model.card.fingerprint)
+        write_shard(ws.shards / f"shard-{next_shard:05d}.parquet", rows, np.concatenate(vecs), model.card.fingerprint,
+                    "float16" if float16 else "float32")
         errors_fh.flush()
         summary.write_seconds += time.perf_counter() - t
         summary.shards_written += 1

@@ -15,11 +15,16 @@ body_part       string               BodyPartExamined (DICOM) or ""
 file_format     string               "dicom" | "raster"
 transfer_syntax string               DICOM transfer syntax UID or null
 rows, columns   int32                stored image size
-embedding       fixed_size_list<f32> L2-normalised image vector
+content_hash    string               sha256 of the file's bytes (finds re-exported copies)
+patient_key     string               keyed hash of PatientID, only with a pseudonym key, else null
+accession_key   string               keyed hash of AccessionNumber, same rule
+study_date      string               YYYYMMDD, only with --keep-study-date, else null
+embedding       fixed_size_list      L2-normalised image vector, float32 (or float16 by flag)
 ==============  ===================  ==========================================================
 
-No patient names, birth dates, patient IDs or dates are ever written (see
-``cxrtool.io.decode.SAFE_DICOM_FIELDS``). File metadata records the model fingerprint.
+No patient names, birth dates, raw patient IDs or accession numbers are ever written (see
+``cxrtool.io.decode.SAFE_DICOM_FIELDS`` and ``cxrtool.privacy``). File metadata records the
+model fingerprint and the embedding dtype.
 """
 
 from __future__ import annotations
@@ -34,10 +39,11 @@ import pyarrow.parquet as pq
 
 SHARD_SCHEMA_VERSION = "cxrtool-shard/1"
 META_COLUMNS = ["id", "path", "study_key", "series_uid", "sop_uid", "view", "modality", "body_part",
-                "file_format", "transfer_syntax", "rows", "columns"]
+                "file_format", "transfer_syntax", "rows", "columns", "content_hash", "patient_key", "accession_key",
+                "study_date"]
 
 
-def shard_schema(dim: int, fingerprint: str) -> pa.Schema:
+def shard_schema(dim: int, fingerprint: str, dtype: str = "float32") -> pa.Schema:
     return pa.schema(
         [
             pa.field("id", pa.int64(), nullable=False),
@@ -52,9 +58,13 @@ def shard_schema(dim: int, fingerprint: str) -> pa.Schema:
             pa.field("transfer_syntax", pa.string()),
             pa.field("rows", pa.int32()),
             pa.field("columns", pa.int32()),
-            pa.field("embedding", pa.list_(pa.float32(), dim)),
+            pa.field("content_hash", pa.string()),
+            pa.field("patient_key", pa.string()),
+            pa.field("accession_key", pa.string()),
+            pa.field("study_date", pa.string()),
+            pa.field("embedding", pa.list_(pa.float16() if dtype == "float16" else pa.float32(), dim)),
         ],
-        metadata={"cxrtool": SHARD_SCHEMA_VERSION, "model_fingerprint": fingerprint},
+        metadata={"cxrtool": SHARD_SCHEMA_VERSION, "model_fingerprint": fingerprint, "embedding_dtype": dtype},
     )
 
 
@@ -63,11 +73,12 @@ def image_id(rel_path: str) -> int:
     return int.from_bytes(hashlib.sha1(rel_path.encode()).digest()[:8], "big") & 0x7FFF_FFFF_FFFF_FFFF
 
 
-def write_shard(path: Path, rows: list[dict], vectors: np.ndarray, fingerprint: str) -> None:
+def write_shard(path: Path, rows: list[dict], vectors: np.ndarray, fingerprint: str, dtype: str = "float32") -> None:
     """Write one shard atomically (temp file + rename): a shard exists whole or not at all."""
-    schema = shard_schema(vectors.shape[1], fingerprint)
+    schema = shard_schema(vectors.shape[1], fingerprint, dtype)
     cols = {name: [r.get(name) for r in rows] for name in META_COLUMNS}
-    flat = pa.array(np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1), type=pa.float32())
+    np_type, pa_type = (np.float16, pa.float16()) if dtype == "float16" else (np.float32, pa.float32())
+    flat = pa.array(np.ascontiguousarray(vectors, dtype=np_type).reshape(-1), type=pa_type)
     cols["embedding"] = pa.FixedSizeListArray.from_arrays(flat, vectors.shape[1])
     table = pa.table(cols, schema=schema)
     tmp = path.with_name(f".{path.name}.tmp")
@@ -98,7 +109,7 @@ def read_shard_vectors(directory: Path) -> tuple[np.ndarray, np.ndarray, str]:
         ids.append(table.column("id").to_numpy())
         emb = table.column("embedding").combine_chunks()
         dim = emb.type.list_size
-        vecs.append(emb.flatten().to_numpy().reshape(-1, dim))
+        vecs.append(emb.flatten().to_numpy(zero_copy_only=False).astype(np.float32).reshape(-1, dim))
     if not ids:
         return np.zeros(0, np.int64), np.zeros((0, 0), np.float32), ""
     return np.concatenate(ids), np.concatenate(vecs).astype(np.float32), fingerprint

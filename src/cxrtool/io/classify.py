@@ -14,6 +14,7 @@ from typing import Any
 
 from cxrtool.errors import DecodeError
 from cxrtool.io.decode import dicom_safe_meta
+from cxrtool.privacy import identity_fields
 
 # Modalities of projection radiographs. Secondary captures (OT/SC) only on request.
 RADIOGRAPH_MODALITIES = ("CR", "DX")
@@ -47,8 +48,9 @@ class HeaderFilter:
         return None
 
 
-def read_dicom_header(path: Path) -> dict[str, Any]:
-    """PHI-safe header fields plus has_pixels / NumberOfFrames, without reading pixel data."""
+def read_dicom_header(path: Path, pseudonym_key: str | None = None, keep_study_date: bool = False) -> dict[str, Any]:
+    """PHI-safe header fields plus has_pixels / NumberOfFrames, without reading pixel data; with
+    a key, keyed-hash patient/accession pseudonyms (see :mod:`cxrtool.privacy`)."""
     import pydicom
 
     try:
@@ -62,4 +64,5 @@ def read_dicom_header(path: Path) -> dict[str, Any]:
     meta = dicom_safe_meta(ds)
     meta["has_pixels"] = "Rows" in ds and "Columns" in ds
     meta["NumberOfFrames"] = int(getattr(ds, "NumberOfFrames", 1) or 1)
+    meta.update(identity_fields(ds, pseudonym_key, keep_study_date))
     return meta

@@ -9,9 +9,6 @@ without pixels (SR, presentation states) are listed as rejects, not studies.
 from __future__ import annotations
 
 import csv
-import hashlib
-import hmac
-import os
 import warnings
 from pathlib import Path
 
@@ -21,13 +18,7 @@ from cxrtool.data.sections import parse_report
 from cxrtool.data.sources.common import Reject, hashed_split, open_text
 from cxrtool.errors import ManifestError
 from cxrtool.io.discover import discover_archive
-
-PSEUDONYM_ENV = "CXRTOOL_PSEUDONYM_KEY"
-
-
-def pseudonym(value: str, key: str) -> str:
-    """Keyed (HMAC-SHA256) pseudonym: stable per key, not reversible without it."""
-    return "pt-" + hmac.new(key.encode(), value.encode(), hashlib.sha256).hexdigest()[:16]
+from cxrtool.privacy import pseudonym, resolve_key
 
 
 def read_dicom_folder_studies(folder: str | Path, reports_csv: str | Path | None = None, match_on: str = "study_uid",
@@ -44,7 +35,7 @@ def read_dicom_folder_studies(folder: str | Path, reports_csv: str | Path | None
         raise ManifestError(f"match_on must be 'study_uid' or 'accession', not {match_on!r}")
     rejects = [] if rejects is None else rejects
     bank = bank or PromptBank.load()
-    secret = pseudonym_key or os.environ.get(PSEUDONYM_ENV) or "cxrtool"
+    secret = resolve_key(pseudonym_key) or "cxrtool"  # a manifest needs a patient key for splits
     reports: dict[str, str] = {}
     if reports_csv:
         key_col = key_col or ("StudyInstanceUID" if match_on == "study_uid" else "AccessionNumber")
