@@ -242,3 +242,29 @@ def test_identity_only_as_keyed_hashes_and_only_when_asked(small_archive, tmp_pa
     plain = embed_archive(small_archive, tmp_path / "ws2", tiny_model, workers=0, progress=False)
     assert plain.embedded == 9
     assert all(r["patient_key"] is None for r in read_shard_metadata(Workspace(tmp_path / "ws2").shards).to_pylist())
+
+
+def test_partitioned_runs_cover_the_archive_exactly_once(small_archive, tmp_path, tiny_model):
+    from cxrtool.embed.validate import validate_workspace
+
+    ws = tmp_path / "ws"
+    parts = [embed_archive(small_archive, ws, tiny_model, workers=0, progress=False, num_parts=3, part_index=i)
+             for i in range(3)]
+    assert sum(p.found for p in parts) == 11 and sum(p.embedded for p in parts) == 9
+    report = validate_workspace(small_archive, ws)
+    assert report.ok and report.files == 11 and report.embedded == 9 and report.listed_in_errors == 2
+    assert build_index(ws).count == 9  # the index reads every part
+    again = embed_archive(small_archive, ws, tiny_model, workers=0, progress=False)  # unpartitioned rerun
+    assert again.embedded == 0 and again.already_done == 11
+
+
+def test_validate_reports_missing_and_duplicated_rows(small_archive, tmp_path, tiny_model):
+    from cxrtool.embed.validate import validate_workspace
+
+    ws = tmp_path / "ws"
+    embed_archive(small_archive, ws, tiny_model, workers=0, progress=False, shard_rows=4)
+    shards = shard_paths(Workspace(ws).shards)
+    shutil.copy(shards[0], shards[0].with_name("shard-00099.parquet"))  # rows twice
+    shards[-1].unlink()  # rows lost
+    report = validate_workspace(small_archive, ws)
+    assert not report.ok and report.duplicates and report.missing

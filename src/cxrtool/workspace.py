@@ -4,6 +4,7 @@ Resolution order: --workspace flag, $CXRTOOL_WORKSPACE, ./cxrtool_workspace. Lay
 
     <workspace>/embed.json        archive root, model fingerprint, counts (written by embed)
     <workspace>/shards/*.parquet  vectors + ids + metadata (one schema: cxrtool.embed.shards)
+    <workspace>/shards/part-IIII-of-NNNN/  the same, per part of a partitioned run (+ its errors.jsonl)
     <workspace>/errors.jsonl      files that could not be embedded, with the reason
     <workspace>/index/            FAISS index + index.json (written by index)
 """

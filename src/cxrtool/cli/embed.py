@@ -42,6 +42,8 @@ def embed_cmd(
                                       help="Secret: store PatientID / AccessionNumber as keyed hashes (else omitted)."),
     keep_study_date: bool = typer.Option(False, help="Store StudyDate (a date is identifying: off by default)."),
     float16: bool = typer.Option(False, help="Store vectors as float16 (half the disk; search reads them as float32)."),
+    num_shards: int = typer.Option(1, help="Split the archive into N parts for independent processes (by path hash)."),
+    shard_index: int = typer.Option(0, help="Which part (0..N-1) this process embeds; check the union with validate."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
     """Embed every image of an archive into Parquet shards; re-running resumes where it stopped.
@@ -53,7 +55,8 @@ def embed_cmd(
     s = run(lambda: embed_archive(archive, workspace, model, batch_size=batch_size, workers=workers,
                                   device=pick_device(device), overwrite=overwrite, retry_errors=retry_errors,
                                   header_filter=filters, shard_rows=shard_rows, pseudonym_key=pseudonym_key,
-                                  keep_study_date=keep_study_date, float16=float16, progress=not as_json))
+                                  keep_study_date=keep_study_date, float16=float16, num_parts=num_shards,
+                                  part_index=shard_index, progress=not as_json))
     code = EXIT_NOTHING if s.found == 0 else EXIT_FAILURES if s.failed else 0
     if as_json:
         print_json(s.to_dict())

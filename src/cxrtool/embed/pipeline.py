@@ -128,27 +128,38 @@ def _collate(items):
 
 
 def _done_paths(ws: Workspace, retry_errors: bool) -> set[str]:
+    """Paths already embedded or listed with a reason anywhere in the workspace (all parts)."""
     done = set(read_shard_metadata(ws.shards, ["path"]).column("path").to_pylist())
-    if ws.errors.is_file() and not retry_errors:
-        for line in ws.errors.read_text().splitlines():
+    error_files = [ws.errors, *(ws.shards.rglob("errors.jsonl") if ws.shards.is_dir() else [])]
+    for errors in error_files if not retry_errors else []:
+        if not errors.is_file():
+            continue
+        for line in errors.read_text().splitlines():
             if line.strip():
                 done.add(json.loads(line)["path"])
     return done
 
 
-def _check_workspace(ws: Workspace, archive: Path, model: DualEncoder, overwrite: bool) -> None:
+def _check_workspace(ws: Workspace, archive: Path, model: DualEncoder, overwrite: bool, scope: Path) -> None:
+    """Refuse a workspace of another archive/model; with ``overwrite``, clear ``scope`` (the whole
+    workspace, or only this part's folder in a partitioned run)."""
     info = ws.read_json(ws.embed_info)
     if info is None:
         return
     if overwrite:
-        shutil.rmtree(ws.root)
-        return
+        shutil.rmtree(scope, ignore_errors=True)
+        if scope == ws.root:
+            return
     if info.get("archive") != str(archive):
         raise WorkspaceError(f"workspace {ws.root} holds embeddings of another archive ({info.get('archive')})",
                              "use --workspace DIR (or $CXRTOOL_WORKSPACE) for this archive, or --overwrite")
     if info.get("model_fingerprint") != model.card.fingerprint:
         raise WorkspaceError(f"workspace {ws.root} was embedded with another model ({info.get('model')})",
                              "use --workspace DIR for this model, or --overwrite to start again")
+
+
+def part_dir_name(index: int, total: int) -> str:
+    return f"part-{index:04d}-of-{total:04d}"
 
 
 def default_workers(device: str = "cpu") -> int:
@@ -181,9 +192,20 @@ def embed_archive(
     pseudonym_key: str | None = None,
     keep_study_date: bool = False,
     float16: bool = False,
+    num_parts: int = 1,
+    part_index: int = 0,
     progress: bool = True,
 ) -> EmbedSummary:
-    """Embed every image under ``archive`` into shards in the workspace; resumes by default."""
+    """Embed every image under ``archive`` into shards in the workspace; resumes by default.
+
+    ``num_parts``/``part_index`` split one archive across independent processes (SLURM array
+    tasks, Kubernetes indexed jobs, torchrun ranks) with no coordination: each file belongs to
+    exactly one part by a hash of its path, and each part writes to its own sub-folder.
+    ``validate_workspace`` then checks that the union is exactly the archive.
+    """
+    if not (num_parts >= 1 and 0 <= part_index < num_parts):
+        raise WorkspaceError(f"part {part_index} of {num_parts} is not a valid partition",
+                             "use --num-shards N --shard-index i with 0 <= i < N")
     from tqdm import tqdm
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -194,12 +216,14 @@ def embed_archive(
     if not isinstance(model, DualEncoder):
         model = load_model(model, device=device)
     model.to(device).eval()
-    _check_workspace(ws, archive, model, overwrite)
-    ws.shards.mkdir(parents=True, exist_ok=True)
-    for stale in ws.shards.glob(".shard-*.tmp"):  # half-written by a killed run: never counted
+    out_dir = ws.shards if num_parts == 1 else ws.shards / part_dir_name(part_index, num_parts)
+    errors_path = ws.errors if num_parts == 1 else out_dir / "errors.jsonl"
+    _check_workspace(ws, archive, model, overwrite, ws.root if num_parts == 1 else out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for stale in out_dir.glob(".shard-*.tmp"):  # half-written by a killed run: never counted
         stale.unlink()
     t_start = time.perf_counter()
-    files = list(discover_archive(archive))
+    files = [f for f in discover_archive(archive) if num_parts == 1 or image_id(f.rel) % num_parts == part_index]
     summary = EmbedSummary(str(archive), str(ws.root), found=len(files))
     done = _done_paths(ws, retry_errors)
     # SOPInstanceUID -> path: the same DICOM instance exported twice is embedded once
@@ -209,7 +233,7 @@ def embed_archive(
     summary.already_done = len(files) - len(todo)
     ws.write_json(ws.embed_info, {"archive": str(archive), "model": model.card.provenance.get("name", ""),
                                   "model_fingerprint": model.card.fingerprint, "embed_dim": model.card.embed_dim})
-    existing = shard_paths(ws.shards)
+    existing = shard_paths(out_dir, recursive=False)
     next_shard = (int(existing[-1].stem.split("-")[1]) + 1) if existing else 0
     workers = default_workers(device) if workers is None else workers
     batch_size = batch_size or default_batch_size(device)
@@ -220,14 +244,14 @@ def embed_archive(
                         prefetch_factor=4 if workers else None, persistent_workers=False)
     rows: list[dict] = []
     vecs: list[np.ndarray] = []
-    errors_fh = open(ws.errors, "a")  # noqa: SIM115 - kept open across the loop, closed below
+    errors_fh = open(errors_path, "a")  # noqa: SIM115 - kept open across the loop, closed below
 
     def flush() -> None:
         nonlocal next_shard, rows, vecs
         if not rows:
             return
         t = time.perf_counter()
-        write_shard(ws.shards / f"shard-{next_shard:05d}.parquet", rows, np.concatenate(vecs), model.card.fingerprint,
+        write_shard(out_dir / f"shard-{next_shard:05d}.parquet", rows, np.concatenate(vecs), model.card.fingerprint,
                     "float16" if float16 else "float32")
         errors_fh.flush()
         summary.write_seconds += time.perf_counter() - t

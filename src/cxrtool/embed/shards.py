@@ -86,13 +86,17 @@ def write_shard(path: Path, rows: list[dict], vectors: np.ndarray, fingerprint: 
     os.replace(tmp, path)
 
 
-def shard_paths(directory: Path) -> list[Path]:
-    return sorted(directory.glob("shard-*.parquet")) if directory.is_dir() else []
+def shard_paths(directory: Path, recursive: bool = True) -> list[Path]:
+    """Shard files under ``directory``; recursive by default, so the parts written by partitioned
+    runs (``part-IIII-of-NNNN/``) are read as one collection."""
+    if not directory.is_dir():
+        return []
+    return sorted(directory.rglob("shard-*.parquet") if recursive else directory.glob("shard-*.parquet"))
 
 
-def read_shard_metadata(directory: Path, columns: list[str] | None = None) -> pa.Table:
+def read_shard_metadata(directory: Path, columns: list[str] | None = None, recursive: bool = True) -> pa.Table:
     """All shards' metadata columns (no vectors) as one table."""
-    paths = shard_paths(directory)
+    paths = shard_paths(directory, recursive)
     cols = columns or META_COLUMNS
     if not paths:
         return pa.table({c: pa.array([], type=shard_schema(1, "").field(c).type) for c in cols})

@@ -62,7 +62,7 @@ def _factory(kind: str, n: int, dim: int) -> tuple[str, int]:
 
 
 def _shard_state(ws: Workspace) -> dict[str, int]:
-    return {p.name: p.stat().st_size for p in shard_paths(ws.shards)}
+    return {p.relative_to(ws.shards).as_posix(): p.stat().st_size for p in shard_paths(ws.shards)}
 
 
 def build_index(workspace: str | Path | None = None, kind: str = "auto") -> IndexInfo:

@@ -1,0 +1,31 @@
+"""`cxrtool validate ARCHIVE`: does the workspace account for exactly this archive?"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from cxrtool.cli.common import out, print_json, run
+from cxrtool.embed.validate import validate_workspace
+
+
+def validate_cmd(
+    archive: Path = typer.Argument(..., help="The archive folder that was embedded."),
+    workspace: Path = typer.Option(None, help="Workspace folder (env CXRTOOL_WORKSPACE; default ./cxrtool_workspace)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+) -> None:
+    """Check that every archive file is embedded exactly once or listed with a reason, across all
+    parts of a partitioned run, with one model. Exit status 0 if so, 1 if not."""
+    r = run(lambda: validate_workspace(archive, workspace))
+    if as_json:
+        print_json(r.to_dict())
+    else:
+        out.print(f"{r.files} files: {r.embedded} embedded, {r.listed_in_errors} listed in errors.jsonl; "
+                  f"{len(r.duplicates)} duplicated, {len(r.missing)} missing, {len(r.unexpected)} not in the archive, "
+                  f"{len(r.fingerprints)} model(s)")
+        for name, paths in (("duplicated", r.duplicates), ("missing", r.missing), ("not in archive", r.unexpected)):
+            for p in paths[:5]:
+                out.print(f"  {name}: {p}", highlight=False)
+        out.print("[green]ok[/]" if r.ok else "[red]NOT OK[/]")
+    raise typer.Exit(0 if r.ok else 1)

@@ -1,0 +1,55 @@
+"""Check that a workspace accounts for exactly the archive: every file embedded once or listed
+with a reason, nothing twice, nothing foreign, one model. The merge check for partitioned runs."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from cxrtool.embed.shards import shard_paths
+from cxrtool.io.discover import discover_archive
+from cxrtool.workspace import Workspace
+
+
+@dataclass
+class ValidationReport:
+    archive: str
+    workspace: str
+    files: int
+    embedded: int
+    listed_in_errors: int
+    duplicates: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)  # in the archive, neither embedded nor listed
+    unexpected: list[str] = field(default_factory=list)  # embedded but no longer in the archive
+    fingerprints: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not (self.duplicates or self.missing or self.unexpected) and len(self.fingerprints) <= 1
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "ok": self.ok}
+
+
+def validate_workspace(archive: str | Path, workspace: str | Path | None = None, limit: int = 20) -> ValidationReport:
+    ws = Workspace.resolve(workspace)
+    files = {f.rel for f in discover_archive(Path(archive))}
+    rows: list[str] = []
+    fingerprints = set()
+    for p in shard_paths(ws.shards):
+        table = pq.read_table(p, columns=["path"])
+        rows.extend(table.column("path").to_pylist())
+        fingerprints.add((table.schema.metadata or {}).get(b"model_fingerprint", b"").decode())
+    errors = set()
+    for path in [ws.errors, *ws.shards.rglob("errors.jsonl")] if ws.shards.is_dir() else [ws.errors]:
+        if path.is_file():
+            errors.update(json.loads(line)["path"] for line in path.read_text().splitlines() if line.strip())
+    embedded = set(rows)
+    dups = sorted(p for p, n in Counter(rows).items() if n > 1)
+    return ValidationReport(
+        str(Path(archive).resolve()), str(ws.root), len(files), len(embedded), len(errors - embedded),
+        dups[:limit], sorted(files - embedded - errors)[:limit], sorted(embedded - files)[:limit], sorted(fingerprints))
