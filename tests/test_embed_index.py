@@ -268,3 +268,12 @@ def test_validate_reports_missing_and_duplicated_rows(small_archive, tmp_path, t
     shards[-1].unlink()  # rows lost
     report = validate_workspace(small_archive, ws)
     assert not report.ok and report.duplicates and report.missing
+
+
+def test_an_errors_line_cut_short_by_a_kill_is_ignored_on_resume(small_archive, tmp_path, tiny_model):
+    ws = tmp_path / "ws"
+    embed_archive(small_archive, ws, tiny_model, workers=0, progress=False)
+    errors = ws / "errors.jsonl"
+    errors.write_text(errors.read_text() + '{"path": "pacs/PAT0009/IM0')
+    again = embed_archive(small_archive, ws, tiny_model, workers=0, progress=False)
+    assert again.embedded == 0 and again.already_done == 11

@@ -134,10 +134,19 @@ def _done_paths(ws: Workspace, retry_errors: bool) -> set[str]:
     for errors in error_files if not retry_errors else []:
         if not errors.is_file():
             continue
-        for line in errors.read_text().splitlines():
-            if line.strip():
-                done.add(json.loads(line)["path"])
+        done.update(read_error_paths(errors))
     return done
+
+
+def read_error_paths(path: Path) -> set[str]:
+    """Paths listed in an errors.jsonl; a line cut short by a kill is ignored (its file is redone)."""
+    out = set()
+    for line in path.read_text().splitlines():
+        try:
+            out.add(json.loads(line)["path"])
+        except (json.JSONDecodeError, KeyError, TypeError):
+            continue
+    return out
 
 
 def _check_workspace(ws: Workspace, archive: Path, model: DualEncoder, overwrite: bool, scope: Path) -> None:

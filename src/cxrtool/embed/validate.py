@@ -3,13 +3,13 @@ with a reason, nothing twice, nothing foreign, one model. The merge check for pa
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import pyarrow.parquet as pq
 
+from cxrtool.embed.pipeline import read_error_paths
 from cxrtool.embed.shards import shard_paths
 from cxrtool.io.discover import discover_archive
 from cxrtool.workspace import Workspace
@@ -47,7 +47,7 @@ def validate_workspace(archive: str | Path, workspace: str | Path | None = None,
     errors = set()
     for path in [ws.errors, *ws.shards.rglob("errors.jsonl")] if ws.shards.is_dir() else [ws.errors]:
         if path.is_file():
-            errors.update(json.loads(line)["path"] for line in path.read_text().splitlines() if line.strip())
+            errors.update(read_error_paths(path))
     embedded = set(rows)
     dups = sorted(p for p, n in Counter(rows).items() if n > 1)
     return ValidationReport(

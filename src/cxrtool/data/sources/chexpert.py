@@ -16,7 +16,7 @@ from pathlib import Path, PurePosixPath
 
 from cxrtool.data.manifest import Study, StudyImage
 from cxrtool.data.prompts import PromptBank
-from cxrtool.data.sources.common import Reject, hashed_split, merge_label, open_text, parse_label
+from cxrtool.data.sources.common import Reject, first_bad_label, hashed_split, merge_label, open_text, parse_label
 from cxrtool.errors import ManifestError
 
 CHEXPERT_LABELS = ("No Finding", "Enlarged Cardiomediastinum", "Cardiomegaly", "Lung Opacity", "Lung Lesion", "Edema",
@@ -59,8 +59,7 @@ def read_chexpert_studies(csv_path: str | Path, image_root: str | Path | None = 
         try:
             values = {c: parse_label(row.get(c)) for c in labels_present}
         except ValueError:
-            bad = next(c for c in labels_present if (row.get(c) or "").strip().lower()
-                       not in {"", "1", "1.0", "0", "0.0", "-1", "-1.0", "true", "false"})
+            bad = first_bad_label(row, labels_present)
             rejects.append(Reject(f"{csv_path.name}:{lineno}", f"label {bad!r} has value {row[bad]!r}", "dropped"))
             continue
         patient, study_dir = rel.parts[-3], rel.parts[-2]

@@ -10,7 +10,7 @@ from pathlib import Path
 from cxrtool.data.manifest import SPLITS, split_for_patient
 from cxrtool.errors import ManifestError
 
-_LABEL_VALUES = {"": None, "1": 1, "1.0": 1, "true": 1, "0": 0, "0.0": 0, "false": 0, "-1": -1, "-1.0": -1}
+LABEL_CELLS = {"": None, "1": 1, "1.0": 1, "true": 1, "0": 0, "0.0": 0, "false": 0, "-1": -1, "-1.0": -1}
 
 
 @dataclass
@@ -30,9 +30,14 @@ class Reject:
 def parse_label(cell: str | None) -> int | None:
     """'1'/'1.0' -> 1, '0' -> 0, '-1' -> -1, blank -> None (not mentioned); else ValueError."""
     key = (cell or "").strip().lower()
-    if key not in _LABEL_VALUES:
+    if key not in LABEL_CELLS:
         raise ValueError(cell)
-    return _LABEL_VALUES[key]
+    return LABEL_CELLS[key]
+
+
+def first_bad_label(row: dict[str, str], columns: list[str]) -> str | None:
+    """The first label column whose cell is not 1 / 0 / -1 / blank (for the reject reason)."""
+    return next((c for c in columns if (row.get(c) or "").strip().lower() not in LABEL_CELLS), None)
 
 
 def normalise_split(value: str, where: str) -> str:

@@ -15,8 +15,9 @@ from pathlib import Path
 from cxrtool.data.manifest import Study, StudyImage
 from cxrtool.data.prompts import PromptBank
 from cxrtool.data.sources.common import (
-    _LABEL_VALUES,
+    LABEL_CELLS,
     Reject,
+    first_bad_label,
     hashed_split,
     merge_label,
     normalise_split,
@@ -35,7 +36,7 @@ def _detect_label_columns(header: Sequence[str], rows: list[dict[str, str]]) -> 
         if col.lower() in ID_LIKE:
             continue
         values = {r.get(col, "").strip().lower() for r in rows}
-        if values and values <= set(_LABEL_VALUES) and values - {""}:
+        if values and values <= set(LABEL_CELLS) and values - {""}:
             out.append(col)
     return out
 
@@ -100,7 +101,7 @@ def read_csv_studies(
                 if value is not None:
                     values[col] = value
         except ValueError:
-            bad = next(c for c in labels if (row.get(c) or "").strip().lower() not in _LABEL_VALUES)
+            bad = first_bad_label(row, labels)
             rejects.append(Reject(where, f"label {bad!r} has value {row[bad]!r} (expected 1, 0, -1 or blank)",
                                   "dropped"))
             continue
