@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import os
 import tarfile
 from collections import Counter
 from pathlib import Path
@@ -18,7 +19,7 @@ from cxrtool.data.sources.openi import read_openi_studies
 
 from .conftest import REPO
 
-SHARED = REPO.parent / "shared" / "data"
+SHARED = Path(os.environ.get("CXRTOOL_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 MIMIC_STYLE = """                                 FINAL REPORT
  EXAMINATION:  CHEST (PA AND LAT)
