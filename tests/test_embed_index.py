@@ -277,3 +277,23 @@ def test_an_errors_line_cut_short_by_a_kill_is_ignored_on_resume(small_archive, 
     errors.write_text(errors.read_text() + '{"path": "pacs/PAT0009/IM0')
     again = embed_archive(small_archive, ws, tiny_model, workers=0, progress=False)
     assert again.embedded == 0 and again.already_done == 11
+
+
+def test_report_bank_search_from_an_image(small_archive, tmp_path, tiny_model):
+    from cxrtool.data import Study, StudyImage, write_manifest
+    from cxrtool.embed.reports import embed_reports
+
+    ws = tmp_path / "ws"
+    embed_archive(small_archive, ws, tiny_model, workers=0, progress=False)
+    studies = [Study(f"s{i}", f"p{i}", "test", "t", [StudyImage("x.png")], impression=text, text=text)
+               for i, text in enumerate(["Large left pleural effusion.", "No acute disease.", "Cardiomegaly.", ""])]
+    write_manifest(studies, tmp_path / "bank.parquet")
+    s = embed_reports(tmp_path / "bank.parquet", ws, tiny_model, text_field="impression", progress=False)
+    assert s.embedded == 3 and s.empty == 1
+    assert embed_reports(tmp_path / "bank.parquet", ws, tiny_model, text_field="impression",
+                         progress=False).already_done == 3
+    image = next((small_archive / "hannover").rglob("*.png"))
+    hits = search(image=image, k=5, workspace=ws, model=tiny_model, target="reports")
+    assert len(hits) == 3 and {h.text for h in hits} == {"Large left pleural effusion.", "No acute disease.",
+                                                          "Cardiomegaly."}
+    assert search("Cardiomegaly.", k=1, workspace=ws, model=tiny_model, target="reports")[0].text == "Cardiomegaly."

@@ -7,6 +7,7 @@ Resolution order: --workspace flag, $CXRTOOL_WORKSPACE, ./cxrtool_workspace. Lay
     <workspace>/shards/part-IIII-of-NNNN/  the same, per part of a partitioned run (+ its errors.jsonl)
     <workspace>/errors.jsonl      files that could not be embedded, with the reason
     <workspace>/index/            FAISS index + index.json (written by index)
+    <workspace>/reports/          report-text shards (embed-reports), indexed in index-reports/
 """
 
 from __future__ import annotations
@@ -43,6 +44,14 @@ class Workspace:
     @property
     def index_dir(self) -> Path:
         return self.root / "index"
+
+    def collection(self, target: str) -> tuple[Path, Path]:
+        """(shards folder, index folder) of a searchable collection: "images" or "reports"."""
+        if target == "images":
+            return self.shards, self.index_dir
+        if target == "reports":
+            return self.root / "reports", self.root / "index-reports"
+        raise ValueError(f"unknown collection {target!r}")
 
     def read_json(self, path: Path) -> dict[str, Any] | None:
         return json.loads(path.read_text()) if path.is_file() else None

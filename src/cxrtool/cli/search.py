@@ -17,14 +17,24 @@ def search_cmd(
     k: int = typer.Option(10, "-k", "--top", help="Number of results."),
     workspace: Path = typer.Option(None, help="Workspace folder (env CXRTOOL_WORKSPACE; default ./cxrtool_workspace)."),
     model: str = typer.Option(None, help="Model directory (must be the one used by `embed`)."),
+    target: str = typer.Option("images", help="What to rank: images, or reports (after `cxrtool embed-reports`)."),
     as_json: bool = typer.Option(False, "--json", help="Print results as JSON."),
 ) -> None:
     """Rank the workspace's images by similarity to a text query or an example image."""
-    hits = run(lambda: search(query, image, k=k, workspace=workspace, model=model))
+    hits = run(lambda: search(query, image, k=k, workspace=workspace, model=model, target=target))
     if as_json:
         print_json([h.to_dict() for h in hits])
         return
     title = f'"{query}"' if query is not None else f"images like {image}"
+    if target == "reports":
+        table = Table(title=f"top {len(hits)} reports for {title}")
+        for col in ("rank", "score", "report"):
+            table.add_column(col, overflow="fold")
+        table.add_column("text", overflow="fold", ratio=1)
+        for h in hits:
+            table.add_row(str(h.rank), f"{h.score:.3f}", h.path, h.text)
+        out.print(table)
+        return
     table = Table(title=f"top {len(hits)} for {title}")
     table.add_column("rank", justify="right")
     table.add_column("score")

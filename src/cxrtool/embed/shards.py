@@ -73,10 +73,33 @@ def image_id(rel_path: str) -> int:
     return int.from_bytes(hashlib.sha1(rel_path.encode()).digest()[:8], "big") & 0x7FFF_FFFF_FFFF_FFFF
 
 
-def write_shard(path: Path, rows: list[dict], vectors: np.ndarray, fingerprint: str, dtype: str = "float32") -> None:
+# Report-text shards (embed-reports): the same guarantees, for image->report search.
+REPORT_SHARD_SCHEMA_VERSION = "cxrtool-report-shard/1"
+REPORT_META_COLUMNS = ["id", "report_key", "study_key", "source", "text"]
+
+
+def report_shard_schema(dim: int, fingerprint: str, dtype: str = "float32") -> pa.Schema:
+    return pa.schema(
+        [
+            pa.field("id", pa.int64(), nullable=False),
+            pa.field("report_key", pa.string(), nullable=False),
+            pa.field("study_key", pa.string()),
+            pa.field("source", pa.string()),
+            pa.field("text", pa.string()),
+            pa.field("embedding", pa.list_(pa.float16() if dtype == "float16" else pa.float32(), dim)),
+        ],
+        metadata={"cxrtool": REPORT_SHARD_SCHEMA_VERSION, "model_fingerprint": fingerprint, "embedding_dtype": dtype},
+    )
+
+
+def write_shard(path: Path, rows: list[dict], vectors: np.ndarray, fingerprint: str, dtype: str = "float32",
+                kind: str = "image") -> None:
     """Write one shard atomically (temp file + rename): a shard exists whole or not at all."""
-    schema = shard_schema(vectors.shape[1], fingerprint, dtype)
-    cols = {name: [r.get(name) for r in rows] for name in META_COLUMNS}
+    if kind == "report":
+        schema, columns = report_shard_schema(vectors.shape[1], fingerprint, dtype), REPORT_META_COLUMNS
+    else:
+        schema, columns = shard_schema(vectors.shape[1], fingerprint, dtype), META_COLUMNS
+    cols = {name: [r.get(name) for r in rows] for name in columns}
     np_type, pa_type = (np.float16, pa.float16()) if dtype == "float16" else (np.float32, pa.float32())
     flat = pa.array(np.ascontiguousarray(vectors, dtype=np_type).reshape(-1), type=pa_type)
     cols["embedding"] = pa.FixedSizeListArray.from_arrays(flat, vectors.shape[1])
@@ -94,12 +117,14 @@ def shard_paths(directory: Path, recursive: bool = True) -> list[Path]:
     return sorted(directory.rglob("shard-*.parquet") if recursive else directory.glob("shard-*.parquet"))
 
 
-def read_shard_metadata(directory: Path, columns: list[str] | None = None, recursive: bool = True) -> pa.Table:
+def read_shard_metadata(directory: Path, columns: list[str] | None = None, recursive: bool = True,
+                        kind: str = "image") -> pa.Table:
     """All shards' metadata columns (no vectors) as one table."""
     paths = shard_paths(directory, recursive)
-    cols = columns or META_COLUMNS
+    schema = report_shard_schema(1, "") if kind == "report" else shard_schema(1, "")
+    cols = columns or (REPORT_META_COLUMNS if kind == "report" else META_COLUMNS)
     if not paths:
-        return pa.table({c: pa.array([], type=shard_schema(1, "").field(c).type) for c in cols})
+        return pa.table({c: pa.array([], type=schema.field(c).type) for c in cols})
     return pa.concat_tables([pq.read_table(p, columns=cols) for p in paths])
 
 

@@ -61,23 +61,25 @@ def _factory(kind: str, n: int, dim: int) -> tuple[str, int]:
     return f"IVF{lists},PQ{m}x8", nprobe
 
 
-def _shard_state(ws: Workspace) -> dict[str, int]:
-    return {p.relative_to(ws.shards).as_posix(): p.stat().st_size for p in shard_paths(ws.shards)}
+def _shard_state(shards: Path) -> dict[str, int]:
+    return {p.relative_to(shards).as_posix(): p.stat().st_size for p in shard_paths(shards)}
 
 
-def build_index(workspace: str | Path | None = None, kind: str = "auto") -> IndexInfo:
-    """Build (or rebuild) the workspace's index from all its shards."""
+def build_index(workspace: str | Path | None = None, kind: str = "auto", target: str = "images") -> IndexInfo:
+    """Build (or rebuild) the index of a workspace collection ("images" or "reports")."""
     import faiss
 
     if kind not in KINDS:
         raise WorkspaceError(f"unknown index kind {kind!r}", f"use one of {', '.join(KINDS)}")
     ws = Workspace.resolve(workspace)
+    shards, index_dir = ws.collection(target)
     t0 = time.perf_counter()
-    ids, vecs, fingerprint = read_shard_vectors(ws.shards)
+    ids, vecs, fingerprint = read_shard_vectors(shards)
     if len(ids) == 0:
-        raise WorkspaceError(f"no embeddings in {ws.shards}", "run `cxrtool embed ARCHIVE` first")
+        hint = "run `cxrtool embed ARCHIVE` first" if target == "images" else "run `cxrtool embed-reports SOURCE` first"
+        raise WorkspaceError(f"no embeddings in {shards}", hint)
     if len(np.unique(ids)) != len(ids):
-        raise WorkspaceError(f"{ws.shards}: duplicate ids across shards", "re-run `cxrtool embed --overwrite`")
+        raise WorkspaceError(f"{shards}: duplicate ids across shards", "re-run the embedding with --overwrite")
     kind = choose_index_kind(len(ids)) if kind == "auto" else kind
     dim = vecs.shape[1]
     factory, nprobe = _factory(kind, len(ids), dim)
@@ -92,32 +94,34 @@ def build_index(workspace: str | Path | None = None, kind: str = "auto") -> Inde
     index.add_with_ids(vecs, ids)
     if nprobe:
         faiss.extract_index_ivf(index).nprobe = nprobe
-    ws.index_dir.mkdir(parents=True, exist_ok=True)
-    tmp = ws.index_dir / (INDEX_FILE + ".tmp")
+    index_dir.mkdir(parents=True, exist_ok=True)
+    tmp = index_dir / (INDEX_FILE + ".tmp")
     faiss.write_index(index, str(tmp))
-    tmp.replace(ws.index_dir / INDEX_FILE)
-    info = IndexInfo(kind, factory, int(len(ids)), int(dim), fingerprint, _shard_state(ws), nprobe,
+    tmp.replace(index_dir / INDEX_FILE)
+    info = IndexInfo(kind, factory, int(len(ids)), int(dim), fingerprint, _shard_state(shards), nprobe,
                      round(time.perf_counter() - t0, 3))
-    ws.write_json(ws.index_dir / INFO_FILE, asdict(info))
+    ws.write_json(index_dir / INFO_FILE, asdict(info))
     return info
 
 
-def index_is_current(ws: Workspace) -> bool:
-    info = ws.read_json(ws.index_dir / INFO_FILE)
-    return bool(info) and (ws.index_dir / INDEX_FILE).is_file() and info.get("shards") == _shard_state(ws)
+def index_is_current(ws: Workspace, target: str = "images") -> bool:
+    shards, index_dir = ws.collection(target)
+    info = ws.read_json(index_dir / INFO_FILE)
+    return bool(info) and (index_dir / INDEX_FILE).is_file() and info.get("shards") == _shard_state(shards)
 
 
-def load_index(workspace: str | Path | None = None, rebuild_if_stale: bool = True):
+def load_index(workspace: str | Path | None = None, rebuild_if_stale: bool = True, target: str = "images"):
     """(faiss index, IndexInfo); builds it first if missing or older than the shards."""
     import faiss
 
     ws = Workspace.resolve(workspace)
-    if not index_is_current(ws):
+    _, index_dir = ws.collection(target)
+    if not index_is_current(ws, target):
         if not rebuild_if_stale:
-            raise WorkspaceError(f"the index in {ws.index_dir} is missing or stale", "run `cxrtool index`")
-        build_index(ws.root)
-    info = IndexInfo(**ws.read_json(ws.index_dir / INFO_FILE))
-    index = faiss.read_index(str(ws.index_dir / INDEX_FILE))
+            raise WorkspaceError(f"the index in {index_dir} is missing or stale", "run `cxrtool index`")
+        build_index(ws.root, target=target)
+    info = IndexInfo(**ws.read_json(index_dir / INFO_FILE))
+    index = faiss.read_index(str(index_dir / INDEX_FILE))
     if info.nprobe:
         faiss.extract_index_ivf(index).nprobe = info.nprobe
     return index, info
