@@ -13,7 +13,7 @@ import pytest
 from .conftest import REPO, SAMPLE
 
 CXRTOOL = [sys.executable, "-m", "cxrtool.cli"]
-SUBCOMMANDS = ["prepare", "train", "embed", "index", "search"]
+SUBCOMMANDS = ["prepare", "train", "embed", "embed-reports", "index", "search", "validate"]
 # Findings with enough positives among the held-out sample images to judge a top-5 list.
 FINDING_QUERIES = {"cardiomegaly": "cardiomegaly", "effusion": "pleural effusion", "atelectasis": "atelectasis",
                    "infiltration": "infiltrate", "pneumonia": "pneumonia", "pneumothorax": "pneumothorax",
@@ -37,7 +37,10 @@ def demo_workspace(tmp_path_factory):
     return cwd, env
 
 
-@pytest.mark.parametrize("sub", ["", *SUBCOMMANDS, "prepare csv"])
+PREPARE_SOURCES = ("csv", "nih", "chexpert", "openi", "mimic", "dicom")
+
+
+@pytest.mark.parametrize("sub", ["", *SUBCOMMANDS, *(f"prepare {s}" for s in PREPARE_SOURCES)])
 def test_help_is_informative(sub):
     out = cli(*sub.split(), "--help").stdout
     assert "Usage" in out and len(out.splitlines()) > 8

@@ -15,8 +15,11 @@ def validate_cmd(
     workspace: Path = typer.Option(None, help="Workspace folder (env CXRTOOL_WORKSPACE; default ./cxrtool_workspace)."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
-    """Check that every archive file is embedded exactly once or listed with a reason, across all
-    parts of a partitioned run, with one model. Exit status 0 if so, 1 if not."""
+    """Check that every archive file is embedded exactly once or listed with a reason.
+
+    Covers all parts of a partitioned run and checks that one model made every shard. Exit
+    status 0 if so, 1 if not.
+    """
     r = run(lambda: validate_workspace(archive, workspace))
     if as_json:
         print_json(r.to_dict())
