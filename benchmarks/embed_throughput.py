@@ -36,9 +36,15 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--model", default=None)
     args = ap.parse_args()
-
     model = load_model(args.model, device=args.device)
-    args.batch_size = args.batch_size or default_batch_size(args.device)
+    print(json.dumps(measure(args.archive, model, args.device, args.batch_size, args.workers, args.repeat), indent=2))
+
+
+def measure(archive: Path, model, device: str, batch_size: int | None = None, workers: int | None = None,
+            repeat: int = 3) -> dict:
+    """All stage rates for one archive, measured in this one call (see the module docstring)."""
+    args = argparse.Namespace(archive=archive, device=device, workers=workers, repeat=repeat,
+                              batch_size=batch_size or default_batch_size(device))
     files = list(discover_archive(args.archive))
 
     # 1. decode + preprocess alone, one process, by kind of file: at the resolution the model
@@ -133,7 +139,7 @@ def main() -> None:
                                   "full": round(statistics.median(per_kind_full[k]) * 1000, 1)}
                               for k, v in sorted(per_kind.items())},
     }
-    print(json.dumps(report, indent=2))
+    return report
 
 
 if __name__ == "__main__":

@@ -169,6 +169,18 @@ def test_reduced_resolution_decode_matches_full_decode_at_model_size(name):
     assert float(F.l1_loss(a, b)) < 0.01
 
 
-def test_codecs_without_reduced_decoding_fall_back_to_full_size():
-    img = decode_image(SOURCES["RG3_CR_tibia_JLSL.dcm"], min_side=224)
-    assert img.pixels.shape == (1760, 1760) and "decode_scale" not in img.meta
+def test_codecs_without_resolution_levels_are_box_reduced_after_a_full_decode():
+    """JPEG-LS, RLE, uncompressed: full decode, then f x f block means before the LUT pipeline."""
+    import torch.nn.functional as F
+
+    from cxrtool.model.card import ImageSpec
+    from cxrtool.model.transform import resize_to_input, to_tensor
+
+    spec = ImageSpec("any", 1, input_size=224)
+    for name in ("RG3_CR_tibia_JLSL.dcm", "RG3_CR_tibia_RLE.dcm", "RG3_CR_tibia_UNC.dcm"):
+        reduced = decode_image(SOURCES[name], min_side=224)
+        assert reduced.pixels.shape == (440, 440) and reduced.meta["decode_scale"] == 0.25
+        full = decode_image(SOURCES[name])
+        a = resize_to_input(to_tensor(full.pixels), spec)
+        b = resize_to_input(to_tensor(reduced.pixels), spec)
+        assert float(F.l1_loss(a, b)) < 0.01

@@ -119,6 +119,8 @@ def decode_dicom(path: Path, min_side: int | None = None) -> DecodedImage:
     if frames > 1:
         arr = arr[0]  # multi-frame: the first frame stands for the object
         meta["NumberOfFrames"] = frames
+    if min_side and arr.ndim == 2 and "decode_scale" not in meta:
+        arr = _box_reduce(arr, min_side, meta)
     photometric = str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2")).upper()
     if arr.ndim == 3:  # colour (secondary captures): luminance
         if photometric.startswith("YBR"):
@@ -215,12 +217,13 @@ def dicom_to_unit(arr: np.ndarray, ds: Any) -> np.ndarray:
     else:
         # No window in the header: the data's 0.5-99.5 percentile range. Percentiles, unlike
         # min/max, barely move between a full and a reduced-resolution decode.
-        lo, hi = (float(v) for v in np.percentile(x, [0.5, 99.5]))
-    inside = float(np.mean((x > lo) & (x < hi))) if x.size else 1.0
+        lo, hi = _percentile_range(x)
+    sample = _subsample(x)
+    inside = float(np.mean((sample > lo) & (sample < hi))) if sample.size else 1.0
     if inside < 0.05:
         # The header's window misses the data (seen in real exports whose pixel values were
         # offset after the window was written): fall back to the data's own range.
-        lo, hi = (float(v) for v in np.percentile(x, [0.5, 99.5]))
+        lo, hi = _percentile_range(x)
     x = _scale(x, lo, hi)
     if str(getattr(ds, "PhotometricInterpretation", "")).upper() == "MONOCHROME1":
         x = 1.0 - x
@@ -284,6 +287,34 @@ def decode_raster(path: Path, min_side: int | None = None) -> DecodedImage:
 
 
 # ------------------------------------------------------------------------------------- helpers
+
+
+def _box_reduce(arr: np.ndarray, min_side: int, meta: dict[str, Any]) -> np.ndarray:
+    """Average f x f blocks (f a power of two keeping the short side >= min_side) of stored
+    values, so the LUT pipeline and the resize run on 1/f² of the pixels. A box filter before the
+    final antialiased resize keeps the model input close to a full-resolution resize."""
+    h, w = arr.shape
+    f = 1
+    while min(h, w) // (f * 2) >= min_side and f < 32:
+        f *= 2
+    if f == 1:
+        return arr
+    hh, ww = h // f * f, w // f * f
+    reduced = arr[:hh, :ww].reshape(hh // f, f, ww // f, f).mean(axis=(1, 3), dtype=np.float32)
+    meta["decode_scale"] = round(1 / f, 4)
+    return reduced
+
+
+def _subsample(x: np.ndarray, target: int = 512) -> np.ndarray:
+    """A strided view with a short side of about ``target``: statistics of a 2,000-px image
+    from ~1/16 of its pixels, at a fraction of the cost (a full np.percentile sorts 4 M values)."""
+    step = max(1, min(x.shape[-2:]) // target)
+    return x[..., ::step, ::step]
+
+
+def _percentile_range(x: np.ndarray) -> tuple[float, float]:
+    lo, hi = np.percentile(_subsample(x), [0.5, 99.5])
+    return float(lo), float(hi)
 
 
 def _first(value: Any) -> Any:
