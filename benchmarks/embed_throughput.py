@@ -43,9 +43,8 @@ def main() -> None:
 def measure(archive: Path, model, device: str, batch_size: int | None = None, workers: int | None = None,
             repeat: int = 3) -> dict:
     """All stage rates for one archive, measured in this one call (see the module docstring)."""
-    args = argparse.Namespace(archive=archive, device=device, workers=workers, repeat=repeat,
-                              batch_size=batch_size or default_batch_size(device))
-    files = list(discover_archive(args.archive))
+    batch_size = batch_size or default_batch_size(device)
+    files = list(discover_archive(archive))
 
     # 1. decode + preprocess alone, one process, by kind of file: at the resolution the model
     #    needs (what the pipeline does) and at full size (for the reduced-decoding speed-up)
@@ -78,24 +77,24 @@ def measure(archive: Path, model, device: str, batch_size: int | None = None, wo
     decode_rate_full = len(tensors) / sum(sum(v) for v in per_kind_full.values())
 
     # 2. model alone on already-preprocessed tensors
-    batch = torch.stack(tensors[: args.batch_size])
+    batch = torch.stack(tensors[: batch_size])
     model.encode_pixels(batch)  # warm-up
     model_rates = []
-    for _ in range(args.repeat):
+    for _ in range(repeat):
         t = time.perf_counter()
         n = 0
-        for i in range(0, len(tensors), args.batch_size):
-            model.encode_pixels(torch.stack(tensors[i : i + args.batch_size]))
-            n += len(tensors[i : i + args.batch_size])
+        for i in range(0, len(tensors), batch_size):
+            model.encode_pixels(torch.stack(tensors[i : i + batch_size]))
+            n += len(tensors[i : i + batch_size])
         model_rates.append(n / (time.perf_counter() - t))
     model_rate = statistics.median(model_rates)
 
     # 3. the real pipeline (workers, batching, shard writing), fresh workspace each time
     pipe_rates, last = [], None
-    for _ in range(args.repeat):
+    for _ in range(repeat):
         with tempfile.TemporaryDirectory() as ws:
-            last = embed_archive(args.archive, ws, model, batch_size=args.batch_size, workers=args.workers,
-                                 device=args.device, progress=False)
+            last = embed_archive(archive, ws, model, batch_size=batch_size, workers=workers,
+                                 device=device, progress=False)
             pipe_rates.append(last.embedded / last.seconds)
     pipe_rate = statistics.median(pipe_rates)
 
@@ -119,9 +118,9 @@ def measure(archive: Path, model, device: str, batch_size: int | None = None, wo
     query_ms = (time.perf_counter() - t) / 20 * 1000
 
     report = {
-        "device": args.device, "torch_threads": torch.get_num_threads(), "images": len(tensors),
-        "workers": args.workers if args.workers is not None else default_workers(args.device),
-        "batch_size": args.batch_size,
+        "device": device, "torch_threads": torch.get_num_threads(), "images": len(tensors),
+        "workers": workers if workers is not None else default_workers(device),
+        "batch_size": batch_size,
         "decode_only_img_per_s": round(decode_rate, 1),
         "decode_only_full_size_img_per_s": round(decode_rate_full, 1),
         "model_only_img_per_s": round(model_rate, 1),

@@ -70,6 +70,14 @@ class Study:
     text: str = ""
 
 
+_LABEL_RANK = {1: 2, -1: 1, 0: 0}
+
+
+def merge_label(old: int | None, new: int) -> int:
+    """Two mentions of one label in a study: positive beats uncertain beats negative."""
+    return new if old is None or _LABEL_RANK[new] > _LABEL_RANK[old] else old
+
+
 def split_for_patient(patient_key: str, validate: float = 0.1, test: float = 0.0, salt: str = "cxrtool") -> str:
     """Deterministic patient-level split from a hash: the same patient always lands together."""
     u = int(hashlib.sha256(f"{salt}:{patient_key}".encode()).hexdigest()[:12], 16) / float(16**12)

@@ -14,9 +14,10 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+from cxrtool.data.manifest import merge_label
+
 BANK_PATH = Path(__file__).with_name("prompt_bank.json")
 NO_FINDING = "No Finding"
-_RANK = {1: 2, -1: 1, 0: 0}
 
 
 @dataclass
@@ -60,8 +61,7 @@ class PromptBank:
         canon: dict[str, int] = {}
         for label, value in labels.items():  # two columns may name one label: 1 > -1 > 0
             name = self.canonical(label)
-            if name not in canon or _RANK[value] > _RANK[canon[name]]:
-                canon[name] = value
+            canon[name] = merge_label(canon.get(name), value)
         positives = [k for k, v in canon.items() if v == 1 and k != NO_FINDING]
         uncertain = [k for k, v in canon.items() if v == -1 and k != NO_FINDING]
         negatives = [k for k, v in canon.items() if v == 0 and k != NO_FINDING]

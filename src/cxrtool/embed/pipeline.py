@@ -20,7 +20,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from cxrtool.constants import SHARD_ROWS
-from cxrtool.embed.shards import image_id, read_shard_metadata, shard_paths, write_shard
+from cxrtool.embed.shards import image_id, next_shard_path, read_shard_metadata, write_shard
 from cxrtool.errors import DecodeError, NotAnImageError, WorkspaceError
 from cxrtool.io.classify import HeaderFilter, read_dicom_header
 from cxrtool.io.decode import decode_image
@@ -130,22 +130,22 @@ def _collate(items):
 def _done_paths(ws: Workspace, retry_errors: bool) -> set[str]:
     """Paths already embedded or listed with a reason anywhere in the workspace (all parts)."""
     done = set(read_shard_metadata(ws.shards, ["path"]).column("path").to_pylist())
-    error_files = [ws.errors, *(ws.shards.rglob("errors.jsonl") if ws.shards.is_dir() else [])]
-    for errors in error_files if not retry_errors else []:
-        if not errors.is_file():
-            continue
-        done.update(read_error_paths(errors))
+    if not retry_errors:
+        done.update(read_error_paths(ws))
     return done
 
 
-def read_error_paths(path: Path) -> set[str]:
-    """Paths listed in an errors.jsonl; a line cut short by a kill is ignored (its file is redone)."""
+def read_error_paths(ws: Workspace) -> set[str]:
+    """Paths listed in the workspace's errors.jsonl files (all parts); a line cut short by a kill
+    is ignored, so its file is simply done again."""
     out = set()
-    for line in path.read_text().splitlines():
-        try:
-            out.add(json.loads(line)["path"])
-        except (json.JSONDecodeError, KeyError, TypeError):
-            continue
+    files = [ws.errors, *(ws.shards.rglob("errors.jsonl") if ws.shards.is_dir() else [])]
+    for path in (f for f in files if f.is_file()):
+        for line in path.read_text().splitlines():
+            try:
+                out.add(json.loads(line)["path"])
+            except (json.JSONDecodeError, KeyError, TypeError):
+                continue
     return out
 
 
@@ -242,8 +242,6 @@ def embed_archive(
     summary.already_done = len(files) - len(todo)
     ws.write_json(ws.embed_info, {"archive": str(archive), "model": model.card.provenance.get("name", ""),
                                   "model_fingerprint": model.card.fingerprint, "embed_dim": model.card.embed_dim})
-    existing = shard_paths(out_dir, recursive=False)
-    next_shard = (int(existing[-1].stem.split("-")[1]) + 1) if existing else 0
     workers = default_workers(device) if workers is None else workers
     batch_size = batch_size or default_batch_size(device)
     dataset = _DecodeDataset(todo, model.card.image, header_filter or HeaderFilter(), resolve_key(pseudonym_key),
@@ -256,16 +254,15 @@ def embed_archive(
     errors_fh = open(errors_path, "a")  # noqa: SIM115 - kept open across the loop, closed below
 
     def flush() -> None:
-        nonlocal next_shard, rows, vecs
+        nonlocal rows, vecs
         if not rows:
             return
         t = time.perf_counter()
-        write_shard(out_dir / f"shard-{next_shard:05d}.parquet", rows, np.concatenate(vecs), model.card.fingerprint,
+        write_shard(next_shard_path(out_dir), rows, np.concatenate(vecs), model.card.fingerprint,
                     "float16" if float16 else "float32")
         errors_fh.flush()
         summary.write_seconds += time.perf_counter() - t
         summary.shards_written += 1
-        next_shard += 1
         rows, vecs = [], []
 
     bar = tqdm(total=len(todo), desc="embedding", unit="img", disable=not progress or not todo)

@@ -18,7 +18,7 @@ import numpy as np
 from cxrtool.constants import SHARD_ROWS
 from cxrtool.data.manifest import read_manifest
 from cxrtool.data.sources.common import open_text
-from cxrtool.embed.shards import image_id, read_shard_metadata, shard_paths, write_shard
+from cxrtool.embed.shards import image_id, next_shard_path, read_shard_metadata, write_shard
 from cxrtool.errors import ManifestError, WorkspaceError
 from cxrtool.model.directory import load_model
 from cxrtool.model.dual import DualEncoder
@@ -92,16 +92,13 @@ def embed_reports(source: str | Path, workspace: str | Path | None = None, model
         else:
             done.add(r["report_key"])  # a key listed twice in the bank is embedded once
             todo.append(r)
-    existing = shard_paths(shards, recursive=False)
-    next_shard = (int(existing[-1].stem.split("-")[1]) + 1) if existing else 0
     for start in tqdm(range(0, len(todo), shard_rows), desc="reports", disable=not progress or not todo):
         chunk = todo[start : start + shard_rows]
         for r in chunk:
             r["id"] = image_id("report:" + r["report_key"])
         vecs = model.encode_texts([r["text"] for r in chunk], batch_size=batch_size)
-        write_shard(shards / f"shard-{next_shard:05d}.parquet", chunk, np.asarray(vecs), model.card.fingerprint,
+        write_shard(next_shard_path(shards), chunk, np.asarray(vecs), model.card.fingerprint,
                     kind="report")
-        next_shard += 1
         summary.embedded += len(chunk)
     summary.seconds = round(time.perf_counter() - t0, 2)
     return summary

@@ -43,6 +43,10 @@ META_COLUMNS = ["id", "path", "study_key", "series_uid", "sop_uid", "view", "mod
                 "study_date"]
 
 
+def _embedding_field(dim: int, dtype: str) -> pa.Field:
+    return pa.field("embedding", pa.list_(pa.float16() if dtype == "float16" else pa.float32(), dim))
+
+
 def shard_schema(dim: int, fingerprint: str, dtype: str = "float32") -> pa.Schema:
     return pa.schema(
         [
@@ -62,7 +66,7 @@ def shard_schema(dim: int, fingerprint: str, dtype: str = "float32") -> pa.Schem
             pa.field("patient_key", pa.string()),
             pa.field("accession_key", pa.string()),
             pa.field("study_date", pa.string()),
-            pa.field("embedding", pa.list_(pa.float16() if dtype == "float16" else pa.float32(), dim)),
+            _embedding_field(dim, dtype),
         ],
         metadata={"cxrtool": SHARD_SCHEMA_VERSION, "model_fingerprint": fingerprint, "embedding_dtype": dtype},
     )
@@ -86,7 +90,7 @@ def report_shard_schema(dim: int, fingerprint: str, dtype: str = "float32") -> p
             pa.field("study_key", pa.string()),
             pa.field("source", pa.string()),
             pa.field("text", pa.string()),
-            pa.field("embedding", pa.list_(pa.float16() if dtype == "float16" else pa.float32(), dim)),
+            _embedding_field(dim, dtype),
         ],
         metadata={"cxrtool": REPORT_SHARD_SCHEMA_VERSION, "model_fingerprint": fingerprint, "embedding_dtype": dtype},
     )
@@ -107,6 +111,13 @@ def write_shard(path: Path, rows: list[dict], vectors: np.ndarray, fingerprint: 
     tmp = path.with_name(f".{path.name}.tmp")
     pq.write_table(table, tmp)
     os.replace(tmp, path)
+
+
+def next_shard_path(directory: Path) -> Path:
+    """The next free ``shard-NNNNN.parquet`` in ``directory`` (numbering continues on resume)."""
+    existing = shard_paths(directory, recursive=False)
+    number = int(existing[-1].stem.split("-")[1]) + 1 if existing else 0
+    return directory / f"shard-{number:05d}.parquet"
 
 
 def shard_paths(directory: Path, recursive: bool = True) -> list[Path]:

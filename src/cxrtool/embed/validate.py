@@ -44,10 +44,7 @@ def validate_workspace(archive: str | Path, workspace: str | Path | None = None,
         table = pq.read_table(p, columns=["path"])
         rows.extend(table.column("path").to_pylist())
         fingerprints.add((table.schema.metadata or {}).get(b"model_fingerprint", b"").decode())
-    errors = set()
-    for path in [ws.errors, *ws.shards.rglob("errors.jsonl")] if ws.shards.is_dir() else [ws.errors]:
-        if path.is_file():
-            errors.update(read_error_paths(path))
+    errors = read_error_paths(ws)
     embedded = set(rows)
     dups = sorted(p for p, n in Counter(rows).items() if n > 1)
     return ValidationReport(

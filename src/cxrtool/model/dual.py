@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cxrtool.constants import LOGIT_SCALE_INIT
 from cxrtool.io.decode import DecodedImage, decode_image
 from cxrtool.model.card import ModelCard
 from cxrtool.model.transform import preprocess
@@ -33,7 +34,7 @@ class DualEncoder(nn.Module):
         bias = card.projection_bias
         self.image_proj = nn.Linear(card.image.feature_dim, card.embed_dim, bias=bias)
         self.text_proj = nn.Linear(card.text.feature_dim, card.embed_dim, bias=bias)
-        self.logit_scale = nn.Parameter(torch.tensor(float(np.log(1 / 0.07)), dtype=torch.float32))
+        self.logit_scale = nn.Parameter(torch.tensor(LOGIT_SCALE_INIT, dtype=torch.float32))
 
     # ------------------------------------------------------------------ differentiable features
     @property

@@ -14,9 +14,9 @@ from __future__ import annotations
 import csv
 from pathlib import Path, PurePosixPath
 
-from cxrtool.data.manifest import Study, StudyImage
+from cxrtool.data.manifest import Study, StudyImage, merge_label
 from cxrtool.data.prompts import PromptBank
-from cxrtool.data.sources.common import Reject, first_bad_label, hashed_split, merge_label, open_text, parse_label
+from cxrtool.data.sources.common import Reject, first_bad_label, hashed_split, open_text, parse_label
 from cxrtool.errors import ManifestError
 
 CHEXPERT_LABELS = ("No Finding", "Enlarged Cardiomediastinum", "Cardiomegaly", "Lung Opacity", "Lung Lesion", "Edema",

@@ -57,11 +57,3 @@ def open_text(path: Path) -> io.TextIOBase:
     if path.suffix == ".gz":
         return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8-sig", newline="")
     return open(path, encoding="utf-8-sig", newline="")  # noqa: SIM115 - the caller closes it
-
-
-_RANK = {1: 2, -1: 1, 0: 0}
-
-
-def merge_label(old: int | None, new: int) -> int:
-    """Two mentions of one label in a study: positive beats uncertain beats negative."""
-    return new if old is None or _RANK[new] > _RANK[old] else old

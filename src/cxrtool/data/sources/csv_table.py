@@ -12,14 +12,13 @@ import csv
 from collections.abc import Sequence
 from pathlib import Path
 
-from cxrtool.data.manifest import Study, StudyImage
+from cxrtool.data.manifest import Study, StudyImage, merge_label
 from cxrtool.data.prompts import PromptBank
 from cxrtool.data.sources.common import (
     LABEL_CELLS,
     Reject,
     first_bad_label,
     hashed_split,
-    merge_label,
     normalise_split,
     open_text,
     parse_label,

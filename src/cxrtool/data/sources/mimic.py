@@ -17,10 +17,10 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from cxrtool.data.manifest import Study, StudyImage
+from cxrtool.data.manifest import Study, StudyImage, merge_label
 from cxrtool.data.prompts import PromptBank
 from cxrtool.data.sections import parse_report
-from cxrtool.data.sources.common import Reject, hashed_split, merge_label, normalise_split, open_text, parse_label
+from cxrtool.data.sources.common import Reject, hashed_split, normalise_split, open_text, parse_label
 from cxrtool.errors import ManifestError
 
 LABEL_FILES = {"chexpert": "*chexpert.csv*", "negbio": "*negbio.csv*"}
