@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -59,6 +61,8 @@ def test_embed_writes_shards_with_ids_and_logs_bad_files(small_archive, tmp_path
     assert s.failures[0]["path"] == "pacs/PAT0009/IM000001"
     errors = [json.loads(x) for x in (ws / "errors.jsonl").read_text().splitlines()]
     assert {e["kind"] for e in errors} == {"error", "not_image"}
+    assert {e["path"]: e["stage"] for e in errors} == {"pacs/PAT0009/IM000001": "decode",
+                                                        "pacs/PAT0002/STUDY0001/SERIES99/SR000001": "header"}
     meta = read_shard_metadata(Workspace(ws).shards)
     assert len(set(meta.column("id").to_pylist())) == 9
     row = next(r for r in meta.to_pylist() if r["path"] == "pacs/PAT0001/STUDY0001/SERIES01/IM000001")
@@ -121,7 +125,7 @@ def test_search_returns_shard_rows_by_id(small_archive, tmp_path, tiny_model_dir
     image = next(query.iterdir())
     hits = search(image=image, k=3, workspace=ws, model=model)
     assert hits[0].path == f"hannover/case01/{image.name}" and hits[0].score > 0.999
-    text_hits = search("pleural effusion", k=20, workspace=ws, model=model)
+    text_hits = search("pleural effusion", k=20, workspace=ws, model=model, dedupe=None)
     assert len(text_hits) == 9 and [h.rank for h in text_hits] == list(range(1, 10))
     assert all(text_hits[i].score >= text_hits[i + 1].score for i in range(8))
 
@@ -141,7 +145,7 @@ def test_approximate_indexes_keep_ids(tmp_path, kind):
     build_index(ws.root, kind)
     from cxrtool.index.build import load_index
 
-    index, info = load_index(ws.root)
+    index, info, _ = load_index(ws.root)
     assert info.kind == kind
     _, ids = index.search(vecs[:5], 1)
     hit = (ids[:, 0] == np.arange(10_000, 10_005)).mean()
@@ -168,8 +172,6 @@ def test_shards_are_plain_parquet(small_archive, tmp_path, tiny_model):
 
 
 def test_bad_inputs_each_get_one_error_row_and_the_run_goes_on(tmp_path, tiny_model):
-    import os
-
     root = tmp_path / "bad"
     root.mkdir()
     good = ARCHIVE / "pacs/PAT0004/STUDY0001/SERIES07/IM000001"
@@ -185,17 +187,37 @@ def test_bad_inputs_each_get_one_error_row_and_the_run_goes_on(tmp_path, tiny_mo
     locked = root / "locked.png"
     shutil.copy(next((ARCHIVE / "hannover").rglob("*.png")), locked)
     os.chmod(locked, 0)
+    # Files that cannot be opened whatever the user's rights (root reads a chmod 000 file): a link
+    # to nowhere with an image suffix fails reading its bytes; without a suffix it fails discovery.
+    (root / "gone.png").symlink_to(root / "nowhere.png")
+    (root / "IM_gone").symlink_to(root / "nowhere")
     s = embed_archive(root, tmp_path / "ws", tiny_model, workers=0, progress=False)
-    errors = {json.loads(x)["path"]: json.loads(x) for x in (tmp_path / "ws" / "errors.jsonl").read_text().splitlines()}
-    expected_bad = {"truncated.dcm", "not_dicom.dcm", "empty.dcm", "report_sr", "mpeg2.dcm"}
-    assert expected_bad <= set(errors)
+    lines = (tmp_path / "ws" / "errors.jsonl").read_text().splitlines()
+    errors = {json.loads(x)["path"]: json.loads(x) for x in lines}
+    assert len(lines) == len(errors)  # one row per file
+    stages = {"truncated.dcm": "decode", "not_dicom.dcm": "header", "empty.dcm": "header", "report_sr": "header",
+              "mpeg2.dcm": "decode", "gone.png": "read", "IM_gone": "discover"}
+    assert {p: errors[p]["stage"] for p in stages} == stages
     assert errors["report_sr"]["kind"] == "not_image"
     assert all(errors[p]["reason"] and "\n" not in errors[p]["reason"] for p in errors)
     assert "transfer syntax" in errors["mpeg2.dcm"]["reason"]
+    assert "No such file" in errors["gone.png"]["reason"] and str(root) not in errors["gone.png"]["reason"]
     if os.geteuid() == 0:  # root reads anything: the locked file embeds
         assert s.embedded == 2
     else:
-        assert "locked.png" in errors and s.embedded == 1
+        assert errors["locked.png"]["stage"] == "read" and s.embedded == 1
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads a chmod 000 file, so there is nothing unreadable to test")
+def test_unreadable_file_without_extension_is_a_discover_error(tmp_path, tiny_model):
+    root = tmp_path / "locked"
+    root.mkdir()
+    shutil.copy(ARCHIVE / "pacs/PAT0001/STUDY0001/SERIES01/IM000001", root / "IM000001")
+    os.chmod(root / "IM000001", 0)
+    s = embed_archive(root, tmp_path / "ws", tiny_model, workers=0, progress=False)
+    (row,) = [json.loads(x) for x in (tmp_path / "ws" / "errors.jsonl").read_text().splitlines()]
+    assert s.failed == 1 and row["path"] == "IM000001" and row["stage"] == "discover"
+    assert "Permission denied" in row["reason"]
 
 
 def test_header_filters_and_duplicate_instances_are_skipped_with_reasons(tmp_path, tiny_model):
@@ -222,6 +244,7 @@ def test_header_filters_and_duplicate_instances_are_skipped_with_reasons(tmp_pat
 
 
 def test_identity_only_as_keyed_hashes_and_only_when_asked(small_archive, tmp_path, tiny_model):
+    from cxrtool.embed.shards import content_hash
     from cxrtool.privacy import pseudonym
 
     phi = _phi_strings(small_archive)
@@ -231,7 +254,9 @@ def test_identity_only_as_keyed_hashes_and_only_when_asked(small_archive, tmp_pa
     chest = next(r for r in meta if r["path"] == "pacs/PAT0001/STUDY0001/SERIES01/IM000001")
     ds = pydicom.dcmread(small_archive / chest["path"], stop_before_pixels=True)
     assert chest["patient_key"] == pseudonym(str(ds.PatientID), "s3cret")
-    assert chest["study_date"] is None and len(chest["content_hash"]) == 64
+    assert chest["study_date"] is None
+    assert chest["content_hash"] == content_hash((small_archive / chest["path"]).read_bytes())
+    assert chest["content_hash"].startswith("xxh3-128:") and len(chest["content_hash"]) == len("xxh3-128:") + 32
     assert all(r["patient_key"] is None for r in meta if r["path"].endswith((".jpg", ".png")))
     for f in ws.rglob("*"):
         if f.is_file():
@@ -297,3 +322,76 @@ def test_report_bank_search_from_an_image(small_archive, tmp_path, tiny_model):
     assert len(hits) == 3 and {h.text for h in hits} == {"Large left pleural effusion.", "No acute disease.",
                                                           "Cardiomegaly."}
     assert search("Cardiomegaly.", k=1, workspace=ws, model=tiny_model, target="reports")[0].text == "Cardiomegaly."
+
+
+def _dicom_media(root: Path) -> list[str]:
+    """A DICOM medium written by pydicom's FileSet (DICOMDIR + PT*/ST*/SE*/IM* files without
+    extension) from sample DICOMs; returns the referenced paths, relative to ``root``."""
+    from pydicom.fileset import FileSet
+
+    fs = FileSet()
+    for rel in ["pacs/PAT0001/STUDY0001/SERIES01/IM000001", "pacs/PAT0002/STUDY0001/SERIES01/IM000001.dcm"]:
+        ds = pydicom.dcmread(ARCHIVE / rel)
+        for name, value in (("StudyID", "1"), ("StudyDate", "20000101"), ("StudyTime", "000000"),
+                            ("SeriesNumber", 1), ("InstanceNumber", 1)):  # what a STUDY/SERIES record needs
+            if not ds.get(name):
+                setattr(ds, name, value)
+        fs.add(ds)
+    root.mkdir(parents=True)
+    fs.write(root)
+    return sorted(p.relative_to(root).as_posix() for p in root.rglob("IM*") if p.is_file())
+
+
+def test_dicomdir_is_not_an_image_and_its_references_are_embedded(tmp_path, tiny_model):
+    from cxrtool.embed.validate import validate_workspace
+    from cxrtool.io.discover import discover_archive
+
+    root = tmp_path / "media"
+    referenced = _dicom_media(root)
+    assert len(referenced) == 2 and all("." not in Path(r).name for r in referenced)
+    (root / "extra").mkdir()
+    shutil.copy(ARCHIVE / "pacs/PAT0004/STUDY0001/SERIES07/IM000001", root / "extra" / "IM000009")  # not referenced
+    shutil.copy(root / "DICOMDIR", root / "extra" / "index.dcm")  # a DICOMDIR under another name
+    found = {f.rel: f.kind for f in discover_archive(root)}
+    assert found == {**dict.fromkeys(referenced, "dicom"), "extra/IM000009": "dicom", "extra/index.dcm": "dicom"}
+    ws = tmp_path / "ws"
+    s = embed_archive(root, ws, tiny_model, workers=0, progress=False)
+    assert s.embedded == 3 and s.failed == 0 and s.not_images == 0
+    assert s.skipped == {"DICOMDIR (media directory)": 1}
+    assert set(read_shard_metadata(Workspace(ws).shards, ["path"]).column("path").to_pylist()) == {
+        *referenced, "extra/IM000009"}
+    assert validate_workspace(root, ws).ok
+
+
+def test_file_referenced_by_dicomdir_but_missing_gets_one_error_row(tmp_path, tiny_model):
+    from cxrtool.embed.validate import validate_workspace
+
+    root = tmp_path / "media"
+    referenced = _dicom_media(root)
+    (root / referenced[0]).unlink()
+    ws = tmp_path / "ws"
+    s = embed_archive(root, ws, tiny_model, workers=0, progress=False)
+    assert s.embedded == 1 and s.failed == 1
+    rows = [json.loads(x) for x in (ws / "errors.jsonl").read_text().splitlines()]
+    assert rows == [{"path": referenced[0], "kind": "error", "stage": "discover",
+                     "reason": "referenced by DICOMDIR but missing"}]
+    assert validate_workspace(root, ws).ok
+    assert embed_archive(root, ws, tiny_model, workers=0, progress=False).already_done == 2  # not retried
+
+
+def test_each_run_appends_its_stage_times_to_the_run_log(small_archive, tmp_path, tiny_model):
+    from cxrtool import __version__
+    from cxrtool.embed.pipeline import read_errors
+
+    ws = tmp_path / "ws"
+    first = embed_archive(small_archive, ws, tiny_model, workers=0, progress=False)
+    embed_archive(small_archive, ws, tiny_model, workers=0, progress=False)
+    runs = [json.loads(x) for x in (ws / "embed-runs.jsonl").read_text().splitlines()]
+    assert [r["embedded"] for r in runs] == [9, 0] and [r["already_done"] for r in runs] == [0, 11]
+    assert runs[0]["model_fingerprint"] == tiny_model.card.fingerprint and runs[0]["cxrtool_version"] == __version__
+    assert runs[0]["finished_at"] and "failures" not in runs[0]
+    for name in ("discover_seconds", "wait_seconds", "model_seconds", "write_seconds"):
+        assert 0 <= runs[0][name] <= runs[0]["seconds"]
+    assert first.discover_seconds > 0
+    assert {(r["path"], r["stage"]) for r in read_errors(ws)} == {
+        ("pacs/PAT0009/IM000001", "decode"), ("pacs/PAT0002/STUDY0001/SERIES99/SR000001", "header")}

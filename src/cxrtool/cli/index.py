@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from pathlib import Path
 
 import typer
@@ -13,14 +12,27 @@ from cxrtool.index.build import KINDS, build_index
 
 def index_cmd(
     workspace: Path = typer.Option(None, help="Workspace folder (env CXRTOOL_WORKSPACE; default ./cxrtool_workspace)."),
-    kind: str = typer.Option("auto", help=f"Index type: {', '.join(KINDS)} (auto picks by collection size)."),
+    kind: str = typer.Option("auto", help=f"Index type: {', '.join(KINDS)} (auto picks by size and memory budget)."),
     target: str = typer.Option("images", help="Collection to index: images or reports."),
+    rebuild: bool = typer.Option(False, help="Build from scratch instead of adding new shards to the index."),
+    memory_budget_gb: float = typer.Option(None, "--memory-budget-gb", help="RAM the index may use (default: half)."),
+    recall_target: float = typer.Option(0.95, help="Tune search depth until held-out recall@10 reaches this."),
+    opq: bool = typer.Option(True, help="OPQ rotation before PQ (ivfpq only)."),
+    device: str = typer.Option("auto", help="auto (GPU when faiss has one), cpu or cuda."),
     as_json: bool = typer.Option(False, "--json", help="Print the index description as JSON."),
 ) -> None:
-    """Build the FAISS index over the workspace's shards (search also builds it when missing)."""
-    info = run(lambda: build_index(workspace, kind, target))
+    """Build the FAISS index over the workspace's shards, or add new shards to it (search also
+    does this when the index is missing or behind the shards)."""
+    budget = int(memory_budget_gb * (1 << 30)) if memory_budget_gb else None
+    info = run(lambda: build_index(workspace, kind, target, rebuild=rebuild, memory_budget=budget,
+                                   recall_target=recall_target, opq=opq, device=device))
     if as_json:
-        print_json(asdict(info))
+        print_json(info.to_dict())
         return
-    out.print(f"indexed {info.count} vectors (dim {info.dim}) as {info.kind} [{info.factory}] "
-              f"in {info.build_seconds:.2f}s")
+    depth = f", nprobe {info.nprobe}" if info.nprobe else f", efSearch {info.ef_search}" if info.ef_search else ""
+    recall = "exact" if info.kind == "flat" else f"recall@10 {info.recall_at_10:.3f} on {info.recall_queries} " \
+                                                 f"held-out queries{depth}"
+    out.print(f"indexed {info.count} vectors (dim {info.dim}) as {info.kind} [{info.factory}] on {info.device} "
+              f"in {info.build_seconds:.2f}s; {recall}; {info.index_bytes / 1e6:.1f} MB")
+    if info.rebuild_suggested:
+        out.print(f"[yellow]note:[/] {info.rebuild_suggested}")

@@ -1,32 +1,99 @@
-"""`cxrtool search "QUERY"` or `cxrtool search --image FILE`."""
+"""`cxrtool search "QUERY"`, `--image FILE`, `--image FILE --reports`."""
 
 from __future__ import annotations
 
+import csv
+import sys
 from pathlib import Path
 
 import typer
 from rich.table import Table
 
 from cxrtool.cli.common import out, print_json, run
-from cxrtool.index.search import search
+from cxrtool.errors import WorkspaceError
+from cxrtool.index.filters import Filters
+from cxrtool.index.grid import save_grid
+from cxrtool.index.search import DEDUPE_COSINE, Hit, Index
+from cxrtool.privacy import pseudonym, resolve_key
+
+CSV_FIELDS = ["rank", "score", "id", "path", "study_key", "view", "modality", "body_part", "study_date",
+              "patient_key", "views_in_study", "text"]
+
+
+def _patient_keys(patients: list[str]) -> tuple[str, ...]:
+    """Pseudonyms as given ("pt-..."), raw patient IDs hashed with the workspace's key."""
+    keys = []
+    for p in patients:
+        if p.startswith("pt-"):
+            keys.append(p)
+            continue
+        key = resolve_key(None)
+        if not key:
+            raise WorkspaceError(f"--patient {p!r} is not a pseudonym (pt-...) and no pseudonym key is set",
+                                 "set CXRTOOL_PSEUDONYM_KEY to the key used by `cxrtool embed`, or pass the pt-... key")
+        keys.append(pseudonym(p, key))
+    return tuple(keys)
 
 
 def search_cmd(
     query: str = typer.Argument(None, help='Text query, e.g. "left pleural effusion".'),
     image: Path = typer.Option(None, help="Find images like this one (DICOM/PNG/JPEG) instead of a text query."),
     k: int = typer.Option(10, "-k", "--top", help="Number of results."),
+    reports: bool = typer.Option(False, "--reports", help="Rank reports (after `cxrtool embed-reports`), "
+                                 "e.g. --image FILE --reports for image->report."),
+    view: list[str] = typer.Option(None, help="Only these view positions (PA, AP, LL...; repeat or comma-separate)."),
+    modality: list[str] = typer.Option(None, help="Only these modalities (CR, DX...)."),
+    body_part: list[str] = typer.Option(None, help="Only these BodyPartExamined values."),
+    date_from: str = typer.Option(None, help="Study date on or after (YYYY-MM-DD; needs --keep-study-date at embed)."),
+    date_to: str = typer.Option(None, help="Study date on or before."),
+    patient: list[str] = typer.Option(None, help="Only this patient: its pt-... key, or the raw ID with "
+                                      "CXRTOOL_PSEUDONYM_KEY set."),
+    path: str = typer.Option(None, "--path", help="Only archive paths matching this glob, e.g. 'site-a/*'."),
+    per_study: bool = typer.Option(False, "--per-study", help="One result per study (its best view)."),
+    dedupe: float = typer.Option(DEDUPE_COSINE, help="Hide results with cosine >= this to a better one "
+                                 "(same-content copies always); 0 turns it off."),
     workspace: Path = typer.Option(None, help="Workspace folder (env CXRTOOL_WORKSPACE; default ./cxrtool_workspace)."),
     model: str = typer.Option(None, help="Model directory (must be the one used by `embed`)."),
-    target: str = typer.Option("images", help="What to rank: images, or reports (after `cxrtool embed-reports`)."),
+    target: str = typer.Option("images", help="What to rank: images or reports (same as --reports).", hidden=True),
     as_json: bool = typer.Option(False, "--json", help="Print results as JSON."),
+    as_csv: bool = typer.Option(False, "--csv", help="Print results as CSV."),
+    save_grid_to: Path = typer.Option(None, "--save-grid", help="Also write a contact sheet PNG of the results."),
 ) -> None:
-    """Rank the workspace's images by similarity to a text query or an example image."""
-    hits = run(lambda: search(query, image, k=k, workspace=workspace, model=model, target=target))
+    """Rank the workspace's images (or reports) by similarity to a text query or an example image,
+    optionally restricted by metadata before ranking."""
+
+    def go() -> tuple[list[Hit], Index]:
+        filters = Filters(views=tuple(view or ()), modalities=tuple(modality or ()), body_parts=tuple(body_part or ()),
+                          date_from=date_from, date_to=date_to, patient_keys=_patient_keys(patient or []),
+                          path_glob=path)
+        index = Index.open(workspace, "reports" if reports else target, model)
+        hits = index.search(query, image, k=k, filters=filters, per_study=per_study, dedupe=dedupe or None)
+        if save_grid_to is not None:
+            if index.target == "reports":
+                raise WorkspaceError("--save-grid draws images; it does not apply to report results")
+            archive = (index.workspace.read_json(index.workspace.embed_info) or {}).get("archive", ".")
+            save_grid(hits, archive, save_grid_to, title=f'"{query}"' if query else f"like {image}")
+        return hits, index
+
+    hits, index = run(go)
     if as_json:
         print_json([h.to_dict() for h in hits])
-        return
+    elif as_csv:
+        writer = csv.DictWriter(sys.stdout, fieldnames=CSV_FIELDS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(h.to_dict() for h in hits)
+    else:
+        _print_table(hits, query, image, index.target == "reports", per_study)
+    if save_grid_to is not None and not as_json and not as_csv:
+        out.print(f"contact sheet: {save_grid_to}")
+
+
+def _print_table(hits: list[Hit], query: str | None, image: Path | None, reports: bool, per_study: bool) -> None:
     title = f'"{query}"' if query is not None else f"images like {image}"
-    if target == "reports":
+    if not hits:
+        out.print(f"no results for {title} (check the filters)")
+        return
+    if reports:
         table = Table(title=f"top {len(hits)} reports for {title}")
         for col in ("rank", "score", "report"):
             table.add_column(col, overflow="fold")
@@ -35,15 +102,18 @@ def search_cmd(
             table.add_row(str(h.rank), f"{h.score:.3f}", h.path, h.text)
         out.print(table)
         return
-    table = Table(title=f"top {len(hits)} for {title}")
+    table = Table(title=f"top {len(hits)} {'studies ' if per_study else ''}for {title}")
     table.add_column("rank", justify="right")
     table.add_column("score")
     table.add_column("study", max_width=22, overflow="ellipsis", no_wrap=True)
     table.add_column("view")
     table.add_column("type")
+    if per_study:
+        table.add_column("views", justify="right")
     table.add_column("path", overflow="fold", ratio=1, min_width=24)
     for h in hits:
         study = h.study_key if len(h.study_key) <= 22 else "…" + h.study_key[-21:]
         kind = h.modality or Path(h.path).suffix.lstrip(".").upper() or "-"
-        table.add_row(str(h.rank), f"{h.score:.3f}", study, h.view or "-", kind, h.path)
+        cells = [str(h.rank), f"{h.score:.3f}", study, h.view or "-", kind]
+        table.add_row(*cells, *([str(h.views_in_study)] if per_study else []), h.path)
     out.print(table)

@@ -1,117 +1,458 @@
-"""Building and loading the FAISS index of a workspace.
+"""Building the FAISS index of a workspace collection from its shards.
 
-Vectors are unit-norm, so inner product = cosine. Every index stores the shard ids (``IndexIDMap2``
-or ``add_with_ids``), never bare positions. Index choice follows autofaiss' rules of thumb
-(REFERENCE §3/§5): exact below 10k vectors, HNSW below 100k, IVF-Flat below 1M, IVF-PQ above;
-IVF training uses a random sample (not the first vectors).
+Vectors are unit-norm, so inner product = cosine. The index stores the stable shard ids
+(``IndexIDMap2`` or IVF ids), never positions. Choice of index (REFERENCE §3/§5, autofaiss' rules
+with its weaknesses fixed): exact below 10k vectors, HNSW below 100k, IVF-Flat below 1M and
+IVF-PQ (with OPQ) above, each moved to a smaller kind when it would not fit the memory budget.
+IVF is trained on a random sample, not the first vectors. The search depth (nprobe / efSearch)
+is tuned until recall@10 on *held-out* queries (leave-one-out: a query never counts itself)
+reaches the target, and that recall goes into ``index.json`` with the build parameters and
+timings. PQ results are re-ranked exactly from the stored vectors (``store.py``). New shards
+are added incrementally; vectors from two different models are refused.
 """
 
 from __future__ import annotations
 
+import logging
 import math
+import os
+import shutil
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field, fields
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 
-from cxrtool.embed.shards import read_shard_vectors, shard_paths
+from cxrtool.embed.shards import shard_paths
 from cxrtool.errors import WorkspaceError
+from cxrtool.index.store import RowStore, write_part
 from cxrtool.workspace import Workspace
+
+log = logging.getLogger(__name__)
 
 INDEX_FILE = "index.faiss"
 INFO_FILE = "index.json"
 KINDS = ("auto", "flat", "hnsw", "ivf", "ivfpq")
+RECALL_K = 10
+RECALL_QUERIES = 500
+HNSW_M = 32
+GPU_MAX_PQ_BYTES = 48  # FAISS GPU IVFPQ limit on code size (REFERENCE §3)
 
 
 @dataclass
 class IndexInfo:
+    """What ``index.json`` records: the build, its parameters and its measured quality."""
+
     kind: str
     factory: str
     count: int
     dim: int
     model_fingerprint: str
-    shards: dict[str, int]  # shard file name -> size in bytes (staleness check)
+    shards: dict[str, int]  # shard file -> size in bytes (what the index holds; staleness check)
+    parts: list[int] = field(default_factory=list)  # rows/vectors parts in the index folder
     nprobe: int = 0
+    ef_search: int = 0
+    rerank: int = 0  # PQ: candidates re-ranked exactly (0: scores are exact already)
+    recall_at_10: float = 1.0  # measured on held-out queries (1.0 for the exact index)
+    recall_queries: int = 0
+    recall_target: float = 0.95
+    memory_budget_bytes: int = 0
+    index_bytes: int = 0
+    trained_on: int = 0
+    device: str = "cpu"
     build_seconds: float = 0.0
+    train_seconds: float = 0.0
+    add_seconds: float = 0.0
+    tune_seconds: float = 0.0
+    built_at: str = ""
+    incremental_adds: int = 0
+    rebuild_suggested: str = ""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
 
 
-def choose_index_kind(n: int) -> str:
-    if n < 10_000:
-        return "flat"
-    if n < 100_000:
-        return "hnsw"
-    if n < 1_000_000:
-        return "ivf"
+# ----------------------------------------------------------------------------- choosing the index
+
+
+def default_memory_budget() -> int:
+    """Half the machine's RAM: the index shares it with the model and the metadata."""
+    try:
+        return int(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") * 0.5)
+    except (ValueError, OSError, AttributeError):
+        return 8 << 30
+
+
+def pq_bytes(dim: int, gpu: bool = False) -> int:
+    """PQ sub-quantizers (= bytes per code): dim/8, at most 64 (48 on GPU), dividing dim."""
+    limit = GPU_MAX_PQ_BYTES if gpu else 64
+    return next(m for m in range(min(limit, max(1, dim // 4)), 0, -1) if dim % m == 0 and (dim // m) >= 4 or m == 1)
+
+
+def estimate_bytes(kind: str, n: int, dim: int) -> int:
+    """Resident size of an index of ``kind`` (REFERENCE §5: HNSW ≈ 4d + 8M bytes per vector)."""
+    if kind in ("flat", "ivf"):
+        return n * (4 * dim + 8)
+    if kind == "hnsw":
+        return n * (4 * dim + 8 * HNSW_M + 8)
+    return n * (pq_bytes(dim) + 8) + 4 * dim * dim  # codes + ids + OPQ matrix
+
+
+def choose_index_kind(n: int, dim: int = 512, memory_budget: int | None = None) -> str:
+    """By size first (exact < 10k, HNSW < 100k, IVF-Flat < 1M, else IVF-PQ), then the first kind
+    in order of decreasing accuracy that fits the budget."""
+    budget = memory_budget or default_memory_budget()
+    preferred = "flat" if n < 10_000 else "hnsw" if n < 100_000 else "ivf" if n < 1_000_000 else "ivfpq"
+    order = ["flat", "hnsw", "ivf", "ivfpq"]
+    for kind in order[order.index(preferred):]:
+        if estimate_bytes(kind, n, dim) <= budget:
+            return kind
     return "ivfpq"
 
 
-def _factory(kind: str, n: int, dim: int) -> tuple[str, int]:
-    """FAISS factory string and nprobe for a kind and collection size."""
+def ivf_lists(n: int) -> int:
+    """4·√n lists rounded to a power of two (REFERENCE §5: 4–16·√n), >= 39 training points each."""
+    lists = 2 ** round(math.log2(max(1.0, 4 * math.sqrt(n))))
+    return int(max(1, min(lists, n // 39 or 1)))
+
+
+def factory_string(kind: str, n: int, dim: int, opq: bool = True, gpu: bool = False) -> str:
     if kind == "flat":
-        return "Flat", 0
+        return "Flat"
     if kind == "hnsw":
-        return "HNSW32,Flat", 0
-    lists = max(1, min(int(8 * math.sqrt(n)), n // 39 or 1))  # ~8·√n lists, >= 39 training points each
-    nprobe = max(1, min(lists, int(math.sqrt(lists)) * 2))
+        return f"HNSW{HNSW_M},Flat"
+    lists = ivf_lists(n)
     if kind == "ivf":
-        return f"IVF{lists},Flat", nprobe
-    # PQ: up to 64 sub-quantizers of >= 4 dimensions each (64 bytes/vector at d=512)
-    m = next(m for m in (64, 48, 32, 24, 16, 8, 4, 2, 1) if dim % m == 0 and dim // m >= 4 or m == 1)
-    return f"IVF{lists},PQ{m}x8", nprobe
+        return f"IVF{lists},Flat"
+    m = pq_bytes(dim, gpu)
+    return (f"OPQ{m}_{dim}," if opq else "") + f"IVF{lists},PQ{m}x8"
+
+
+# --------------------------------------------------------------------------------- reading shards
 
 
 def _shard_state(shards: Path) -> dict[str, int]:
     return {p.relative_to(shards).as_posix(): p.stat().st_size for p in shard_paths(shards)}
 
 
-def build_index(workspace: str | Path | None = None, kind: str = "auto", target: str = "images") -> IndexInfo:
-    """Build (or rebuild) the index of a workspace collection ("images" or "reports")."""
+def read_collection(shards: Path, names: list[str], fingerprint: str | None = None) -> tuple[pa.Table, np.ndarray, str]:
+    """(metadata rows, float32 vectors, model fingerprint) of the named shards; refuses shards
+    embedded with different models (their vectors live in different spaces)."""
+    tables, vectors = [], []
+    for name in names:
+        table = pq.read_table(shards / name)
+        got = (table.schema.metadata or {}).get(b"model_fingerprint", b"").decode()
+        if fingerprint is None:
+            fingerprint = got
+        elif got != fingerprint:
+            raise WorkspaceError(
+                f"{shards / name} was embedded with another model ({got or 'unknown'}) than the rest "
+                f"({fingerprint or 'unknown'}); vectors of two models cannot share one index",
+                "embed each model into its own --workspace, or re-embed with --overwrite")
+        emb = table.column("embedding").combine_chunks()
+        vectors.append(emb.flatten().to_numpy(zero_copy_only=False).astype(np.float32).reshape(len(table), -1))
+        tables.append(table.drop_columns(["embedding"]).replace_schema_metadata(None))
+    if not tables:
+        return pa.table({"id": pa.array([], pa.int64())}), np.zeros((0, 0), np.float32), fingerprint or ""
+    return pa.concat_tables(tables, promote_options="default"), np.concatenate(vectors), fingerprint or ""
+
+
+# -------------------------------------------------------------------------------- search helpers
+
+
+def gpu_available() -> bool:
     import faiss
 
+    return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
+
+
+def search_params(index, nprobe: int = 0, ef_search: int = 0, selector=None):
+    """FAISS search parameters for this index type, with an optional id selector (pre-filter)."""
+    import faiss
+
+    inner = index
+    if isinstance(inner, faiss.IndexIDMap2 | faiss.IndexIDMap):
+        inner = faiss.downcast_index(inner.index)
+    wrap = isinstance(inner, faiss.IndexPreTransform)
+    if wrap:
+        inner = faiss.downcast_index(inner.index)
+    if nprobe:
+        params = faiss.SearchParametersIVF(nprobe=nprobe)
+    elif ef_search or isinstance(inner, faiss.IndexHNSW):
+        params = faiss.SearchParametersHNSW(efSearch=ef_search or 64)
+    else:
+        params = faiss.SearchParameters()
+    if selector is not None:
+        params.sel = selector
+    if wrap:
+        outer = faiss.SearchParametersPreTransform()
+        outer.index_params = params
+        outer.referenced_objects = [params]  # keep the inner object alive on the Python side
+        return outer
+    return params
+
+
+def knn(index, store: RowStore, queries: np.ndarray, k: int, info: IndexInfo, selector=None,
+        nprobe: int | None = None, ef_search: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(scores, positions) of the top ``k`` per query; -1 where fewer exist. PQ candidates are
+    re-ranked with the exact stored vectors, so every returned score is an exact cosine."""
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    depth = max(k, info.rerank) if info.rerank else k
+    depth = min(depth, max(1, len(store)))
+    params = search_params(index, info.nprobe if nprobe is None else nprobe,
+                           info.ef_search if ef_search is None else ef_search, selector)
+    scores, ids = index.search(queries, depth, params=params)
+    positions = np.where(ids >= 0, store.positions(np.where(ids >= 0, ids, 0).ravel()).reshape(ids.shape), -1)
+    if info.rerank:
+        exact = np.full(positions.shape, -np.inf, np.float32)
+        valid = positions >= 0
+        if valid.any():
+            vecs = store.vectors(positions[valid])
+            rows = np.nonzero(valid)[0]
+            exact[valid] = np.einsum("ij,ij->i", vecs, queries[rows])
+        order = np.argsort(-exact, axis=1, kind="stable")[:, :k]
+        scores = np.take_along_axis(exact, order, axis=1)
+        positions = np.take_along_axis(positions, order, axis=1)
+        scores[positions < 0] = -np.inf
+    return scores[:, :k], positions[:, :k]
+
+
+# ---------------------------------------------------------------------------------- recall/tuning
+
+
+def _exact_neighbours(vectors: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
+    import faiss
+
+    flat = faiss.IndexFlatIP(vectors.shape[1])
+    flat.add(vectors)
+    return flat.search(queries, k)[1]
+
+
+def held_out_recall(index, store: RowStore, vectors: np.ndarray, info: IndexInfo,
+                    depths: list[tuple[int, int]], seed: int = 1) -> Iterator[tuple[int, int, float]]:
+    """Yield recall@10 for each (nprobe, efSearch) in ``depths`` (lazily: a caller may stop early),
+    on leave-one-out queries: each query is a stored vector whose own id is removed from both the
+    exact and the approximate answers, so it stands for a new image rather than a self-match
+    (autofaiss measures with self-matches, which flatters the index)."""
+    n = len(vectors)
+    q = min(RECALL_QUERIES, max(1, n // 10))
+    qpos = np.random.default_rng(seed).choice(n, size=q, replace=False)
+    queries = vectors[qpos]
+    k = min(RECALL_K, n - 1)
+    truth = _exact_neighbours(vectors, queries, k + 1)
+    truth_sets = [set(row[row != p][:k].tolist()) for row, p in zip(truth, qpos, strict=True)]
+    for nprobe, ef in depths:
+        _, pos = knn(index, store, queries, k + 1, info, nprobe=nprobe, ef_search=ef)
+        hits = sum(len(t & set(row[row != p][:k].tolist())) for t, row, p in zip(truth_sets, pos, qpos, strict=True))
+        yield nprobe, ef, hits / (k * q)
+
+
+def _tune(index, store: RowStore, vectors: np.ndarray, info: IndexInfo) -> None:
+    """Smallest search depth whose held-out recall@10 reaches the target (else the deepest tried)."""
+    import faiss
+
+    info.recall_queries = min(RECALL_QUERIES, max(1, len(vectors) // 10))
+    if info.kind == "flat" or len(vectors) < 3:
+        info.recall_at_10, info.recall_queries = 1.0, 0
+        return
+    if info.kind == "hnsw":
+        depths = [(0, ef) for ef in (16, 32, 64, 128, 256, 512)]
+    else:
+        nlist = faiss.extract_index_ivf(index).nlist
+        depths = [(p, 0) for p in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048) if p < nlist]
+        depths.append((min(nlist, 2048), 0))
+    for nprobe, ef, recall in held_out_recall(index, store, vectors, info, depths):
+        info.nprobe, info.ef_search, info.recall_at_10 = nprobe, ef, round(recall, 4)
+        if recall >= info.recall_target:
+            break
+
+
+# ----------------------------------------------------------------------------------------- build
+
+
+def build_index(
+    workspace: str | Path | None = None,
+    kind: str = "auto",
+    target: str = "images",
+    rebuild: bool = False,
+    memory_budget: int | None = None,
+    recall_target: float = 0.95,
+    opq: bool = True,
+    device: str = "auto",
+) -> IndexInfo:
+    """Build the index of a collection ("images" or "reports"), or bring it up to date.
+
+    With an index already there, new shards are added to it (same kind, no retraining); a shard
+    that changed or disappeared, another ``kind``, or ``rebuild=True`` builds from scratch.
+    ``device``: "auto" (a GPU when faiss has one), "cpu" or "cuda".
+    """
     if kind not in KINDS:
         raise WorkspaceError(f"unknown index kind {kind!r}", f"use one of {', '.join(KINDS)}")
+    if not 0 < recall_target <= 1:
+        raise WorkspaceError(f"recall target {recall_target} is not in (0, 1]")
     ws = Workspace.resolve(workspace)
     shards, index_dir = ws.collection(target)
-    t0 = time.perf_counter()
-    ids, vecs, fingerprint = read_shard_vectors(shards)
-    if len(ids) == 0:
+    state = _shard_state(shards)
+    if not state:
         hint = "run `cxrtool embed ARCHIVE` first" if target == "images" else "run `cxrtool embed-reports SOURCE` first"
         raise WorkspaceError(f"no embeddings in {shards}", hint)
-    if len(np.unique(ids)) != len(ids):
-        raise WorkspaceError(f"{shards}: duplicate ids across shards", "re-run the embedding with --overwrite")
-    kind = choose_index_kind(len(ids)) if kind == "auto" else kind
-    dim = vecs.shape[1]
-    factory, nprobe = _factory(kind, len(ids), dim)
-    index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
-    if not index.is_trained:
-        # train on a random sample (autofaiss takes the first vectors, biased by archive order)
-        nlist = faiss.extract_index_ivf(index).nlist
-        rng = np.random.default_rng(0)
-        index.train(vecs[rng.choice(len(vecs), size=min(len(vecs), 256 * nlist), replace=False)])
-    if kind in ("flat", "hnsw"):
-        index = faiss.IndexIDMap2(index)
-    index.add_with_ids(vecs, ids)
-    if nprobe:
-        faiss.extract_index_ivf(index).nprobe = nprobe
-    index_dir.mkdir(parents=True, exist_ok=True)
+    old = read_info(index_dir)
+    if old and not rebuild and (index_dir / INDEX_FILE).is_file() and kind in ("auto", old.kind):
+        if old.shards == state:
+            return old
+        if all(state.get(name) == size for name, size in old.shards.items()):
+            return _add_shards(index_dir, shards, old, state)
+    return _build(ws, index_dir, shards, state, kind, memory_budget, recall_target, opq, device)
+
+
+def read_info(index_dir: Path) -> IndexInfo | None:
+    """The index's info, or None when missing or written by an older cxrtool (then: rebuild)."""
+    path = index_dir / INFO_FILE
+    if not path.is_file():
+        return None
+    import json
+
+    data = json.loads(path.read_text())
+    known = {f.name for f in fields(IndexInfo)}
+    if not {"kind", "parts"} <= set(data) or not set(data) <= known:
+        return None
+    return IndexInfo(**data)
+
+
+def _write_index(index, index_dir: Path) -> int:
+    import faiss
+
     tmp = index_dir / (INDEX_FILE + ".tmp")
     faiss.write_index(index, str(tmp))
     tmp.replace(index_dir / INDEX_FILE)
-    info = IndexInfo(kind, factory, int(len(ids)), int(dim), fingerprint, _shard_state(shards), nprobe,
-                     round(time.perf_counter() - t0, 3))
-    ws.write_json(index_dir / INFO_FILE, asdict(info))
+    return (index_dir / INDEX_FILE).stat().st_size
+
+
+def _build(ws: Workspace, index_dir: Path, shards: Path, state: dict[str, int], kind: str, memory_budget: int | None,
+           recall_target: float, opq: bool, device: str) -> IndexInfo:
+    import faiss
+
+    t0 = time.perf_counter()
+    rows, vecs, fingerprint = read_collection(shards, sorted(state))
+    ids = rows.column("id").to_numpy()
+    if len(np.unique(ids)) != len(ids):
+        raise WorkspaceError(f"{shards}: the same id appears in two shards",
+                             "check the workspace with `cxrtool validate`; re-embed with --overwrite")
+    n, dim = vecs.shape
+    budget = memory_budget or default_memory_budget()
+    kind = choose_index_kind(n, dim, budget) if kind == "auto" else kind
+    use_gpu = (device == "cuda" or (device == "auto" and gpu_available())) and kind in ("ivf", "ivfpq")
+    factory = factory_string(kind, n, dim, opq=opq, gpu=use_gpu)
+    index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
+    info = IndexInfo(kind, factory, int(n), int(dim), fingerprint, state, parts=[0], recall_target=recall_target,
+                     memory_budget_bytes=int(budget), device="cuda" if use_gpu else "cpu",
+                     rerank=max(10 * RECALL_K, 100) if kind == "ivfpq" else 0,
+                     built_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    work = to_gpu(index) if use_gpu else index
+    if work is None:
+        work, info.device = index, "cpu"
+    t = time.perf_counter()
+    if not index.is_trained:  # a random sample, not the first vectors (biased by archive order)
+        nlist = faiss.extract_index_ivf(index).nlist
+        size = min(n, max(39 * nlist, 20_000), 256 * nlist)
+        sample = vecs[np.random.default_rng(0).choice(n, size=size, replace=False)]
+        work.train(sample)
+        info.trained_on = int(size)
+    info.train_seconds = round(time.perf_counter() - t, 3)
+    if kind in ("flat", "hnsw"):
+        work = faiss.IndexIDMap2(work)
+    t = time.perf_counter()
+    work.add_with_ids(vecs, ids)
+    info.add_seconds = round(time.perf_counter() - t, 3)
+    index = faiss.index_gpu_to_cpu(work) if info.device == "cuda" else work
+    # write into a fresh folder, then swap it in: a killed build leaves the old index usable
+    tmp_dir = index_dir.with_name(index_dir.name + ".building")
+    shutil.rmtree(tmp_dir, ignore_errors=True)
+    tmp_dir.mkdir(parents=True)
+    write_part(tmp_dir, 0, rows, vecs)
+    store = RowStore(tmp_dir, [0])
+    t = time.perf_counter()
+    _tune(index, store, vecs, info)
+    info.tune_seconds = round(time.perf_counter() - t, 3)
+    info.index_bytes = _write_index(index, tmp_dir)
+    info.build_seconds = round(time.perf_counter() - t0, 3)
+    ws.write_json(tmp_dir / INFO_FILE, info.to_dict())
+    old_dir = index_dir.with_name(index_dir.name + ".old")
+    shutil.rmtree(old_dir, ignore_errors=True)
+    if index_dir.exists():
+        index_dir.rename(old_dir)
+    tmp_dir.rename(index_dir)
+    shutil.rmtree(old_dir, ignore_errors=True)
     return info
+
+
+def _add_shards(index_dir: Path, shards: Path, info: IndexInfo, state: dict[str, int]) -> IndexInfo:
+    """Add the shards written since the last build: no retraining, ids checked for clashes."""
+    import faiss
+
+    t0 = time.perf_counter()
+    new = sorted(set(state) - set(info.shards))
+    rows, vecs, _ = read_collection(shards, new, fingerprint=info.model_fingerprint)
+    store = RowStore(index_dir, info.parts)
+    ids = rows.column("id").to_numpy()
+    clash = (store.positions(ids) >= 0).sum() + (len(ids) - len(np.unique(ids)))
+    if clash:
+        raise WorkspaceError(f"{clash} id(s) in the new shards are already indexed or repeated",
+                             "check the workspace with `cxrtool validate`; rebuild with `cxrtool index --rebuild`")
+    index = faiss.read_index(str(index_dir / INDEX_FILE))
+    t = time.perf_counter()
+    if len(ids):
+        index.add_with_ids(np.ascontiguousarray(vecs), ids)
+    part = max(info.parts) + 1
+    write_part(index_dir, part, rows, vecs)
+    info.parts = [*info.parts, part]
+    info.count += int(len(ids))
+    info.shards = state
+    info.incremental_adds += 1
+    info.add_seconds = round(time.perf_counter() - t, 3)
+    preferred = choose_index_kind(info.count, info.dim, info.memory_budget_bytes or None)
+    info.rebuild_suggested = (f"the collection has grown to {info.count} vectors: `cxrtool index --rebuild` "
+                              f"would choose {preferred}" if preferred != info.kind or
+                              (info.kind in ("ivf", "ivfpq") and info.count > 4 * max(info.trained_on, 1)) else "")
+    store = RowStore(index_dir, info.parts)
+    t = time.perf_counter()
+    all_vecs = store.vectors(np.arange(len(store)))
+    if info.kind != "flat":
+        (_, _, recall), = held_out_recall(index, store, all_vecs, info, [(info.nprobe, info.ef_search)])
+        info.recall_at_10 = round(recall, 4)
+    info.tune_seconds = round(time.perf_counter() - t, 3)
+    info.index_bytes = _write_index(index, index_dir)
+    info.build_seconds = round(time.perf_counter() - t0, 3)
+    Workspace(index_dir.parent).write_json(index_dir / INFO_FILE, info.to_dict())
+    return info
+
+
+def to_gpu(index):
+    """A GPU copy of an IVF index for training/adding, or None (with a log line) if FAISS cannot."""
+    import faiss
+
+    try:
+        res = faiss.StandardGpuResources()
+        gpu = faiss.index_cpu_to_gpu(res, 0, index)
+        gpu.referenced_objects = [res]
+        return gpu
+    except Exception as exc:  # no GPU build, unsupported index type, out of memory ...
+        log.warning("faiss GPU unavailable for this index (%s); building on the CPU", exc)
+        return None
 
 
 def index_is_current(ws: Workspace, target: str = "images") -> bool:
     shards, index_dir = ws.collection(target)
-    info = ws.read_json(index_dir / INFO_FILE)
-    return bool(info) and (index_dir / INDEX_FILE).is_file() and info.get("shards") == _shard_state(shards)
+    info = read_info(index_dir)
+    return bool(info) and (index_dir / INDEX_FILE).is_file() and info.shards == _shard_state(shards)
 
 
 def load_index(workspace: str | Path | None = None, rebuild_if_stale: bool = True, target: str = "images"):
-    """(faiss index, IndexInfo); builds it first if missing or older than the shards."""
+    """(faiss index, IndexInfo, RowStore); brings the index up to date first if the shards moved on."""
     import faiss
 
     ws = Workspace.resolve(workspace)
@@ -120,8 +461,7 @@ def load_index(workspace: str | Path | None = None, rebuild_if_stale: bool = Tru
         if not rebuild_if_stale:
             raise WorkspaceError(f"the index in {index_dir} is missing or stale", "run `cxrtool index`")
         build_index(ws.root, target=target)
-    info = IndexInfo(**ws.read_json(index_dir / INFO_FILE))
+    info = read_info(index_dir)
     index = faiss.read_index(str(index_dir / INDEX_FILE))
-    if info.nprobe:
-        faiss.extract_index_ivf(index).nprobe = info.nprobe
-    return index, info
+    return index, info, RowStore(index_dir, info.parts)
+

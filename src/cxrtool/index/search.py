@@ -1,20 +1,33 @@
-"""Search: a text query or an example image -> the nearest images, with their metadata."""
+"""Search: a text query or an example image -> the nearest images (or reports), with metadata.
+
+``Index.open(workspace)`` loads the FAISS index, its rows and memory-mapped vectors once; each
+``search`` is then a knn plus an in-memory row lookup (no shard reads). Filters are applied
+before ranking: a small matching set is ranked exactly from the stored vectors, a large one
+through a FAISS id selector. ``per_study`` keeps the best view of each study; near-duplicates
+(same file content, or cosine >= ``dedupe``) are suppressed.
+"""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from collections import OrderedDict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
 
-from cxrtool.embed.shards import read_shard_metadata
 from cxrtool.errors import WorkspaceError
-from cxrtool.index.build import load_index
+from cxrtool.index.build import IndexInfo, gpu_available, knn, load_index, to_gpu
+from cxrtool.index.filters import Filters
+from cxrtool.index.store import RowStore
 from cxrtool.model.directory import load_model
 from cxrtool.model.dual import DualEncoder
 from cxrtool.workspace import Workspace
+
+EXACT_SUBSET_MAX = 20_000  # filtered sets up to this size are ranked exactly (a few ms)
+# Near-duplicates: the default model puts one radiograph re-encoded in lossy transfer syntaxes at
+# cosine 0.984-0.992 to its original, and the closest two *different* images of the sample archive
+# (two views of one study) at 0.973. Weaker models crowd more: pass dedupe=None to keep all.
+DEDUPE_COSINE = 0.98
 
 
 @dataclass
@@ -22,15 +35,185 @@ class Hit:
     rank: int
     score: float
     id: int
-    path: str
+    path: str  # archive-relative image path, or the report key for report results
     study_key: str
-    view: str
-    modality: str
-    body_part: str
+    view: str = ""
+    modality: str = ""
+    body_part: str = ""
+    study_date: str = ""
+    patient_key: str = ""
     text: str = ""  # report text, for report results
+    views_in_study: int = 1  # with per_study: how many of the study's images matched
+    extra: dict = field(default_factory=dict, repr=False)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        d.pop("extra")
+        return d
+
+
+def _hit(rank: int, score: float, row: dict, reports: bool) -> Hit:
+    s = lambda k: row.get(k) or ""  # noqa: E731
+    if reports:
+        return Hit(rank, round(score, 4), int(row["id"]), s("report_key"), s("study_key"), text=s("text"), extra=row)
+    return Hit(rank, round(score, 4), int(row["id"]), s("path"), s("study_key"), s("view"), s("modality"),
+               s("body_part"), s("study_date"), s("patient_key"), extra=row)
+
+
+class Index:
+    """A searchable collection (images or reports) of a workspace."""
+
+    def __init__(self, ws: Workspace, index, info: IndexInfo, store: RowStore, target: str,
+                 model: DualEncoder | str | None = None, device: str = "cpu") -> None:
+        self.workspace, self.index, self.info, self.store, self.target = ws, index, info, store, target
+        self._model = model
+        self._device = device
+        self._selectors: OrderedDict[tuple, tuple[np.ndarray, object]] = OrderedDict()
+        self._gpu_index = to_gpu(index) if device.startswith("cuda") and gpu_available() else None
+
+    @classmethod
+    def open(cls, workspace: str | Path | None = None, target: str = "images", model: DualEncoder | str | None = None,
+             device: str = "cpu", rebuild_if_stale: bool = True) -> Index:
+        """Open (building or updating first, if needed) the index of ``target`` in ``workspace``.
+        ``model`` is loaded lazily, on the first text or image query."""
+        if target not in ("images", "reports"):
+            raise WorkspaceError(f"unknown search target {target!r}", "use images or reports")
+        ws = Workspace.resolve(workspace)
+        index, info, store = load_index(ws.root, rebuild_if_stale, target)
+        return cls(ws, index, info, store, target, model, device)
+
+    def __len__(self) -> int:
+        return len(self.store)
+
+    # ------------------------------------------------------------------------------------ model
+    @property
+    def model(self) -> DualEncoder:
+        if not isinstance(self._model, DualEncoder):
+            self._model = load_model(self._model, device=self._device)
+        if self._model.card.fingerprint != self.info.model_fingerprint:
+            raise WorkspaceError(
+                f"the index in {self.workspace.root} was built with another model than the one loaded",
+                "search with the model used for `cxrtool embed` (--model), or re-embed with --overwrite")
+        return self._model
+
+    def embed_query(self, query: str | None = None, image: str | Path | None = None) -> np.ndarray:
+        if (query is None) == (image is None):
+            raise WorkspaceError("give either a text query or --image PATH (not both)")
+        if query is not None:
+            return self.model.encode_texts([query])[0]
+        return self.model.encode_images([Path(image)])[0]
+
+    # ---------------------------------------------------------------------------------- filters
+    def matching(self, filters: Filters | None) -> np.ndarray | None:
+        """Positions matching ``filters`` (None: no filter)."""
+        return self._filter_state(filters)[0] if filters and not filters.is_empty() else None
+
+    def _filter_state(self, filters: Filters) -> tuple[np.ndarray, object]:
+        import faiss
+
+        key = filters.key()
+        if key not in self._selectors:
+            positions = np.flatnonzero(filters.mask(self.store.table))
+            selector = None
+            if len(positions) > EXACT_SUBSET_MAX:
+                selector = faiss.IDSelectorBatch(self.store.ids[positions])
+            self._selectors[key] = (positions, selector)
+            if len(self._selectors) > 16:
+                self._selectors.popitem(last=False)
+        self._selectors.move_to_end(key)
+        return self._selectors[key]
+
+    # ----------------------------------------------------------------------------------- search
+    def search_vectors(self, vectors: np.ndarray, k: int = 10, filters: Filters | None = None
+                       ) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, positions) of the top ``k`` rows per query vector that match ``filters``;
+        positions are -1 where fewer rows match."""
+        vectors = np.ascontiguousarray(np.atleast_2d(vectors), dtype=np.float32)
+        k = max(1, min(k, len(self.store)))
+        if filters is None or filters.is_empty():
+            if self._gpu_index is not None:
+                try:
+                    return knn(self._gpu_index, self.store, vectors, k, self.info)
+                except Exception:  # a GPU search that FAISS refuses (k/nprobe limits): use the CPU
+                    pass
+            return knn(self.index, self.store, vectors, k, self.info)
+        positions, selector = self._filter_state(filters)
+        if selector is None:  # small set: exact ranking from the stored vectors
+            scores = np.full((len(vectors), k), -np.inf, np.float32)
+            pos = np.full((len(vectors), k), -1, np.int64)
+            if len(positions):
+                sims = vectors @ self.store.vectors(positions).T
+                top = np.argsort(-sims, axis=1, kind="stable")[:, :k]
+                m = top.shape[1]
+                scores[:, :m] = np.take_along_axis(sims, top, axis=1)
+                pos[:, :m] = positions[top]
+            return scores, pos
+        scores, pos = knn(self.index, self.store, vectors, k, self.info, selector=selector)
+        return scores, pos
+
+    def search(self, query: str | None = None, image: str | Path | None = None, vector: np.ndarray | None = None,
+               k: int = 10, filters: Filters | None = None, per_study: bool = False,
+               dedupe: float | None = DEDUPE_COSINE) -> list[Hit]:
+        """Top-``k`` hits for a text ``query``, an example ``image`` or a query ``vector``.
+
+        ``per_study``: one hit per study (its best-scoring image; ``views_in_study`` counts the
+        study's images among the candidates). ``dedupe``: drop a hit with the same file content
+        as a better one, or a cosine >= this to it (None: keep all).
+        """
+        if vector is None:
+            vector = self.embed_query(query, image)
+        elif query is not None or image is not None:
+            raise WorkspaceError("give one of query, image or vector")
+        reports = self.target == "reports"
+        depth = k if not (per_study or dedupe) else min(len(self.store), max(4 * k, 50))
+        while True:
+            scores, positions = self.search_vectors(vector, depth, filters)
+            scores, positions = scores[0], positions[0]
+            valid = positions >= 0
+            scores, positions = scores[valid], positions[valid]
+            keep = self._collapse(positions, per_study, dedupe, k)
+            exhausted = len(positions) < depth or depth >= len(self.store)
+            if len(keep) >= k or exhausted:
+                break
+            depth = min(len(self.store), depth * 4)
+        rows = self.store.rows(positions[[i for i, _ in keep]])
+        hits = []
+        for rank, ((i, n_views), row) in enumerate(zip(keep, rows, strict=True), 1):
+            hit = _hit(rank, float(scores[i]), row, reports)
+            hit.views_in_study = n_views
+            hits.append(hit)
+        return hits
+
+    def _collapse(self, positions: np.ndarray, per_study: bool, dedupe: float | None, k: int
+                  ) -> list[tuple[int, int]]:
+        """Indices (into ``positions``, best first) of the hits to show, with views per study."""
+        if not (per_study or dedupe):
+            return [(i, 1) for i in range(min(k, len(positions)))]
+        studies = self.store.column("study_key")[positions] if per_study else None
+        hashes = self.store.column("content_hash")[positions] if dedupe and "content_hash" in \
+            self.store.table.column_names else None
+        vecs = self.store.vectors(positions) if dedupe else None
+        keep: list[int] = []
+        views: dict[str, int] = {}
+        first_of: dict[str, int] = {}
+        for i in range(len(positions)):
+            if per_study:
+                study = studies[i] or f"#{positions[i]}"
+                views[study] = views.get(study, 0) + 1
+                if study in first_of:
+                    continue
+            if dedupe and keep:
+                if hashes is not None and hashes[i] and hashes[i] in {hashes[j] for j in keep}:
+                    continue
+                if float(np.max(vecs[keep] @ vecs[i])) >= dedupe:
+                    continue
+            if len(keep) < k:
+                keep.append(i)
+                if per_study:
+                    first_of[study] = i
+        if per_study:
+            return [(i, views[studies[i] or f"#{positions[i]}"]) for i in keep]
+        return [(i, 1) for i in keep]
 
 
 def search(
@@ -40,37 +223,13 @@ def search(
     workspace: str | Path | None = None,
     model: DualEncoder | str | None = None,
     target: str = "images",
+    filters: Filters | None = None,
+    per_study: bool = False,
+    dedupe: float | None = DEDUPE_COSINE,
 ) -> list[Hit]:
-    """Top-``k`` images (``target="images"``) or reports (``"reports"``) for a text ``query`` or
-    an example ``image`` (exactly one of them): text->image, image->image, image->report."""
+    """One-shot search (opens the index each call; keep an :class:`Index` for many queries):
+    text->image, image->image (``image=``), image->report (``target="reports"``)."""
     if (query is None) == (image is None):
         raise WorkspaceError("give either a text query or --image PATH (not both)")
-    if target not in ("images", "reports"):
-        raise WorkspaceError(f"unknown search target {target!r}", "use images or reports")
-    ws = Workspace.resolve(workspace)
-    index, info = load_index(ws.root, target=target)
-    if not isinstance(model, DualEncoder):
-        model = load_model(model)
-    if info.model_fingerprint != model.card.fingerprint:
-        raise WorkspaceError(
-            f"the index in {ws.root} was built with another model than the one loaded",
-            "search with the model used for `cxrtool embed` (--model), or re-embed with --overwrite",
-        )
-    vec = model.encode_texts([query]) if query is not None else model.encode_images([Path(image)])
-    scores, ids = index.search(np.ascontiguousarray(vec, dtype=np.float32), min(k, info.count))
-    pairs = [(float(s), int(i)) for s, i in zip(scores[0], ids[0], strict=True) if i >= 0]
-    shards, _ = ws.collection(target)
-    meta = read_shard_metadata(shards, kind="report" if target == "reports" else "image")
-    rows = meta.filter(pc.is_in(meta.column("id"), value_set=pa.array([i for _, i in pairs], pa.int64())))
-    by_id = {r["id"]: r for r in rows.to_pylist()}
-    hits = []
-    for rank, (score, i) in enumerate(pairs, 1):
-        r = by_id.get(i)
-        if r is None:
-            raise WorkspaceError(f"index id {i} has no row in the shards", "rebuild with `cxrtool index`")
-        if target == "reports":
-            hits.append(Hit(rank, round(score, 4), i, r["report_key"], r["study_key"] or "", "", "", "", r["text"]))
-        else:
-            hits.append(Hit(rank, round(score, 4), i, r["path"], r["study_key"] or "", r["view"] or "",
-                            r["modality"] or "", r["body_part"] or ""))
-    return hits
+    index = Index.open(workspace, target, model)
+    return index.search(query, image, k=k, filters=filters, per_study=per_study, dedupe=dedupe)
