@@ -18,6 +18,9 @@ from cxrtool.privacy import identity_fields
 
 # Modalities of projection radiographs. Secondary captures (OT/SC) only on request.
 RADIOGRAPH_MODALITIES = ("CR", "DX")
+# Media Storage Directory Storage: a DICOMDIR, the index of a DICOM medium (no image of its own).
+MEDIA_DIRECTORY_SOP_CLASS = "1.2.840.10008.1.3.10"
+MEDIA_DIRECTORY_REASON = "DICOMDIR (media directory)"
 
 
 @dataclass(frozen=True)
@@ -31,6 +34,8 @@ class HeaderFilter:
 
     def skip_reason(self, meta: dict[str, Any]) -> str | None:
         """None to keep the object, else why it is skipped."""
+        if meta.get("media_directory"):
+            return MEDIA_DIRECTORY_REASON
         if not meta.get("has_pixels"):
             return f"not an image ({meta.get('Modality') or 'no pixel data'})"
         modality = str(meta.get("Modality", "") or "").upper()
@@ -48,17 +53,28 @@ class HeaderFilter:
         return None
 
 
-def read_dicom_header(path: Path, pseudonym_key: str | None = None, keep_study_date: bool = False) -> dict[str, Any]:
+def read_dicom_header(path: Path, pseudonym_key: str | None = None, keep_study_date: bool = False,
+                     data: bytes | None = None) -> dict[str, Any]:
     """PHI-safe header fields plus has_pixels / NumberOfFrames, without reading pixel data; with
-    a key, keyed-hash patient/accession pseudonyms (see :mod:`cxrtool.privacy`)."""
+    a key, keyed-hash patient/accession pseudonyms (see :mod:`cxrtool.privacy`). ``data``: the
+    file's bytes if the caller has read them already (``path`` then only names the file in errors).
+
+    A DICOMDIR (media directory) under another name is not an error: it gets
+    ``media_directory=True`` and :meth:`HeaderFilter.skip_reason` skips it.
+    """
+    import io
+
     import pydicom
 
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            ds = pydicom.dcmread(path, stop_before_pixels=True)
+            ds = pydicom.dcmread(path if data is None else io.BytesIO(data), stop_before_pixels=True)
     except Exception as exc:
         raise DecodeError(path, f"unreadable DICOM header ({type(exc).__name__}: {exc})") from None
+    media_class = getattr(getattr(ds, "file_meta", None), "MediaStorageSOPClassUID", None)
+    if media_class == MEDIA_DIRECTORY_SOP_CLASS or "DirectoryRecordSequence" in ds:
+        return {"media_directory": True, "has_pixels": False, "NumberOfFrames": 1}
     if "SOPClassUID" not in ds and "Rows" not in ds:
         raise DecodeError(path, "no readable DICOM attributes (truncated or corrupt file)")
     meta = dicom_safe_meta(ds)

@@ -14,6 +14,7 @@ carry no pixels) with a one-line reason, so a bulk run can log the file and go o
 
 from __future__ import annotations
 
+import io
 import math
 import warnings
 from dataclasses import dataclass, field
@@ -51,47 +52,60 @@ class DecodedImage:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
+def has_dicom_signature(head: bytes) -> bool:
+    """True if these leading bytes carry the DICOM Part 10 signature ('DICM' after a 128-byte preamble)."""
+    return len(head) >= 132 and head[128:132] == b"DICM"
+
+
 def is_dicom_file(path: Path) -> bool:
-    """True if the file carries the DICOM Part 10 signature ('DICM' after a 128-byte preamble)."""
+    """True if the file carries the DICOM Part 10 signature; False also when it cannot be read."""
     try:
         with open(path, "rb") as fh:
-            head = fh.read(132)
+            return has_dicom_signature(fh.read(132))
     except OSError:
         return False
-    return len(head) == 132 and head[128:132] == b"DICM"
 
 
-def decode_image(path: str | Path, min_side: int | None = None) -> DecodedImage:
+def _source(path: Path, data: bytes | None) -> Path | io.BytesIO:
+    """What pydicom/Pillow should open: the bytes the caller already read (one read per file), else the path."""
+    return path if data is None else io.BytesIO(data)
+
+
+def decode_image(path: str | Path, min_side: int | None = None, data: bytes | None = None) -> DecodedImage:
     """Decode a DICOM or raster image file into a [0, 1] float32 grayscale image.
 
     ``min_side``: the smallest short side the caller needs (e.g. the model's input size). Where
     the codec can, the image is decoded at a reduced resolution that still has at least this
     short side (JPEG 2000 resolution levels, JPEG DCT scaling) - many times faster for
     2,000-pixel radiographs feeding a 224-pixel model. ``None`` decodes at full size.
+    ``data``: the file's bytes, if the caller has read them already (the embed pipeline reads
+    each file once, hashes it and parses those bytes); ``path`` then only names the file in
+    errors and gives its suffix.
     """
     path = Path(path)
-    if not path.is_file():
+    if data is None and not path.is_file():
         raise DecodeError(path, "file not found")
     suffix = path.suffix.lower()
     if suffix in RASTER_SUFFIXES:
-        return decode_raster(path, min_side)
-    if suffix in DICOM_SUFFIXES or is_dicom_file(path):
-        return decode_dicom(path, min_side)
+        return decode_raster(path, min_side, data)
+    if suffix in DICOM_SUFFIXES or (is_dicom_file(path) if data is None else has_dicom_signature(data[:132])):
+        return decode_dicom(path, min_side, data)
     raise DecodeError(path, "not a DICOM file (no 'DICM' signature) and not a known image type")
 
 
 # --------------------------------------------------------------------------------------- DICOM
 
 
-def decode_dicom(path: Path, min_side: int | None = None) -> DecodedImage:
-    """DICOM -> [0, 1]: modality LUT, VOI LUT/window, MONOCHROME1 inversion, any bit depth."""
+def decode_dicom(path: Path, min_side: int | None = None, data: bytes | None = None) -> DecodedImage:
+    """DICOM -> [0, 1]: modality LUT, VOI LUT/window, MONOCHROME1 inversion, any bit depth.
+    ``data``: the file's bytes if already read (see :func:`decode_image`)."""
     import pydicom
     from pydicom.errors import InvalidDicomError
 
     try:
         with warnings.catch_warnings():  # truncation warnings: the error below says it once
             warnings.simplefilter("ignore")
-            ds = pydicom.dcmread(path)
+            ds = pydicom.dcmread(_source(path, data))
     except InvalidDicomError as exc:
         raise DecodeError(path, f"not a valid DICOM file ({exc})") from None
     except Exception as exc:  # truncated headers, bad lengths ...
@@ -143,8 +157,6 @@ def _reduced_dicom_pixels(ds: Any, min_side: int, meta: dict[str, Any]) -> np.nd
     Only single-frame, unsigned, grayscale JPEG 2000 / 8-bit JPEG frames take this path; the
     modality/VOI/MONOCHROME1 pipeline is applied afterwards exactly as for a full decode.
     """
-    import io
-
     from PIL import Image
     from pydicom.encaps import generate_frames
 
@@ -247,12 +259,13 @@ def dicom_safe_meta(ds: Any) -> dict[str, Any]:
 # -------------------------------------------------------------------------------------- raster
 
 
-def decode_raster(path: Path, min_side: int | None = None) -> DecodedImage:
-    """PNG/JPEG/TIFF -> [0, 1]. 16-bit data is scaled by the bit depth its maximum implies."""
+def decode_raster(path: Path, min_side: int | None = None, data: bytes | None = None) -> DecodedImage:
+    """PNG/JPEG/TIFF -> [0, 1]. 16-bit data is scaled by the bit depth its maximum implies.
+    ``data``: the file's bytes if already read (see :func:`decode_image`)."""
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     try:
-        with Image.open(path) as im:
+        with Image.open(_source(path, data)) as im:
             # DCT scaling only pays (and only stays faithful) for large JPEGs; a 512-px research
             # JPEG decodes in ~2 ms either way and keeps the exact pixels training saw.
             if min_side and im.format == "JPEG" and min(im.size) >= 4 * min_side:

@@ -1,53 +1,140 @@
-"""Finding the images in an archive folder: PACS exports, research sets, or a mix.
+"""Finding the images in an archive folder: PACS exports, DICOM media, research sets, or a mix.
 
 DICOMs are recognised by content (the 'DICM' signature), so files without an extension - the
-usual case in PACS exports (``IM000001``) - are found too. Everything else is skipped quietly.
+usual case in PACS exports (``IM000001``) - are found too. A DICOMDIR (the index of a DICOM
+medium) is not an image: it is read for the files its records reference, which count as DICOM
+without sniffing, and each referenced file missing on disk is reported. Files no DICOMDIR
+references are still found by the walk. Anything else that is readable and not an image is
+skipped quietly; what cannot be read at all (permissions, a folder that cannot be listed) is
+reported, so it is never silently missing from a run.
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from cxrtool.constants import DICOM_SUFFIXES, RASTER_SUFFIXES
-from cxrtool.io.decode import is_dicom_file
+from cxrtool.io.decode import has_dicom_signature
+
+DICOMDIR_NAME = "DICOMDIR"
+MISSING_REFERENCE = "referenced by DICOMDIR but missing"
 
 
 @dataclass(frozen=True)
 class ArchiveFile:
-    """One candidate image: absolute path, path relative to the archive root, and its kind."""
+    """One candidate image: absolute path, path relative to the archive root, and its kind.
+
+    ``problem`` is set when discovery already knows the file cannot be used (unreadable, or
+    referenced by a DICOMDIR but missing): the embed pipeline lists it in errors.jsonl with stage
+    "discover" instead of silently leaving it out.
+    """
 
     path: Path
     rel: str
-    kind: str  # "dicom" | "raster"
+    kind: str  # "dicom" | "raster" | "unknown" (only with a problem)
+    problem: str | None = None
+
+
+def _reason(exc: OSError) -> str:
+    """An OSError as a short reason without its file name (absolute paths stay out of outputs)."""
+    return exc.strerror or type(exc).__name__
+
+
+def _classify(path: Path) -> tuple[str | None, str | None]:
+    """(kind, problem): kind "dicom", "raster", None (not an image we read) or "unknown" when
+    the file cannot be opened to look for the DICOM signature."""
+    suffix = path.suffix.lower()
+    if suffix in RASTER_SUFFIXES:
+        return "raster", None
+    if suffix in DICOM_SUFFIXES:
+        return "dicom", None
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(132)
+    except OSError as exc:
+        return "unknown", f"unreadable ({_reason(exc)}): cannot tell whether it is a DICOM"
+    return ("dicom" if has_dicom_signature(head) else None), None
 
 
 def classify_file(path: Path) -> str | None:
-    """Return "dicom", "raster" or None (not an image we read)."""
-    suffix = path.suffix.lower()
-    if suffix in RASTER_SUFFIXES:
-        return "raster"
-    if suffix in DICOM_SUFFIXES:
-        return "dicom"
-    return "dicom" if is_dicom_file(path) else None
+    """Return "dicom", "raster" or None (not an image we read, or unreadable)."""
+    kind, problem = _classify(path)
+    return None if problem else kind
+
+
+def dicomdir_references(dicomdir: Path) -> list[Path]:
+    """Files referenced by a DICOMDIR's directory records (ReferencedFileID components are
+    relative to the DICOMDIR's folder). Raises on an unreadable DICOMDIR."""
+    import pydicom
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds = pydicom.dcmread(dicomdir, stop_before_pixels=True)
+    refs = []
+    for record in ds.get("DirectoryRecordSequence", []):
+        ref = record.get("ReferencedFileID")
+        if ref:
+            parts = [ref] if isinstance(ref, str) else [str(p) for p in ref]
+            refs.append(dicomdir.parent.joinpath(*parts))
+    return refs
 
 
 def discover_archive(root: str | Path) -> Iterator[ArchiveFile]:
-    """Yield the images under ``root`` in a stable (sorted) order; a single file is allowed."""
+    """Yield the images under ``root`` in a stable (sorted) order; a single file is allowed.
+
+    Files referenced by a DICOMDIR are matched case-insensitively (media written on ISO 9660
+    spell IDs in upper case; copies on a case-sensitive disk may not).
+    """
     root = Path(root)
     if root.is_file():
-        kind = classify_file(root)
-        if kind:
-            yield ArchiveFile(root.resolve(), root.name, kind)
+        kind, problem = _classify(root)
+        if kind and root.name.upper() != DICOMDIR_NAME:
+            yield ArchiveFile(root.resolve(), root.name, kind, problem)
         return
-    for dirpath, dirnames, filenames in os.walk(root):
+    referenced: dict[str, Path] = {}  # lower-cased archive-relative path -> path the DICOMDIR names
+    seen: set[str] = set()
+    unlisted: list[OSError] = []
+    for dirpath, dirnames, filenames in os.walk(root, onerror=unlisted.append):
+        while unlisted:  # a folder that cannot be listed: its files would vanish silently
+            exc = unlisted.pop(0)
+            folder = Path(exc.filename or dirpath)
+            yield ArchiveFile(folder.resolve(), folder.relative_to(root).as_posix(), "unknown",
+                              f"folder cannot be listed ({_reason(exc)})")
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for name in sorted(filenames):
-            if name.startswith("."):
+        names = sorted(n for n in filenames if not n.startswith("."))
+        for name in (n for n in names if n.upper() == DICOMDIR_NAME):
+            path = Path(dirpath) / name
+            try:
+                refs = dicomdir_references(path)
+            except Exception as exc:
+                yield ArchiveFile(path.resolve(), path.relative_to(root).as_posix(), "dicom",
+                                  f"unreadable DICOMDIR ({type(exc).__name__})")
+                continue
+            for ref in refs:
+                try:
+                    referenced.setdefault(ref.relative_to(root).as_posix().lower(), ref)
+                except ValueError:  # outside the archive: not ours to report
+                    continue
+        for name in names:
+            if name.upper() == DICOMDIR_NAME:
                 continue
             path = Path(dirpath) / name
-            kind = classify_file(path)
+            rel = path.relative_to(root).as_posix()
+            if rel.lower() in referenced:
+                seen.add(rel.lower())
+                yield ArchiveFile(path.resolve(), rel, "dicom")
+                continue
+            kind, problem = _classify(path)
             if kind:
-                yield ArchiveFile(path.resolve(), path.relative_to(root).as_posix(), kind)
+                yield ArchiveFile(path.resolve(), rel, kind, problem)
+    for exc in unlisted:
+        folder = Path(exc.filename or root)
+        yield ArchiveFile(folder.resolve(), folder.relative_to(root).as_posix(), "unknown",
+                          f"folder cannot be listed ({_reason(exc)})")
+    for key in sorted(set(referenced) - seen):
+        ref = referenced[key]
+        yield ArchiveFile(ref.resolve(), ref.relative_to(root).as_posix(), "dicom", MISSING_REFERENCE)
