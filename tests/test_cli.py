@@ -13,7 +13,7 @@ import pytest
 from .conftest import REPO, SAMPLE
 
 CXRTOOL = [sys.executable, "-m", "cxrtool.cli"]
-SUBCOMMANDS = ["prepare", "train", "embed", "embed-reports", "index", "search", "validate"]
+SUBCOMMANDS = ["prepare", "train", "embed", "embed-reports", "index", "search", "validate", "errors"]
 # Findings with enough positives among the held-out sample images to judge a top-5 list.
 FINDING_QUERIES = {"cardiomegaly": "cardiomegaly", "effusion": "pleural effusion", "atelectasis": "atelectasis",
                    "infiltration": "infiltrate", "pneumonia": "pneumonia", "pneumothorax": "pneumothorax",
@@ -92,6 +92,19 @@ def test_second_embed_resumes_and_index_reports(demo_workspace):
     assert again["embedded"] == 0 and again["already_done"] == again["found"]
     info = json.loads(cli("index", "--json", cwd=cwd, env=env).stdout)
     assert info["count"] == 167 and info["kind"] == "flat"
+
+
+@pytest.mark.slow
+def test_errors_command_lists_unused_files_with_their_stage(demo_workspace):
+    import io
+
+    cwd, env = demo_workspace
+    rows = list(csv.DictReader(io.StringIO(cli("errors", "--csv", cwd=cwd, env=env).stdout)))
+    assert rows and all(r["stage"] in {"discover", "read", "header", "decode"} and r["reason"] for r in rows)
+    assert json.loads(cli("errors", "--json", cwd=cwd, env=env).stdout) == rows
+    sr = [r for r in rows if r["kind"] == "not_image"]
+    assert sr and json.loads(cli("errors", "--json", "--kind", "not_image", cwd=cwd, env=env).stdout) == sr
+    assert f"{len(rows)} rows" in cli("errors", cwd=cwd, env=env).stdout
 
 
 def test_errors_are_one_line_with_a_hint(tmp_path):

@@ -5,7 +5,8 @@ Resolution order: --workspace flag, $CXRTOOL_WORKSPACE, ./cxrtool_workspace. Lay
     <workspace>/embed.json        archive root, model fingerprint, counts (written by embed)
     <workspace>/shards/*.parquet  vectors + ids + metadata (one schema: cxrtool.embed.shards)
     <workspace>/shards/part-IIII-of-NNNN/  the same, per part of a partitioned run (+ its errors.jsonl)
-    <workspace>/errors.jsonl      files that could not be embedded, with the reason
+    <workspace>/errors.jsonl      files that could not be embedded: path, kind, stage, reason
+    <workspace>/embed-runs.jsonl  one line per finished embed run: counts, per-stage seconds, settings
     <workspace>/index/            FAISS index + index.json (written by index)
     <workspace>/reports/          report-text shards (embed-reports), indexed in index-reports/
 """
@@ -36,6 +37,10 @@ class Workspace:
     @property
     def errors(self) -> Path:
         return self.root / "errors.jsonl"
+
+    @property
+    def embed_runs(self) -> Path:
+        return self.root / "embed-runs.jsonl"
 
     @property
     def embed_info(self) -> Path:

@@ -65,12 +65,12 @@ def embed_cmd(
               f"{s.not_images} not images, {sum(s.skipped.values())} skipped, {s.failed} failed -> {s.workspace}")
     for reason, n in s.skipped.items():
         out.print(f"  skipped {n}: {reason}", highlight=False)
-    out.print(f"{s.images_per_second:.1f} img/s (waiting for decode {s.wait_seconds:.1f}s, model "
-              f"{s.model_seconds:.1f}s, writing {s.write_seconds:.1f}s)")
+    out.print(f"{s.images_per_second:.1f} img/s in {s.seconds:.1f}s: discover {s.discover_seconds:.1f}s, waiting for "
+              f"decode {s.wait_seconds:.1f}s, model {s.model_seconds:.1f}s, writing {s.write_seconds:.1f}s")
     for f in s.failures[:10]:
-        out.print(f"[red]failed:[/] {f['path']}: {f['reason']}", highlight=False)
+        out.print(f"[red]failed ({f['stage']}):[/] {f['path']}: {f['reason']}", highlight=False)
     if s.failed:
-        out.print(f"all failures are listed in {Path(s.workspace) / 'errors.jsonl'}")
+        out.print(f"all failures are listed in {Path(s.workspace) / 'errors.jsonl'} (`cxrtool errors` shows them)")
     if s.found == 0:
         out.print("[yellow]no DICOM, PNG or JPEG files found[/]")
     raise typer.Exit(code)

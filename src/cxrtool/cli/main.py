@@ -7,7 +7,7 @@ import logging
 import typer
 
 from cxrtool import __version__
-from cxrtool.cli import embed, embed_reports, index, prepare, search, train, validate
+from cxrtool.cli import embed, embed_reports, errors, index, prepare, search, train, validate
 from cxrtool.cli.common import DEBUG
 
 app = typer.Typer(
@@ -47,3 +47,4 @@ app.command("embed-reports")(embed_reports.embed_reports_cmd)
 app.command("index")(index.index_cmd)
 app.command("search")(search.search_cmd)
 app.command("validate")(validate.validate_cmd)
+app.command("errors")(errors.errors_cmd)

@@ -3,24 +3,31 @@
 Resume rule (img2dataset's): a shard is written atomically and only when complete, and the set of
 done files is read back from the shards themselves (plus errors.jsonl for files that failed), so
 a killed run restarts where the last complete shard ended, with no duplicates and no gaps.
+
+Each file is read once: a worker reads its bytes, hashes them, and the header check and the
+decode both parse those bytes. Every file that is not embedded gets one errors.jsonl row
+``{"path", "kind", "stage", "reason"}``: kind "error" | "not_image" | "skipped", stage one of
+``STAGES``. Each finished run appends its summary (counts and per-stage seconds, no per-file
+rows) to ``<workspace>/embed-runs.jsonl``.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from cxrtool import __version__
 from cxrtool.constants import SHARD_ROWS
-from cxrtool.embed.shards import image_id, next_shard_path, read_shard_metadata, write_shard
+from cxrtool.embed.shards import content_hash, image_id, next_shard_path, read_shard_metadata, write_shard
 from cxrtool.errors import DecodeError, NotAnImageError, WorkspaceError
 from cxrtool.io.classify import HeaderFilter, read_dicom_header
 from cxrtool.io.decode import decode_image
@@ -33,6 +40,12 @@ from cxrtool.privacy import resolve_key
 from cxrtool.workspace import Workspace
 
 MAX_FAILURES_KEPT = 100
+
+# Where a file dropped out, for errors.jsonl: "discover" (unreadable while looking for the DICOM
+# signature, a folder that cannot be listed, a DICOMDIR-referenced file missing), "read" (the
+# bytes could not be read), "header" (unreadable DICOM header, filtered out, duplicate instance),
+# "decode" (the pixels could not be decoded).
+STAGES = ("discover", "read", "header", "decode")
 
 
 @dataclass
@@ -47,7 +60,8 @@ class EmbedSummary:
     skipped: dict[str, int] = field(default_factory=dict)  # reason -> count (filters, duplicates)
     shards_written: int = 0
     seconds: float = 0.0
-    wait_seconds: float = 0.0  # main process waiting for decoded batches
+    discover_seconds: float = 0.0  # walking the archive and reading back what earlier runs did
+    wait_seconds: float = 0.0  # main process waiting for decoded batches (read, hash, header, decode)
     model_seconds: float = 0.0
     write_seconds: float = 0.0
     images_per_second: float = 0.0
@@ -57,8 +71,9 @@ class EmbedSummary:
         return asdict(self)
 
 
-def image_record(f: ArchiveFile, meta: dict, shape: tuple[int, ...], identity: dict | None = None) -> dict:
-    """Shard row metadata for one image, from PHI-safe header fields (+ pseudonyms, if keyed)."""
+def image_record(f: ArchiveFile, meta: dict, shape: tuple[int, ...], digest: str, identity: dict | None = None) -> dict:
+    """Shard row metadata for one image, from PHI-safe header fields (+ pseudonyms, if keyed);
+    ``digest`` is the :func:`~cxrtool.embed.shards.content_hash` of the file's bytes."""
     study = meta.get("StudyInstanceUID") or (str(Path(f.rel).parent) if "/" in f.rel else "")
     return {
         "id": image_id(f.rel),
@@ -73,22 +88,15 @@ def image_record(f: ArchiveFile, meta: dict, shape: tuple[int, ...], identity: d
         "transfer_syntax": meta.get("TransferSyntaxUID"),
         "rows": int(shape[0]),
         "columns": int(shape[1]),
-        "content_hash": _file_sha256(f.path),
+        "content_hash": digest,
         **(identity or {}),
     }
 
 
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 class _DecodeDataset(Dataset):
-    """Runs in the loader workers: header check, decode + the card's eval transform; errors and
-    skips are returned as data so one bad file never stops the run."""
+    """Runs in the loader workers: one read of the file's bytes, content hash, header check,
+    decode + the card's eval transform. Errors and skips are returned as data, ``(kind, stage,
+    reason)``, so one bad file never stops the run."""
 
     def __init__(self, files: list[ArchiveFile], spec: ImageSpec, header_filter: HeaderFilter,
                  pseudonym_key: str | None = None, keep_study_date: bool = False) -> None:
@@ -103,24 +111,32 @@ class _DecodeDataset(Dataset):
 
     def __getitem__(self, i: int):
         f = self.files[i]
-        identity = None
         try:
+            data = f.path.read_bytes()
+        except OSError as exc:  # reason without the file name: absolute paths stay out of outputs
+            return None, {"path": f.rel}, ("error", "read",
+                                           f"cannot read the file ({exc.strerror or type(exc).__name__})")
+        identity = None
+        stage = "header"
+        try:
+            digest = content_hash(data)
             if f.kind == "dicom":
-                header = read_dicom_header(f.path, self.pseudonym_key, self.keep_study_date)
+                header = read_dicom_header(f.path, self.pseudonym_key, self.keep_study_date, data=data)
                 identity = {k: header.get(k) for k in ("patient_key", "accession_key", "study_date")}
                 reason = self.filter.skip_reason(header)
                 if reason:
-                    return None, {"path": f.rel}, ("not_image" if reason.startswith("not an image") else "skipped",
-                                                   reason)
-            image = decode_image(f.path, min_side=self.spec.input_size)
-            record = image_record(f, image.meta, image.pixels.shape, identity)
+                    kind = "not_image" if reason.startswith("not an image") else "skipped"
+                    return None, {"path": f.rel}, (kind, stage, reason)
+            stage = "decode"
+            image = decode_image(f.path, min_side=self.spec.input_size, data=data)
+            record = image_record(f, image.meta, image.pixels.shape, digest, identity)
             return preprocess(image.pixels, self.spec), record, None
         except NotAnImageError as exc:
-            return None, {"path": f.rel}, ("not_image", exc.short_reason)
+            return None, {"path": f.rel}, ("not_image", stage, exc.short_reason)
         except DecodeError as exc:
-            return None, {"path": f.rel}, ("error", exc.short_reason)
+            return None, {"path": f.rel}, ("error", stage, exc.short_reason)
         except Exception as exc:  # a decoder bug must not end a million-file run
-            return None, {"path": f.rel}, ("error", f"{type(exc).__name__}: {exc}")
+            return None, {"path": f.rel}, ("error", stage, f"{type(exc).__name__}: {exc}")
 
 
 def _collate(items):
@@ -135,18 +151,27 @@ def _done_paths(ws: Workspace, retry_errors: bool) -> set[str]:
     return done
 
 
-def read_error_paths(ws: Workspace) -> set[str]:
-    """Paths listed in the workspace's errors.jsonl files (all parts); a line cut short by a kill
-    is ignored, so its file is simply done again."""
-    out = set()
-    files = [ws.errors, *(ws.shards.rglob("errors.jsonl") if ws.shards.is_dir() else [])]
+def read_errors(workspace: Workspace | str | Path | None = None) -> list[dict]:
+    """Every errors.jsonl row of the workspace (all parts), as ``{"path", "kind", "stage",
+    "reason"}`` (stage "" in rows written before stages existed). A line cut short by a kill is
+    ignored, so its file is simply done again."""
+    ws = workspace if isinstance(workspace, Workspace) else Workspace.resolve(workspace)
+    rows = []
+    files = [ws.errors, *(sorted(ws.shards.rglob("errors.jsonl")) if ws.shards.is_dir() else [])]
     for path in (f for f in files if f.is_file()):
         for line in path.read_text().splitlines():
             try:
-                out.add(json.loads(line)["path"])
+                row = json.loads(line)
+                rows.append({"path": row["path"], "kind": row.get("kind", ""), "stage": row.get("stage", ""),
+                             "reason": row.get("reason", "")})
             except (json.JSONDecodeError, KeyError, TypeError):
                 continue
-    return out
+    return rows
+
+
+def read_error_paths(ws: Workspace) -> set[str]:
+    """Paths listed in the workspace's errors.jsonl files (all parts)."""
+    return {row["path"] for row in read_errors(ws)}
 
 
 def _check_workspace(ws: Workspace, archive: Path, model: DualEncoder, overwrite: bool, scope: Path) -> None:
@@ -240,6 +265,9 @@ def embed_archive(
                                                     .to_pylist() for c in ("sop_uid", "path")), strict=True) if sop}
     todo = [f for f in files if f.rel not in done]
     summary.already_done = len(files) - len(todo)
+    problems = [f for f in todo if f.problem]  # found unusable by discovery: errors rows, no decode
+    todo = [f for f in todo if not f.problem]
+    summary.discover_seconds = time.perf_counter() - t_start
     ws.write_json(ws.embed_info, {"archive": str(archive), "model": model.card.provenance.get("name", ""),
                                   "model_fingerprint": model.card.fingerprint, "embed_dim": model.card.embed_dim})
     workers = default_workers(device) if workers is None else workers
@@ -252,6 +280,18 @@ def embed_archive(
     rows: list[dict] = []
     vecs: list[np.ndarray] = []
     errors_fh = open(errors_path, "a")  # noqa: SIM115 - kept open across the loop, closed below
+
+    def log_error(path: str, kind: str, stage: str, reason: str) -> None:
+        errors_fh.write(json.dumps({"path": path, "kind": kind, "stage": stage, "reason": reason}) + "\n")
+        if kind == "not_image":
+            summary.not_images += 1
+        elif kind == "skipped":
+            key = reason.split(" (same instance")[0]
+            summary.skipped[key] = summary.skipped.get(key, 0) + 1
+        else:
+            summary.failed += 1
+            if len(summary.failures) < MAX_FAILURES_KEPT:  # all of them are in errors.jsonl
+                summary.failures.append({"path": path, "stage": stage, "reason": reason})
 
     def flush() -> None:
         nonlocal rows, vecs
@@ -267,6 +307,8 @@ def embed_archive(
 
     bar = tqdm(total=len(todo), desc="embedding", unit="img", disable=not progress or not todo)
     try:
+        for f in problems:
+            log_error(f.rel, "error", "discover", f.problem or "")
         t_wait = time.perf_counter()
         for batch in loader:
             summary.wait_seconds += time.perf_counter() - t_wait
@@ -274,24 +316,15 @@ def embed_archive(
             for i, (x, rec, err) in enumerate(batch):
                 sop = rec.get("sop_uid") if err is None else None
                 if sop and sop in seen_sops:
-                    batch[i] = (None, rec, ("skipped", f"duplicate SOPInstanceUID (same instance as {seen_sops[sop]})"))
+                    batch[i] = (None, rec, ("skipped", "header",
+                                            f"duplicate SOPInstanceUID (same instance as {seen_sops[sop]})"))
                 elif err is None:
                     if sop:
                         seen_sops[sop] = rec["path"]
                     good.append((x, rec))
             for _, rec, err in batch:
                 if err is not None:
-                    kind, reason = err
-                    errors_fh.write(json.dumps({"path": rec["path"], "kind": kind, "reason": reason}) + "\n")
-                    if kind == "not_image":
-                        summary.not_images += 1
-                    elif kind == "skipped":
-                        key = reason.split(" (same instance")[0]
-                        summary.skipped[key] = summary.skipped.get(key, 0) + 1
-                    else:
-                        summary.failed += 1
-                        if len(summary.failures) < MAX_FAILURES_KEPT:  # all of them are in errors.jsonl
-                            summary.failures.append({"path": rec["path"], "reason": reason})
+                    log_error(rec["path"], *err)
             if good:
                 t = time.perf_counter()
                 vecs.append(model.encode_pixels(torch.stack([x for x, _ in good])))
@@ -308,4 +341,18 @@ def embed_archive(
         errors_fh.close()
     summary.seconds = time.perf_counter() - t_start
     summary.images_per_second = summary.embedded / summary.seconds if summary.seconds else 0.0
+    _append_run_log(ws, summary, model, device=device, workers=workers, batch_size=batch_size,
+                    part=f"{part_index}/{num_parts}")
     return summary
+
+
+def _append_run_log(ws: Workspace, summary: EmbedSummary, model: DualEncoder, **settings: object) -> None:
+    """One JSON line per finished run in ``<workspace>/embed-runs.jsonl``: counts, per-stage
+    seconds and settings, never per-file rows (those, with archive-relative paths, are in
+    errors.jsonl), so the log holds nothing that could name a patient."""
+    entry = {"finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "cxrtool_version": __version__,
+             "model": model.card.provenance.get("name", ""), "model_fingerprint": model.card.fingerprint, **settings,
+             **{k: round(v, 3) if isinstance(v, float) else v for k, v in summary.to_dict().items()
+                if k != "failures"}}
+    with open(ws.embed_runs, "a") as fh:
+        fh.write(json.dumps(entry) + "\n")

@@ -15,7 +15,7 @@ body_part       string               BodyPartExamined (DICOM) or ""
 file_format     string               "dicom" | "raster"
 transfer_syntax string               DICOM transfer syntax UID or null
 rows, columns   int32                stored image size
-content_hash    string               sha256 of the file's bytes (finds re-exported copies)
+content_hash    string               "xxh3-128:<hex>" of the file's bytes (finds re-exported copies)
 patient_key     string               keyed hash of PatientID, only with a pseudonym key, else null
 accession_key   string               keyed hash of AccessionNumber, same rule
 study_date      string               YYYYMMDD, only with --keep-study-date, else null
@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import xxhash
 
 SHARD_SCHEMA_VERSION = "cxrtool-shard/1"
 META_COLUMNS = ["id", "path", "study_key", "series_uid", "sop_uid", "view", "modality", "body_part",
@@ -70,6 +71,12 @@ def shard_schema(dim: int, fingerprint: str, dtype: str = "float32") -> pa.Schem
         ],
         metadata={"cxrtool": SHARD_SCHEMA_VERSION, "model_fingerprint": fingerprint, "embedding_dtype": dtype},
     )
+
+
+def content_hash(data: bytes) -> str:
+    """The file's content hash, named by its algorithm. xxh3-128, not sha256: it finds identical
+    copies (nothing adversarial) and runs at memory speed, where sha256 cost ~6 ms per 8 MB DICOM."""
+    return "xxh3-128:" + xxhash.xxh3_128_hexdigest(data)
 
 
 def image_id(rel_path: str) -> int:
