@@ -189,3 +189,14 @@ def test_cli_filters_outputs_and_contact_sheet(tmp_path, tiny_model, tiny_model_
     assert info["kind"] == "flat" and info["count"] == len(list(archive.rglob("*.png"))) + 2
     none = cli("search", "effusion", "--modality", "MR", *common).stdout
     assert "no results" in none
+
+
+def test_text_queries_get_their_own_tuned_depth(tmp_path, tiny_model):
+    dim = tiny_model.card.embed_dim
+    ws, _, _ = make_workspace(tmp_path / "ws", [(0, 4_000)], dim=dim, fingerprint=tiny_model.card.fingerprint)
+    info = build_index(ws.root, "ivf", model=tiny_model)
+    assert info.text_queries > 50 and info.text_recall_at_10 is not None and info.text_nprobe >= info.nprobe
+    other = build_index(ws.root, "ivf", rebuild=True)  # no matching model at hand: the 4x rule
+    assert other.text_queries == 0 and other.text_recall_at_10 is None and other.text_nprobe >= other.nprobe
+    hits = Index.open(ws.root, model=tiny_model).search("pleural effusion", k=5, dedupe=None)
+    assert len(hits) == 5

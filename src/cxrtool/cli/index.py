@@ -19,19 +19,23 @@ def index_cmd(
     recall_target: float = typer.Option(0.95, help="Tune search depth until held-out recall@10 reaches this."),
     opq: bool = typer.Option(True, help="OPQ rotation before PQ (ivfpq only)."),
     device: str = typer.Option("auto", help="auto (GPU when faiss has one), cpu or cuda."),
+    model: str = typer.Option(None, help="The shards' model directory, to tune text-query depth (default model: "
+                              "automatic)."),
     as_json: bool = typer.Option(False, "--json", help="Print the index description as JSON."),
 ) -> None:
     """Build the FAISS index over the workspace's shards, or add new shards to it (search also
     does this when the index is missing or behind the shards)."""
     budget = int(memory_budget_gb * (1 << 30)) if memory_budget_gb else None
     info = run(lambda: build_index(workspace, kind, target, rebuild=rebuild, memory_budget=budget,
-                                   recall_target=recall_target, opq=opq, device=device))
+                                   recall_target=recall_target, opq=opq, device=device, model=model))
     if as_json:
         print_json(info.to_dict())
         return
     depth = f", nprobe {info.nprobe}" if info.nprobe else f", efSearch {info.ef_search}" if info.ef_search else ""
     recall = "exact" if info.kind == "flat" else f"recall@10 {info.recall_at_10:.3f} on {info.recall_queries} " \
-                                                 f"held-out queries{depth}"
+                                                 f"held-out image queries{depth}"
+    if info.text_recall_at_10 is not None:
+        recall += f"; text queries {info.text_recall_at_10:.3f} at depth {info.text_nprobe or info.text_ef_search}"
     out.print(f"indexed {info.count} vectors (dim {info.dim}) as {info.kind} [{info.factory}] on {info.device} "
               f"in {info.build_seconds:.2f}s; {recall}; {info.index_bytes / 1e6:.1f} MB")
     if info.rebuild_suggested:

@@ -59,6 +59,13 @@ class IndexInfo:
     rerank: int = 0  # PQ: candidates re-ranked exactly (0: scores are exact already)
     recall_at_10: float = 1.0  # measured on held-out queries (1.0 for the exact index)
     recall_queries: int = 0
+    # text queries sit apart from the images they match (the modality gap) and need a deeper
+    # search than image queries: tuned separately on the prompt bank's sentences when the model
+    # of the shards is at hand, else a conservative 4x the image depth
+    text_nprobe: int = 0
+    text_ef_search: int = 0
+    text_recall_at_10: float | None = None
+    text_queries: int = 0
     recall_target: float = 0.95
     memory_budget_bytes: int = 0
     index_bytes: int = 0
@@ -233,43 +240,84 @@ def _exact_neighbours(vectors: np.ndarray, queries: np.ndarray, k: int) -> np.nd
     return flat.search(queries, k)[1]
 
 
-def held_out_recall(index, store: RowStore, vectors: np.ndarray, info: IndexInfo,
-                    depths: list[tuple[int, int]], seed: int = 1) -> Iterator[tuple[int, int, float]]:
-    """Yield recall@10 for each (nprobe, efSearch) in ``depths`` (lazily: a caller may stop early),
-    on leave-one-out queries: each query is a stored vector whose own id is removed from both the
-    exact and the approximate answers, so it stands for a new image rather than a self-match
-    (autofaiss measures with self-matches, which flatters the index)."""
+def recall_curve(index, store: RowStore, vectors: np.ndarray, info: IndexInfo, depths: list[tuple[int, int]],
+                 queries: np.ndarray | None = None, seed: int = 1) -> Iterator[tuple[int, int, float]]:
+    """Yield recall@10 for each (nprobe, efSearch) in ``depths`` (lazily: a caller may stop early).
+
+    Without ``queries``, on leave-one-out queries: stored vectors whose own id is removed from
+    both the exact and the approximate answers, so each stands for a new image rather than a
+    self-match (autofaiss measures with self-matches, which flatters the index). With ``queries``
+    (e.g. text embeddings), on those as given."""
     n = len(vectors)
-    q = min(RECALL_QUERIES, max(1, n // 10))
-    qpos = np.random.default_rng(seed).choice(n, size=q, replace=False)
-    queries = vectors[qpos]
     k = min(RECALL_K, n - 1)
-    truth = _exact_neighbours(vectors, queries, k + 1)
+    if queries is None:
+        qpos = np.random.default_rng(seed).choice(n, size=min(RECALL_QUERIES, max(1, n // 10)), replace=False)
+        queries = vectors[qpos]
+    else:
+        qpos = np.full(len(queries), -1)
+    truth = _exact_neighbours(vectors, np.ascontiguousarray(queries, dtype=np.float32), k + 1)
     truth_sets = [set(row[row != p][:k].tolist()) for row, p in zip(truth, qpos, strict=True)]
     for nprobe, ef in depths:
         _, pos = knn(index, store, queries, k + 1, info, nprobe=nprobe, ef_search=ef)
         hits = sum(len(t & set(row[row != p][:k].tolist())) for t, row, p in zip(truth_sets, pos, qpos, strict=True))
-        yield nprobe, ef, hits / (k * q)
+        yield nprobe, ef, hits / (k * len(queries))
 
 
-def _tune(index, store: RowStore, vectors: np.ndarray, info: IndexInfo) -> None:
-    """Smallest search depth whose held-out recall@10 reaches the target (else the deepest tried)."""
+def _depths(index, kind: str) -> list[tuple[int, int]]:
     import faiss
 
+    if kind == "hnsw":
+        return [(0, ef) for ef in (16, 32, 64, 128, 256, 512, 1024)]
+    nlist = faiss.extract_index_ivf(index).nlist
+    depths = [(p, 0) for p in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048) if p < nlist]
+    return depths + [(min(nlist, 2048), 0)]
+
+
+def _tune(index, store: RowStore, vectors: np.ndarray, info: IndexInfo, text_queries: np.ndarray | None) -> None:
+    """Smallest search depths whose recall@10 reaches the target (else the deepest tried): for
+    held-out image queries, and for text queries when given."""
     info.recall_queries = min(RECALL_QUERIES, max(1, len(vectors) // 10))
     if info.kind == "flat" or len(vectors) < 3:
-        info.recall_at_10, info.recall_queries = 1.0, 0
+        info.recall_at_10, info.recall_queries, info.text_recall_at_10 = 1.0, 0, None
         return
-    if info.kind == "hnsw":
-        depths = [(0, ef) for ef in (16, 32, 64, 128, 256, 512)]
-    else:
-        nlist = faiss.extract_index_ivf(index).nlist
-        depths = [(p, 0) for p in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048) if p < nlist]
-        depths.append((min(nlist, 2048), 0))
-    for nprobe, ef, recall in held_out_recall(index, store, vectors, info, depths):
+    depths = _depths(index, info.kind)
+    for nprobe, ef, recall in recall_curve(index, store, vectors, info, depths):
         info.nprobe, info.ef_search, info.recall_at_10 = nprobe, ef, round(recall, 4)
         if recall >= info.recall_target:
             break
+    start = depths.index((info.nprobe, info.ef_search))
+    if text_queries is None or not len(text_queries):
+        deeper = depths[min(start + 2, len(depths) - 1)]  # 4x: what text queries needed in our benchmark
+        info.text_nprobe, info.text_ef_search, info.text_recall_at_10, info.text_queries = *deeper, None, 0
+        return
+    info.text_queries = len(text_queries)
+    for nprobe, ef, recall in recall_curve(index, store, vectors, info, depths[start:], queries=text_queries):
+        info.text_nprobe, info.text_ef_search, info.text_recall_at_10 = nprobe, ef, round(recall, 4)
+        if recall >= info.recall_target:
+            break
+
+
+def tuning_text_queries(fingerprint: str, model=None) -> np.ndarray | None:
+    """Embeddings of the prompt bank's sentences by the shards' model, to tune text-query depth;
+    None when that model is not at hand (``model`` given or the default; fingerprints must match)."""
+    from cxrtool.data.prompts import PromptBank
+    from cxrtool.model.directory import load_model, resolve_model_path
+    from cxrtool.model.dual import DualEncoder
+
+    try:
+        if not isinstance(model, DualEncoder):
+            card = Workspace(resolve_model_path(model)).read_json(resolve_model_path(model) / "model.json") or {}
+            if card.get("fingerprint") != fingerprint:
+                return None
+            model = load_model(model)
+        if model.card.fingerprint != fingerprint:
+            return None
+    except Exception as exc:  # no usable model: the text depth falls back to the 4x rule
+        log.info("text-query tuning skipped: %s", exc)
+        return None
+    bank = PromptBank.load()
+    sentences = sorted({t for p in bank.labels.values() for t in (*p.positive, *p.uncertain)})
+    return model.encode_texts(sentences)
 
 
 # ----------------------------------------------------------------------------------------- build
@@ -284,12 +332,15 @@ def build_index(
     recall_target: float = 0.95,
     opq: bool = True,
     device: str = "auto",
+    model=None,
 ) -> IndexInfo:
     """Build the index of a collection ("images" or "reports"), or bring it up to date.
 
     With an index already there, new shards are added to it (same kind, no retraining); a shard
     that changed or disappeared, another ``kind``, or ``rebuild=True`` builds from scratch.
-    ``device``: "auto" (a GPU when faiss has one), "cpu" or "cuda".
+    ``device``: "auto" (a GPU when faiss has one), "cpu" or "cuda". ``model`` (a DualEncoder or
+    model directory; default: the default model) embeds the prompt bank to tune the depth of text
+    queries, if it is the model of the shards.
     """
     if kind not in KINDS:
         raise WorkspaceError(f"unknown index kind {kind!r}", f"use one of {', '.join(KINDS)}")
@@ -306,8 +357,8 @@ def build_index(
         if old.shards == state:
             return old
         if all(state.get(name) == size for name, size in old.shards.items()):
-            return _add_shards(index_dir, shards, old, state)
-    return _build(ws, index_dir, shards, state, kind, memory_budget, recall_target, opq, device)
+            return _add_shards(index_dir, shards, old, state, target, model)
+    return _build(ws, index_dir, shards, state, kind, memory_budget, recall_target, opq, device, target, model)
 
 
 def read_info(index_dir: Path) -> IndexInfo | None:
@@ -334,7 +385,7 @@ def _write_index(index, index_dir: Path) -> int:
 
 
 def _build(ws: Workspace, index_dir: Path, shards: Path, state: dict[str, int], kind: str, memory_budget: int | None,
-           recall_target: float, opq: bool, device: str) -> IndexInfo:
+           recall_target: float, opq: bool, device: str, target: str, model) -> IndexInfo:
     import faiss
 
     t0 = time.perf_counter()
@@ -377,7 +428,8 @@ def _build(ws: Workspace, index_dir: Path, shards: Path, state: dict[str, int], 
     write_part(tmp_dir, 0, rows, vecs)
     store = RowStore(tmp_dir, [0])
     t = time.perf_counter()
-    _tune(index, store, vecs, info)
+    text_queries = tuning_text_queries(fingerprint, model) if kind != "flat" and target == "images" else None
+    _tune(index, store, vecs, info, text_queries)
     info.tune_seconds = round(time.perf_counter() - t, 3)
     info.index_bytes = _write_index(index, tmp_dir)
     info.build_seconds = round(time.perf_counter() - t0, 3)
@@ -391,7 +443,8 @@ def _build(ws: Workspace, index_dir: Path, shards: Path, state: dict[str, int], 
     return info
 
 
-def _add_shards(index_dir: Path, shards: Path, info: IndexInfo, state: dict[str, int]) -> IndexInfo:
+def _add_shards(index_dir: Path, shards: Path, info: IndexInfo, state: dict[str, int], target: str,
+                model) -> IndexInfo:
     """Add the shards written since the last build: no retraining, ids checked for clashes."""
     import faiss
 
@@ -422,7 +475,9 @@ def _add_shards(index_dir: Path, shards: Path, info: IndexInfo, state: dict[str,
     store = RowStore(index_dir, info.parts)
     t = time.perf_counter()
     all_vecs = store.vectors(np.arange(len(store)))
-    _tune(index, store, all_vecs, info)  # new vectors may sit off the trained lists: re-tune the depth
+    text_queries = tuning_text_queries(info.model_fingerprint, model) if info.kind != "flat" and target == "images" \
+        else None
+    _tune(index, store, all_vecs, info, text_queries)  # new vectors may sit off the trained lists: re-tune
     info.tune_seconds = round(time.perf_counter() - t, 3)
     info.index_bytes = _write_index(index, index_dir)
     info.build_seconds = round(time.perf_counter() - t0, 3)
@@ -450,7 +505,8 @@ def index_is_current(ws: Workspace, target: str = "images") -> bool:
     return bool(info) and (index_dir / INDEX_FILE).is_file() and info.shards == _shard_state(shards)
 
 
-def load_index(workspace: str | Path | None = None, rebuild_if_stale: bool = True, target: str = "images"):
+def load_index(workspace: str | Path | None = None, rebuild_if_stale: bool = True, target: str = "images",
+               model=None):
     """(faiss index, IndexInfo, RowStore); brings the index up to date first if the shards moved on."""
     import faiss
 
@@ -459,7 +515,7 @@ def load_index(workspace: str | Path | None = None, rebuild_if_stale: bool = Tru
     if not index_is_current(ws, target):
         if not rebuild_if_stale:
             raise WorkspaceError(f"the index in {index_dir} is missing or stale", "run `cxrtool index`")
-        build_index(ws.root, target=target)
+        build_index(ws.root, target=target, model=model)
     info = read_info(index_dir)
     index = faiss.read_index(str(index_dir / INDEX_FILE))
     return index, info, RowStore(index_dir, info.parts)

@@ -79,7 +79,7 @@ class Index:
         if target not in ("images", "reports"):
             raise WorkspaceError(f"unknown search target {target!r}", "use images or reports")
         ws = Workspace.resolve(workspace)
-        index, info, store = load_index(ws.root, rebuild_if_stale, target)
+        index, info, store = load_index(ws.root, rebuild_if_stale, target, model)
         return cls(ws, index, info, store, target, model, device)
 
     def __len__(self) -> int:
@@ -124,19 +124,22 @@ class Index:
         return self._selectors[key]
 
     # ----------------------------------------------------------------------------------- search
-    def search_vectors(self, vectors: np.ndarray, k: int = 10, filters: Filters | None = None
-                       ) -> tuple[np.ndarray, np.ndarray]:
+    def search_vectors(self, vectors: np.ndarray, k: int = 10, filters: Filters | None = None,
+                       text: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """(scores, positions) of the top ``k`` rows per query vector that match ``filters``;
-        positions are -1 where fewer rows match."""
+        positions are -1 where fewer rows match. ``text``: the vectors are text embeddings (searched
+        deeper: see ``IndexInfo.text_nprobe``)."""
         vectors = np.ascontiguousarray(np.atleast_2d(vectors), dtype=np.float32)
         k = max(1, min(k, len(self.store)))
+        deeper = text and (self.info.text_nprobe or self.info.text_ef_search)
+        depth = {"nprobe": self.info.text_nprobe, "ef_search": self.info.text_ef_search} if deeper else {}
         if filters is None or filters.is_empty():
             if self._gpu_index is not None:
                 try:
-                    return knn(self._gpu_index, self.store, vectors, k, self.info)
+                    return knn(self._gpu_index, self.store, vectors, k, self.info, **depth)
                 except Exception:  # a GPU search that FAISS refuses (k/nprobe limits): use the CPU
                     pass
-            return knn(self.index, self.store, vectors, k, self.info)
+            return knn(self.index, self.store, vectors, k, self.info, **depth)
         positions, selector = self._filter_state(filters)
         if selector is None:  # small set: exact ranking from the stored vectors
             scores = np.full((len(vectors), k), -np.inf, np.float32)
@@ -148,18 +151,19 @@ class Index:
                 scores[:, :m] = np.take_along_axis(sims, top, axis=1)
                 pos[:, :m] = positions[top]
             return scores, pos
-        scores, pos = knn(self.index, self.store, vectors, k, self.info, selector=selector)
+        scores, pos = knn(self.index, self.store, vectors, k, self.info, selector=selector, **depth)
         return scores, pos
 
     def search(self, query: str | None = None, image: str | Path | None = None, vector: np.ndarray | None = None,
                k: int = 10, filters: Filters | None = None, per_study: bool = False,
-               dedupe: float | None = DEDUPE_COSINE) -> list[Hit]:
+               dedupe: float | None = DEDUPE_COSINE, text: bool | None = None) -> list[Hit]:
         """Top-``k`` hits for a text ``query``, an example ``image`` or a query ``vector``.
 
         ``per_study``: one hit per study (its best-scoring image; ``views_in_study`` counts the
         study's images among the candidates). ``dedupe``: drop a hit with the same file content
         as a better one, or a cosine >= this to it (None: keep all).
         """
+        text = query is not None if text is None else text  # a text embedding passed as ``vector``: text=True
         if vector is None:
             vector = self.embed_query(query, image)
         elif query is not None or image is not None:
@@ -167,7 +171,7 @@ class Index:
         reports = self.target == "reports"
         depth = k if not (per_study or dedupe) else min(len(self.store), max(4 * k, 50))
         while True:
-            scores, positions = self.search_vectors(vector, depth, filters)
+            scores, positions = self.search_vectors(vector, depth, filters, text=text)
             scores, positions = scores[0], positions[0]
             valid = positions >= 0
             scores, positions = scores[valid], positions[valid]
