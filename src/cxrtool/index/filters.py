@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import fnmatch
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 import pyarrow as pa
@@ -48,12 +48,14 @@ class Filters:
             object.__setattr__(self, name, parts)
         object.__setattr__(self, "date_from", _date(self.date_from, "date_from"))
         object.__setattr__(self, "date_to", _date(self.date_to, "date_to"))
+        # hashable identity, computed once: search caches the matching rows per filter
+        object.__setattr__(self, "_key", tuple((f.name, getattr(self, f.name)) for f in fields(self)))
 
     def is_empty(self) -> bool:
-        return not any(asdict(self).values())
+        return not any(value for _, value in self._key)
 
     def key(self) -> tuple:
-        return tuple(asdict(self).items())
+        return self._key
 
     def mask(self, table: pa.Table) -> np.ndarray:
         """Boolean keep-mask over the rows of ``table`` (shard metadata columns)."""

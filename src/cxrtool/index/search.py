@@ -68,7 +68,7 @@ class Index:
         self.workspace, self.index, self.info, self.store, self.target = ws, index, info, store, target
         self._model = model
         self._device = device
-        self._selectors: OrderedDict[tuple, tuple[np.ndarray, object]] = OrderedDict()
+        self._selectors: OrderedDict[tuple, tuple[np.ndarray, object, np.ndarray | None]] = OrderedDict()
         self._gpu_index = to_gpu(index) if device.startswith("cuda") and gpu_available() else None
 
     @classmethod
@@ -108,17 +108,21 @@ class Index:
         """Positions matching ``filters`` (None: no filter)."""
         return self._filter_state(filters)[0] if filters and not filters.is_empty() else None
 
-    def _filter_state(self, filters: Filters) -> tuple[np.ndarray, object]:
+    def _filter_state(self, filters: Filters) -> tuple[np.ndarray, object, np.ndarray | None]:
+        """(matching positions, FAISS selector or None, their vectors for exact ranking or None),
+        cached for the last few filters: a page or a script repeats them query after query."""
         import faiss
 
         key = filters.key()
         if key not in self._selectors:
             positions = np.flatnonzero(filters.mask(self.store.table))
-            selector = None
+            selector, vectors = None, None
             if len(positions) > EXACT_SUBSET_MAX:
                 selector = faiss.IDSelectorBatch(self.store.ids[positions])
-            self._selectors[key] = (positions, selector)
-            if len(self._selectors) > 16:
+            else:
+                vectors = self.store.vectors(positions)  # <= 20k x d floats: ranked exactly
+            self._selectors[key] = (positions, selector, vectors)
+            if len(self._selectors) > 8:
                 self._selectors.popitem(last=False)
         self._selectors.move_to_end(key)
         return self._selectors[key]
@@ -140,14 +144,17 @@ class Index:
                 except Exception:  # a GPU search that FAISS refuses (k/nprobe limits): use the CPU
                     pass
             return knn(self.index, self.store, vectors, k, self.info, **depth)
-        positions, selector = self._filter_state(filters)
+        positions, selector, subset = self._filter_state(filters)
         if selector is None:  # small set: exact ranking from the stored vectors
             scores = np.full((len(vectors), k), -np.inf, np.float32)
             pos = np.full((len(vectors), k), -1, np.int64)
             if len(positions):
-                sims = vectors @ self.store.vectors(positions).T
-                top = np.argsort(-sims, axis=1, kind="stable")[:, :k]
-                m = top.shape[1]
+                sims = vectors @ subset.T
+                m = min(k, len(positions))
+                top = np.argpartition(-sims, m - 1, axis=1)[:, :m] if m < len(positions) else \
+                    np.broadcast_to(np.arange(len(positions)), sims.shape)
+                order = np.argsort(-np.take_along_axis(sims, top, axis=1), axis=1, kind="stable")
+                top = np.take_along_axis(top, order, axis=1)
                 scores[:, :m] = np.take_along_axis(sims, top, axis=1)
                 pos[:, :m] = positions[top]
             return scores, pos
