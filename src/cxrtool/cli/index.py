@@ -27,7 +27,8 @@ def index_cmd(
     does this when the index is missing or behind the shards)."""
     budget = int(memory_budget_gb * (1 << 30)) if memory_budget_gb else None
     info = run(lambda: build_index(workspace, kind, target, rebuild=rebuild, memory_budget=budget,
-                                   recall_target=recall_target, opq=opq, device=device, model=model))
+                                   recall_target=recall_target, opq=opq, device=device, model=model,
+                                   progress=True))
     if as_json:
         print_json(info.to_dict())
         return

@@ -17,6 +17,7 @@ import logging
 import math
 import os
 import shutil
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, fields
@@ -147,11 +148,14 @@ def _shard_state(shards: Path) -> dict[str, int]:
     return {p.relative_to(shards).as_posix(): p.stat().st_size for p in shard_paths(shards)}
 
 
-def read_collection(shards: Path, names: list[str], fingerprint: str | None = None) -> tuple[pa.Table, np.ndarray, str]:
+def read_collection(shards: Path, names: list[str], fingerprint: str | None = None, progress: bool = False
+                    ) -> tuple[pa.Table, np.ndarray, str]:
     """(metadata rows, float32 vectors, model fingerprint) of the named shards; refuses shards
     embedded with different models (their vectors live in different spaces)."""
     tables, vectors = [], []
-    for name in names:
+    from tqdm import tqdm
+
+    for name in tqdm(names, desc="index: reading shards", unit="shard", disable=not progress or len(names) < 8):
         table = pq.read_table(shards / name)
         got = (table.schema.metadata or {}).get(b"model_fingerprint", b"").decode()
         if fingerprint is None:
@@ -333,6 +337,7 @@ def build_index(
     opq: bool = True,
     device: str = "auto",
     model=None,
+    progress: bool = False,
 ) -> IndexInfo:
     """Build the index of a collection ("images" or "reports"), or bring it up to date.
 
@@ -357,8 +362,9 @@ def build_index(
         if old.shards == state:
             return old
         if all(state.get(name) == size for name, size in old.shards.items()):
-            return _add_shards(index_dir, shards, old, state, target, model)
-    return _build(ws, index_dir, shards, state, kind, memory_budget, recall_target, opq, device, target, model)
+            return _add_shards(index_dir, shards, old, state, target, model, progress)
+    return _build(ws, index_dir, shards, state, kind, memory_budget, recall_target, opq, device, target, model,
+                  progress)
 
 
 def read_info(index_dir: Path) -> IndexInfo | None:
@@ -375,6 +381,14 @@ def read_info(index_dir: Path) -> IndexInfo | None:
     return IndexInfo(**data)
 
 
+def _stage(progress: bool, what: str) -> None:
+    """One line per long build stage (FAISS' C++ calls give no progress of their own)."""
+    if progress:
+        from tqdm import tqdm
+
+        tqdm.write(f"index: {what} ...", file=sys.stderr)
+
+
 def _write_index(index, index_dir: Path) -> int:
     import faiss
 
@@ -385,11 +399,11 @@ def _write_index(index, index_dir: Path) -> int:
 
 
 def _build(ws: Workspace, index_dir: Path, shards: Path, state: dict[str, int], kind: str, memory_budget: int | None,
-           recall_target: float, opq: bool, device: str, target: str, model) -> IndexInfo:
+           recall_target: float, opq: bool, device: str, target: str, model, progress: bool) -> IndexInfo:
     import faiss
 
     t0 = time.perf_counter()
-    rows, vecs, fingerprint = read_collection(shards, sorted(state))
+    rows, vecs, fingerprint = read_collection(shards, sorted(state), progress=progress)
     ids = rows.column("id").to_numpy()
     if len(np.unique(ids)) != len(ids):
         raise WorkspaceError(f"{shards}: the same id appears in two shards",
@@ -412,12 +426,14 @@ def _build(ws: Workspace, index_dir: Path, shards: Path, state: dict[str, int], 
         nlist = faiss.extract_index_ivf(index).nlist
         size = min(n, max(39 * nlist, 20_000), 256 * nlist)
         sample = vecs[np.random.default_rng(0).choice(n, size=size, replace=False)]
+        _stage(progress, f"training {factory} on {size} vectors")
         work.train(sample)
         info.trained_on = int(size)
     info.train_seconds = round(time.perf_counter() - t, 3)
     if kind in ("flat", "hnsw"):
         work = faiss.IndexIDMap2(work)
     t = time.perf_counter()
+    _stage(progress, f"adding {n} vectors")
     work.add_with_ids(vecs, ids)
     info.add_seconds = round(time.perf_counter() - t, 3)
     index = faiss.index_gpu_to_cpu(work) if info.device == "cuda" else work
@@ -429,6 +445,7 @@ def _build(ws: Workspace, index_dir: Path, shards: Path, state: dict[str, int], 
     store = RowStore(tmp_dir, [0])
     t = time.perf_counter()
     text_queries = tuning_text_queries(fingerprint, model) if kind != "flat" and target == "images" else None
+    _stage(progress, "measuring recall on held-out queries")
     _tune(index, store, vecs, info, text_queries)
     info.tune_seconds = round(time.perf_counter() - t, 3)
     info.index_bytes = _write_index(index, tmp_dir)
@@ -444,13 +461,13 @@ def _build(ws: Workspace, index_dir: Path, shards: Path, state: dict[str, int], 
 
 
 def _add_shards(index_dir: Path, shards: Path, info: IndexInfo, state: dict[str, int], target: str,
-                model) -> IndexInfo:
+                model, progress: bool = False) -> IndexInfo:
     """Add the shards written since the last build: no retraining, ids checked for clashes."""
     import faiss
 
     t0 = time.perf_counter()
     new = sorted(set(state) - set(info.shards))
-    rows, vecs, _ = read_collection(shards, new, fingerprint=info.model_fingerprint)
+    rows, vecs, _ = read_collection(shards, new, fingerprint=info.model_fingerprint, progress=progress)
     store = RowStore(index_dir, info.parts)
     ids = rows.column("id").to_numpy()
     clash = (store.positions(ids) >= 0).sum() + (len(ids) - len(np.unique(ids)))
@@ -477,6 +494,7 @@ def _add_shards(index_dir: Path, shards: Path, info: IndexInfo, state: dict[str,
     all_vecs = store.vectors(np.arange(len(store)))
     text_queries = tuning_text_queries(info.model_fingerprint, model) if info.kind != "flat" and target == "images" \
         else None
+    _stage(progress, "measuring recall on held-out queries")
     _tune(index, store, all_vecs, info, text_queries)  # new vectors may sit off the trained lists: re-tune
     info.tune_seconds = round(time.perf_counter() - t, 3)
     info.index_bytes = _write_index(index, index_dir)
@@ -506,7 +524,7 @@ def index_is_current(ws: Workspace, target: str = "images") -> bool:
 
 
 def load_index(workspace: str | Path | None = None, rebuild_if_stale: bool = True, target: str = "images",
-               model=None):
+               model=None, progress: bool = False):
     """(faiss index, IndexInfo, RowStore); brings the index up to date first if the shards moved on."""
     import faiss
 
@@ -515,7 +533,7 @@ def load_index(workspace: str | Path | None = None, rebuild_if_stale: bool = Tru
     if not index_is_current(ws, target):
         if not rebuild_if_stale:
             raise WorkspaceError(f"the index in {index_dir} is missing or stale", "run `cxrtool index`")
-        build_index(ws.root, target=target, model=model)
+        build_index(ws.root, target=target, model=model, progress=progress)
     info = read_info(index_dir)
     index = faiss.read_index(str(index_dir / INDEX_FILE))
     return index, info, RowStore(index_dir, info.parts)

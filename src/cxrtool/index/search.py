@@ -73,13 +73,13 @@ class Index:
 
     @classmethod
     def open(cls, workspace: str | Path | None = None, target: str = "images", model: DualEncoder | str | None = None,
-             device: str = "cpu", rebuild_if_stale: bool = True) -> Index:
+             device: str = "cpu", rebuild_if_stale: bool = True, progress: bool = False) -> Index:
         """Open (building or updating first, if needed) the index of ``target`` in ``workspace``.
         ``model`` is loaded lazily, on the first text or image query."""
         if target not in ("images", "reports"):
             raise WorkspaceError(f"unknown search target {target!r}", "use images or reports")
         ws = Workspace.resolve(workspace)
-        index, info, store = load_index(ws.root, rebuild_if_stale, target, model)
+        index, info, store = load_index(ws.root, rebuild_if_stale, target, model, progress)
         return cls(ws, index, info, store, target, model, device)
 
     def __len__(self) -> int:
