@@ -76,7 +76,7 @@ def test_recall_on_new_queries_meets_the_recorded_figure(tmp_path, kind):
     assert recall >= info.recall_at_10 - 0.03, (recall, info.recall_at_10)
 
 
-@pytest.mark.parametrize("kind", ["flat", "ivf"])
+@pytest.mark.parametrize("kind", ["flat", "hnsw", "ivf"])
 def test_filters_never_return_a_non_matching_row(tmp_path, kind):
     ws, vecs, centres = make_workspace(tmp_path / "ws", [(0, 12_000), (12_000, 14_000)], dim=32)
     build_index(ws.root, kind)
