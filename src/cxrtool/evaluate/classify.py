@@ -1,0 +1,88 @@
+"""`classify_images`: zero-shot label probabilities for files, folders or a workspace's shards.
+
+Files and folders are found with ``io.discover`` and decoded with the one decoder (through
+``DualEncoder.preprocess``); a file that cannot be decoded becomes an error row, not a crash.
+A workspace (a folder with ``shards/``, or a shards folder) is read as vectors, refused when it
+was embedded with another model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from cxrtool.embed.shards import read_shard_metadata, read_shard_vectors, shard_paths
+from cxrtool.errors import CxrError, ManifestError, WorkspaceError
+from cxrtool.evaluate.zero_shot import LabelPromptSet, ZeroShotClassifier
+from cxrtool.io.discover import discover_archive
+from cxrtool.model.dual import DualEncoder
+
+
+@dataclass
+class Classification:
+    labels: list[str]
+    paths: list[str] = field(default_factory=list)
+    probabilities: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
+    errors: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+
+    def rows(self) -> list[dict]:
+        return [{"path": p, **{lab: round(float(v), 4) for lab, v in zip(self.labels, pr, strict=True)}}
+                for p, pr in zip(self.paths, self.probabilities, strict=True)]
+
+
+def _shards_dir(path: Path) -> Path | None:
+    for candidate in (path / "shards", path):
+        if candidate.is_dir() and shard_paths(candidate):
+            return candidate
+    return None
+
+
+def classify_images(model: DualEncoder, inputs: Sequence[str | Path], sets: Sequence[LabelPromptSet],
+                    batch_size: int = 16, progress: Callable[[int], None] | None = None) -> Classification:
+    """Probabilities (rows = images, columns = ``sets``' labels) for every image under ``inputs``."""
+    import torch
+
+    clf = ZeroShotClassifier.from_prompts(model, sets)
+    result = Classification(clf.labels)
+    vectors: list[np.ndarray] = []
+    files: list[Path] = []
+    for item in map(Path, inputs):
+        if not item.exists():
+            raise ManifestError(f"{item}: no such file or folder")
+        shards = _shards_dir(item) if item.is_dir() else None
+        if shards is not None:
+            ids, vecs, fingerprint = read_shard_vectors(shards)
+            if fingerprint and model.card.fingerprint and fingerprint != model.card.fingerprint:
+                raise WorkspaceError(f"{item}: embedded with another model (fingerprints differ)",
+                                     "pass the --model used by `cxrtool embed`")
+            meta = read_shard_metadata(shards, ["id", "path"]).to_pylist()
+            by_id = {int(m["id"]): m["path"] for m in meta}
+            result.paths += [by_id.get(int(i), str(i)) for i in ids]
+            vectors.append(vecs)
+            continue
+        for f in discover_archive(item):
+            if f.problem:
+                result.errors.append((str(f.path), f.problem))
+            else:
+                files.append(item / f.rel if item.is_dir() else item)
+    for start in range(0, len(files), batch_size):
+        tensors, ok = [], []
+        for path in files[start : start + batch_size]:
+            try:
+                tensors.append(model.preprocess(path))
+                ok.append(str(path))
+            except CxrError as exc:
+                result.errors.append((str(path), getattr(exc, "short_reason", exc.reason)))
+        if tensors:
+            vectors.append(model.encode_pixels(torch.stack(tensors)))
+            result.paths += ok
+        if progress:
+            progress(len(files[start : start + batch_size]))
+    if vectors:
+        result.probabilities = clf.probabilities(np.concatenate(vectors))
+    else:
+        result.probabilities = np.zeros((0, len(clf.labels)))
+    return result
