@@ -13,7 +13,8 @@ import pytest
 from .conftest import REPO, SAMPLE
 
 CXRTOOL = [sys.executable, "-m", "cxrtool.cli"]
-SUBCOMMANDS = ["prepare", "train", "embed", "embed-reports", "index", "search", "validate", "errors"]
+SUBCOMMANDS = ["prepare", "train", "embed", "embed-reports", "index", "search", "validate", "errors", "classify",
+               "evaluate"]
 # Findings with enough positives among the held-out sample images to judge a top-5 list.
 FINDING_QUERIES = {"cardiomegaly": "cardiomegaly", "effusion": "pleural effusion", "atelectasis": "atelectasis",
                    "infiltration": "infiltrate", "pneumonia": "pneumonia", "pneumothorax": "pneumothorax",
