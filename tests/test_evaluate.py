@@ -313,6 +313,10 @@ def test_evaluate_reads_shards_with_a_labels_csv(tiny_model, tiny_model_dir, tmp
     summary = json.loads(res.stdout)
     assert summary["data"]["images"] == 12 and summary["linear_probe"] is None
     assert {r["label"] for r in summary["zero_shot"]["labels"]} <= {"Pleural Effusion", "No Finding"}
+    res = runner.invoke(app, ["classify", str(tmp_path / "ws"), "--model", str(tiny_model_dir), "--labels", "edema",
+                              "--json"])
+    assert res.exit_code == 0, res.output
+    assert sorted(i["path"] for i in json.loads(res.stdout)["images"]) == sorted(r["path"] for r in rows)
 
 
 def test_evaluate_cli_needs_a_manifest_or_shards():

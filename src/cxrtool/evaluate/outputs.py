@@ -87,9 +87,10 @@ def write_plots(result: EvalResult, out: Path) -> dict[str, Path]:
     if result.roc:
         aurocs = {r["label"]: r["auroc"] for r in result.summary["zero_shot"]["labels"]}
         fig, ax = plt.subplots(figsize=(7, 7))
-        for label, (fpr, tpr) in result.roc.items():
+        colours = plt.get_cmap("tab20").colors  # 20 distinct colours: the default cycle repeats after 10
+        for i, (label, (fpr, tpr)) in enumerate(result.roc.items()):
             a = aurocs.get(label)
-            ax.plot(fpr, tpr, lw=1.2, label=f"{label} ({a['value']:.2f})" if a else label)
+            ax.plot(fpr, tpr, lw=1.2, color=colours[i % 20], label=f"{label} ({a['value']:.2f})" if a else label)
         ax.plot([0, 1], [0, 1], "k--", lw=0.8)
         ax.set(xlabel="false-positive rate", ylabel="true-positive rate", title="zero-shot ROC (AUROC)")
         ax.legend(fontsize=7, loc="lower right")
