@@ -9,7 +9,7 @@ import time
 
 import numpy as np
 import pytest
-from sklearn.linear_model import LogisticRegression
+from sklearn.linear_model import LogisticRegressionCV
 from sklearn.metrics import accuracy_score, f1_score, roc_auc_score, top_k_accuracy_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
@@ -19,7 +19,7 @@ from cxrtool.cli.main import app
 from cxrtool.data.manifest import Study, StudyImage, write_manifest
 from cxrtool.evaluate.bootstrap import bootstrap_ci
 from cxrtool.evaluate.classification import auroc, binary_report, known, multiclass_report
-from cxrtool.evaluate.probe import linear_probe, patient_subsample
+from cxrtool.evaluate.probe import C_GRID, linear_probe, patient_subsample
 from cxrtool.evaluate.prompt_grid import expand_grid, load_prompt_grid
 from cxrtool.evaluate.retrieval import (
     dedupe_texts,
@@ -207,8 +207,13 @@ def test_linear_probe_auroc_equals_a_plain_sklearn_fit():
     y = (x[:, 0] + rng.normal(0, 0.5, 120) > 0).astype(float)
     groups = np.arange(120)
     rows = linear_probe(x[:80], {"a": y[:80]}, groups[:80], x[80:], {"a": y[80:]}, fractions=(1.0, 0.01))
-    ref = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=2000, random_state=0)).fit(x[:80], y[:80])
+    from sklearn.model_selection import StratifiedKFold
+
+    folds = StratifiedKFold(n_splits=3, shuffle=True, random_state=0)
+    ref = make_pipeline(StandardScaler(), LogisticRegressionCV(Cs=list(C_GRID), cv=folds, scoring="roc_auc",
+                                                               max_iter=2000, random_state=0)).fit(x[:80], y[:80])
     assert rows[0]["auroc"] == pytest.approx(roc_auc_score(y[80:], ref.predict_proba(x[80:])[:, 1]), abs=1e-4)
+    assert ref[-1].C_[0] in C_GRID
     assert rows[1]["train_images"] == 1 and rows[1]["auroc"] is None and "skipped" in rows[1]
 
 

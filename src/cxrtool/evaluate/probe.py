@@ -2,8 +2,10 @@
 
 Fractions are drawn by patient (seeded), so 1 % of the training split is 1 % of its patients and
 no patient straddles the subsample boundary. One binary model per label (standardised features,
-scikit-learn LogisticRegression, C = 1); a label whose subsample has a single class is reported as
-skipped, not guessed.
+scikit-learn logistic regression). The L2 strength is chosen by 3-fold cross-validated AUROC on
+the training subsample only (a fixed C = 1 overfit 512 features: AUROC *fell* from 1 % to 100 %
+of the data); with too few positives for three folds it stays at a strong default. A label whose
+subsample has a single class is reported as skipped, not guessed.
 """
 
 from __future__ import annotations
@@ -11,13 +13,15 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import numpy as np
-from sklearn.linear_model import LogisticRegression
+from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from cxrtool.evaluate.classification import auroc, known
 
 FRACTIONS = (0.01, 0.1, 1.0)
+C_GRID = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 1.0)
+DEFAULT_C = 1e-2  # when there are too few positives to cross-validate
 
 
 def patient_subsample(groups: np.ndarray, fraction: float, seed: int = 0) -> np.ndarray:
@@ -30,9 +34,15 @@ def patient_subsample(groups: np.ndarray, fraction: float, seed: int = 0) -> np.
 
 
 def fit_probe(x: np.ndarray, y: np.ndarray, seed: int = 0):
-    """A fitted standardise + logistic-regression pipeline for one label."""
-    model = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=2000, random_state=seed))
-    return model.fit(x, y)
+    """A fitted standardise + logistic-regression pipeline for one label (C by 3-fold CV AUROC)."""
+    from sklearn.model_selection import StratifiedKFold
+
+    if min(int(y.sum()), int(len(y) - y.sum())) >= 3:
+        folds = StratifiedKFold(n_splits=3, shuffle=True, random_state=seed)
+        clf = LogisticRegressionCV(Cs=list(C_GRID), cv=folds, scoring="roc_auc", max_iter=2000, random_state=seed)
+    else:
+        clf = LogisticRegression(C=DEFAULT_C, max_iter=2000, random_state=seed)
+    return make_pipeline(StandardScaler(), clf).fit(x, y)
 
 
 def linear_probe(train_x: np.ndarray, train_labels: dict[str, np.ndarray], train_groups: np.ndarray,
