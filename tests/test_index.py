@@ -167,7 +167,8 @@ def test_memory_budget_moves_to_a_smaller_index():
     assert choose_index_kind(50_000, 512, memory_budget=1 << 40) == "hnsw"
     small = estimate_bytes("ivf", 50_000, 512) - 1
     assert choose_index_kind(50_000, 512, memory_budget=small) == "ivfpq"
-    assert choose_index_kind(2_000_000, 512, memory_budget=1 << 40) == "ivfpq"
+    assert choose_index_kind(2_000_000, 512, memory_budget=1 << 40) == "ivf"
+    assert choose_index_kind(2_000_000, 512, memory_budget=1 << 30) == "ivfpq"
 
 
 def test_cli_filters_outputs_and_contact_sheet(tmp_path, tiny_model, tiny_model_dir):
