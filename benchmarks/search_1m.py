@@ -165,7 +165,7 @@ def main() -> None:
         write_collection(ws, vecs, model.card.fingerprint, np.random.default_rng(1))
         report["write_shards_seconds"] = round(time.perf_counter() - t, 1)
 
-    info = build_index(ws.root, args.kind, opq=not args.no_opq, model=model, progress=True)
+    info = build_index(ws.root, args.kind, rebuild=True, opq=not args.no_opq, model=model, progress=True)
     fields = ("kind", "factory", "nprobe", "ef_search", "rerank", "recall_at_10", "recall_queries", "text_nprobe",
               "text_ef_search", "text_recall_at_10", "text_queries", "trained_on", "build_seconds", "train_seconds",
               "add_seconds", "tune_seconds", "index_bytes")
