@@ -54,6 +54,8 @@ def measure(archive: Path, model, device: str, batch_size: int | None = None, wo
     #    needs, preprocess), through the pipeline's own dataset; and the same at full size, for the
     #    reduced-decoding speed-up
     dataset = _DecodeDataset(files, model.card.image, HeaderFilter())
+    for f in files:  # page cache: every stage below then reads warm files (else the first one pays the disk)
+        f.path.read_bytes()
     per_kind: dict[str, list[float]] = defaultdict(list)
     per_kind_full: dict[str, list[float]] = defaultdict(list)
     tensors = []
