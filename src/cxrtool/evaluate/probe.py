@@ -10,6 +10,7 @@ subsample has a single class is reported as skipped, not guessed.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -42,7 +43,9 @@ def fit_probe(x: np.ndarray, y: np.ndarray, seed: int = 0):
         clf = LogisticRegressionCV(Cs=list(C_GRID), cv=folds, scoring="roc_auc", max_iter=2000, random_state=seed)
     else:
         clf = LogisticRegression(C=DEFAULT_C, max_iter=2000, random_state=seed)
-    return make_pipeline(StandardScaler(), clf).fit(x, y)
+    with warnings.catch_warnings():  # scikit-learn 1.8+ announces a LogisticRegressionCV attribute change
+        warnings.simplefilter("ignore", FutureWarning)
+        return make_pipeline(StandardScaler(), clf).fit(x, y)
 
 
 def linear_probe(train_x: np.ndarray, train_labels: dict[str, np.ndarray], train_groups: np.ndarray,
