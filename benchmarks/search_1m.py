@@ -127,6 +127,7 @@ def main() -> None:
     ap.add_argument("--workspace", type=Path, default=None, help="keep the generated workspace here")
     ap.add_argument("--kind", default="auto")
     ap.add_argument("--no-opq", action="store_true")
+    ap.add_argument("--keep-index", action="store_true", help="measure the kept workspace's index as it is")
     args = ap.parse_args()
     rng = np.random.default_rng(0)
     model = load_model()
@@ -166,7 +167,8 @@ def main() -> None:
         write_collection(ws, vecs, model.card.fingerprint, np.random.default_rng(1))
         report["write_shards_seconds"] = round(time.perf_counter() - t, 1)
 
-    info = build_index(ws.root, args.kind, rebuild=True, opq=not args.no_opq, model=model, progress=True)
+    info = build_index(ws.root, args.kind, rebuild=not args.keep_index, opq=not args.no_opq, model=model,
+                       progress=True)
     fields = ("kind", "factory", "nprobe", "ef_search", "rerank", "recall_at_10", "recall_queries", "text_nprobe",
               "text_ef_search", "text_recall_at_10", "text_queries", "trained_on", "build_seconds", "train_seconds",
               "add_seconds", "tune_seconds", "index_bytes")

@@ -222,6 +222,7 @@ def knn(index, store: RowStore, queries: np.ndarray, k: int, info: IndexInfo, se
     depth = min(depth, max(1, len(store)))
     params = search_params(index, info.nprobe if nprobe is None else nprobe,
                            info.ef_search if ef_search is None else ef_search, selector)
+    _parallel_over_lists(index, single=len(queries) == 1)
     scores, ids = index.search(queries, depth, params=params)
     positions = np.where(ids >= 0, store.positions(np.where(ids >= 0, ids, 0).ravel()).reshape(ids.shape), -1)
     if info.rerank:
@@ -236,6 +237,19 @@ def knn(index, store: RowStore, queries: np.ndarray, k: int, info: IndexInfo, se
         positions = np.take_along_axis(positions, order, axis=1)
         scores[positions < 0] = -np.inf
     return scores[:, :k], positions[:, :k]
+
+
+def _parallel_over_lists(index, single: bool) -> None:
+    """FAISS IVF parallelises over queries by default, so one query uses one core. For a single
+    query, split its inverted lists over the threads instead (measured at 1M x 512 on 2 cores:
+    p50 2.95 -> 1.62 ms at nprobe 64, 19.9 -> 10.5 ms at nprobe 512); batches keep the default."""
+    import faiss
+
+    try:
+        ivf = faiss.extract_index_ivf(index)
+    except RuntimeError:  # not an IVF index
+        return
+    ivf.parallel_mode = 1 if single else 0
 
 
 # ---------------------------------------------------------------------------------- recall/tuning
