@@ -13,6 +13,7 @@ are added incrementally; vectors from two different models are refused.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -391,8 +392,6 @@ def read_info(index_dir: Path) -> IndexInfo | None:
     path = index_dir / INFO_FILE
     if not path.is_file():
         return None
-    import json
-
     data = json.loads(path.read_text())
     known = {f.name for f in fields(IndexInfo)}
     if not {"kind", "parts"} <= set(data) or not set(data) <= known:

@@ -204,28 +204,27 @@ class Index:
         hashes = self.store.column("content_hash")[positions] if dedupe and "content_hash" in \
             self.store.table.column_names else None
         vecs = self.store.vectors(positions) if dedupe else None
+        study_of = [(studies[i] or f"#{positions[i]}") if per_study else "" for i in range(len(positions))]
         keep: list[int] = []
+        kept_hashes: set[str] = set()
         views: dict[str, int] = {}
-        first_of: dict[str, int] = {}
-        for i in range(len(positions)):
+        shown: set[str] = set()  # studies with a kept image
+        for i, study in enumerate(study_of):
             if per_study:
-                study = studies[i] or f"#{positions[i]}"
                 views[study] = views.get(study, 0) + 1
-                if study in first_of:
+                if study in shown:
                     continue
             if dedupe and keep:
-                if hashes is not None and hashes[i] and hashes[i] in {hashes[j] for j in keep}:
+                if hashes is not None and hashes[i] in kept_hashes:
                     continue
                 if float(np.max(vecs[keep] @ vecs[i])) >= dedupe:
                     continue
             if len(keep) < k:
                 keep.append(i)
-                if per_study:
-                    first_of[study] = i
-        if per_study:
-            return [(i, views[studies[i] or f"#{positions[i]}"]) for i in keep]
-        return [(i, 1) for i in keep]
-
+                shown.add(study)
+                if hashes is not None and hashes[i]:
+                    kept_hashes.add(hashes[i])
+        return [(i, views[study_of[i]] if per_study else 1) for i in keep]
 
 def search(
     query: str | None = None,
