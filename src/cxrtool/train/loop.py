@@ -178,22 +178,33 @@ class Stepper:
         img, txt = img.float(), txt.float()
         return Features(img[:n], img[n:], txt[:n], txt[n : 2 * n], txt[2 * n :])
 
-    def loss(self, f: Features, batch_keys: torch.Tensor, extra_keys: torch.Tensor) -> LossTerms:
+    def loss(self, f: Features, batch_keys: torch.Tensor, extra_keys: torch.Tensor,
+             scale_grad: bool = True) -> LossTerms:
         cfg = self.cfg
+        scale = self.model.scale().float()
         return cxr_clip_loss(
-            f.i1, f.i2, f.t1, f.t2, self.model.scale().float(), cfg.icl_weight, cfg.tcl_weight,
+            f.i1, f.i2, f.t1, f.t2, scale if scale_grad else scale.detach(), cfg.icl_weight, cfg.tcl_weight,
             keys=batch_keys.to(self.device) if cfg.false_negatives else None,
             extra_texts=f.extra if cfg.side_negatives else None,
             extra_keys=extra_keys.to(self.device) if cfg.side_negatives else None,
         )
 
     def step(self, batch: Batch) -> LossTerms:
-        cfg = self.cfg
-        if cfg.accum_steps == 1:
+        terms = self.backward(batch)
+        self.update()
+        return terms
+
+    def backward(self, batch: Batch) -> LossTerms:
+        """Gradients of the whole batch's loss (accumulated over micro-batches if configured)."""
+        if self.cfg.accum_steps == 1:
             terms = self.loss(self.features(batch, self.towers), batch.keys, batch.extra_keys)
             self.scaler.scale(terms.total).backward()
-        else:
-            terms = self._accumulated(batch)
+            return terms
+        return self._accumulated(batch)
+
+    def update(self) -> None:
+        """Clip, step the optimizer and the schedule, clear the gradients."""
+        cfg = self.cfg
         if cfg.grad_clip:
             self.scaler.unscale_(self.opt)
             torch.nn.utils.clip_grad_norm_([p for g in self.opt.param_groups for p in g["params"]], cfg.grad_clip)
@@ -201,7 +212,6 @@ class Stepper:
         self.scaler.update()
         self.sched.step()
         self.opt.zero_grad(set_to_none=True)
-        return terms
 
     def _accumulated(self, batch: Batch) -> LossTerms:
         """Gradient caching: the contrastive batch stays whole across ``accum_steps`` micro-batches."""
@@ -221,8 +231,8 @@ class Stepper:
             parts = [fresh if k == j else cached[k] for k in range(len(micro))]
             full = Features(*(torch.cat([getattr(p, a) for p in parts]) for a in ("i1", "i2", "t1", "t2", "extra")))
             sync = contextlib.nullcontext() if (not self.ddp or j == len(micro) - 1) else self.towers.no_sync()
-            with sync:
-                terms = self.loss(full, keys, batch.extra_keys)
+            with sync:  # the temperature's gradient is taken once, not once per micro-batch
+                terms = self.loss(full, keys, batch.extra_keys, scale_grad=j == len(micro) - 1)
                 self.scaler.scale(terms.total).backward()
         return terms
 
