@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -278,3 +279,17 @@ def test_cli_run_logs_terms_and_validation_and_writes_a_loadable_model(tmp_path,
     model = load_model(str(tmp_path / "model"))
     assert model.card.provenance["train_config"]["accum_steps"] == 2
     assert model.encode_texts(["pleural effusion"]).shape == (1, model.card.embed_dim)
+
+
+def test_torchrun_two_cpu_processes_train_one_model(tmp_path, sample_manifest, tiny_model_dir):
+    torchrun = Path(sys.executable).with_name("torchrun")
+    cmd = [str(torchrun), "--nproc_per_node", "2", "--master_port", "29517", "-m", "cxrtool.cli", "train",
+           str(sample_manifest), "-o", str(tmp_path / "ddp"), "--device", "cpu", "--json"]
+    for k, v in _overrides(tiny_model_dir, epochs=1, max_steps=2, side_negatives="false").items():
+        cmd += ["--set", f"{k}={v}"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(REPO / "src")})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout)  # one report (rank 0), not one per process
+    assert result["steps"] == 2 and result["best_epoch"] == 1
+    assert (tmp_path / "ddp" / "model.json").is_file()

@@ -48,6 +48,8 @@ def train_cmd(
         return train(manifest, out_dir, cfg, progress=not as_json, run_dir=run_dir, resume=resume)
 
     result = run(go)
+    if not result.main:  # another process of a torchrun job: rank 0 reports
+        return
     if as_json:
         print_json({"model_dir": str(result.model_dir), "run_dir": str(result.run_dir),
                     "best_epoch": result.best_epoch, "steps": result.steps, "history": result.history,

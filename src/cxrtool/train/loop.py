@@ -54,6 +54,7 @@ class TrainResult:
     history: list[dict]
     skipped_images: int
     steps: int
+    main: bool = True  # False on the other processes of a torchrun job (they write nothing)
 
 
 def default_run_dir(out_dir: str | Path) -> Path:
@@ -74,7 +75,14 @@ _LAYER_RE = re.compile(r"(?:^|\.)(?:layer|layers|block|blocks)\.(\d+)\.")
 
 
 def apply_freezing(model: DualEncoder, cfg: TrainConfig) -> dict[str, int]:
-    """Freeze whole towers or their lower layers; returns trainable parameter counts per tower."""
+    """Freeze whole towers or their lower layers; returns trainable parameter counts per tower.
+
+    A BERT-style pooler is never used (the card's pooling reads the hidden states), so it is frozen
+    too: parameters without gradients would stall DDP's gradient reduction.
+    """
+    pooler = getattr(model.text_backbone, "pooler", None)
+    if isinstance(pooler, nn.Module):
+        pooler.requires_grad_(False)
     if cfg.freeze_text:
         model.text_backbone.requires_grad_(False)
     elif cfg.freeze_text_layers:
@@ -411,7 +419,7 @@ def _train(manifest: str | Path, out_dir: Path, cfg: TrainConfig, progress: bool
         checkpoint(epoch, 0)
 
     if not dist_info.main:
-        return TrainResult(out_dir, run_dir, best_epoch, history, len(train_data.errors), step)
+        return TrainResult(out_dir, run_dir, best_epoch, history, len(train_data.errors), step, main=False)
     best = load_checkpoint(ckpt_dir / BEST)
     model.load_state_dict(best["model"])
     model.cpu()
