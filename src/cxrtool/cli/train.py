@@ -1,4 +1,4 @@
-"""`cxrtool train MANIFEST --out DIR [--config FILE] [--preset NAME] [--set KEY=VALUE ...] [--resume]`."""
+"""`cxrtool train MANIFEST... --out DIR [--config FILE] [--preset NAME] [--set KEY=VALUE ...] [--resume]`."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from cxrtool.train import PRESETS, parse_overrides, resolve_config, train
 
 
 def train_cmd(
-    manifest: Path = typer.Argument(..., help="Study manifest from `cxrtool prepare`."),
+    manifests: list[Path] = typer.Argument(..., help="Study manifest(s) from `cxrtool prepare` (concatenated)."),
     out_dir: Path = typer.Option(..., "--out", "-o", help="Model directory to write (the best epoch)."),
     config: Path = typer.Option(None, "--config", "-c", help="TOML or YAML file of settings (see docs/training.md)."),
     preset: str = typer.Option(None, help=f"Start from a preset: {', '.join(PRESETS)}."),
@@ -45,7 +45,7 @@ def train_cmd(
         overrides.update(parse_overrides(settings))
         overrides["device"] = pick_device(device)
         cfg = resolve_config(preset, config, overrides)
-        return train(manifest, out_dir, cfg, progress=not as_json, run_dir=run_dir, resume=resume)
+        return train(manifests, out_dir, cfg, progress=not as_json, run_dir=run_dir, resume=resume)
 
     result = run(go)
     if not result.main:  # another process of a torchrun job: rank 0 reports

@@ -269,9 +269,12 @@ def _check_run_dir(run_dir: Path, resume: bool) -> None:
         raise CxrError(f"nothing to resume: {last} does not exist", "start without --resume")
 
 
-def train(manifest: str | Path, out_dir: str | Path, cfg: TrainConfig | None = None, progress: bool = True,
+def train(manifest: str | Path | list, out_dir: str | Path, cfg: TrainConfig | None = None, progress: bool = True,
           provenance: dict | None = None, run_dir: str | Path | None = None, resume: bool = False) -> TrainResult:
-    """Train on a manifest's train split; write the best epoch to ``out_dir`` (a model directory)."""
+    """Train on the train split of one or more manifests; write the best epoch to ``out_dir``.
+
+    Several manifests (e.g. MIMIC-CXR + CheXpert) are simply concatenated.
+    """
     cfg = cfg or TrainConfig()
     cfg.validate()
     dist_info, device_name = init_distributed(cfg.device)
@@ -283,7 +286,7 @@ def train(manifest: str | Path, out_dir: str | Path, cfg: TrainConfig | None = N
         shutdown()
 
 
-def _train(manifest: str | Path, out_dir: Path, cfg: TrainConfig, progress: bool, provenance: dict | None,
+def _train(manifest: str | Path | list, out_dir: Path, cfg: TrainConfig, progress: bool, provenance: dict | None,
            run_dir: Path, resume: bool, dist_info: DistInfo, device: torch.device) -> TrainResult:
     from tqdm import tqdm
 
@@ -293,7 +296,9 @@ def _train(manifest: str | Path, out_dir: Path, cfg: TrainConfig, progress: bool
     if cfg.batch_size % dist_info.world:
         raise CxrError(f"batch_size {cfg.batch_size} must be divisible by the {dist_info.world} processes")
     _check_run_dir(run_dir, resume)
-    studies = read_manifest(manifest)
+    manifests = [Path(m) for m in (manifest if isinstance(manifest, (list, tuple)) else [manifest])]
+    studies = [s for m in manifests for s in read_manifest(m)]
+    manifest = manifests[0] if len(manifests) == 1 else ", ".join(str(m) for m in manifests)
     train_studies = [s for s in studies if s.split == "train"]
     val_studies = [s for s in studies if s.split == "validate"]
     if len(train_studies) < cfg.batch_size:
@@ -424,7 +429,7 @@ def _train(manifest: str | Path, out_dir: Path, cfg: TrainConfig, progress: bool
     model.load_state_dict(best["model"])
     model.cpu()
     record = {**(provenance or {}), "train_config": cfg.to_dict(), "history": history, "best_epoch": best_epoch,
-              "manifest": Path(manifest).name, "train_studies": len(train_data),
+              "manifest": ", ".join(m.name for m in manifests), "train_studies": len(train_data),
               "validate_studies": len(val_data) if val_data is not None else 0, "trainable_parameters": trainable}
     out = save_model_dir(model, out_dir, changed_only=cfg.changed_only, provenance=record)
     skipped = len(train_data.errors) + (len(val_data.errors) if val_data is not None else 0)
