@@ -1,6 +1,6 @@
 """GPU paths, checked and timed in one run: AMP + channels_last inference, AMP training, throughput.
 
-Usage: python benchmarks/gpu_check.py TOKENIZER_DIR OUT_DIR
+Usage: python benchmarks/gpu_check.py TOKENIZER_DIR OUT_DIR [--speed-only]
 
 Needs a CUDA device. Builds a model of the default model's architecture (EfficientNet-Lite0 +
 a MiniLM-L6-shaped BERT, 512-d) with random weights — the pretrained weights are not needed to
@@ -50,6 +50,7 @@ def main() -> None:
     model = create_model("efficientnet_lite0", str(text_dir), image_weights=None, embed_dim=512)
     model_dir = save_model_dir(model, out / "model")
 
+    speed_only = "--speed-only" in sys.argv
     # 1. AMP + channels_last inference equals fp32 CPU inference
     model = load_model(str(model_dir))
     paths = sorted(p for p in (SAMPLE / "archive" / "nih").rglob("*.jpg"))[:64]
@@ -83,7 +84,7 @@ def main() -> None:
                                label_cols=["atelectasis", "cardiomegaly", "effusion", "pneumothorax", "no_finding"],
                                image_root=SAMPLE / "archive", validate_fraction=0.15)
     manifest = write_manifest(studies, out / "m.parquet")
-    for amp in ("bf16", "fp16"):
+    for amp in () if speed_only else ("bf16", "fp16"):
         cmd = [sys.executable, "-m", "cxrtool.cli", "train", str(manifest), "-o", str(out / f"trained_{amp}"),
                "--device", "cuda", "--json", "--set", f"init_from={model_dir}", "--set", "epochs=2",
                "--set", "batch_size=32", "--set", f"amp={amp}", "--set", "workers=4", "--set", "log_every=1"]
@@ -107,7 +108,7 @@ def main() -> None:
     for extra in ([], ["--set", "freeze_text=false"]):
         proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "train_step_overhead.py"), "--csv",
                                str(SAMPLE / "labels.csv"), "--image-root", str(SAMPLE / "archive"), "--device", "cuda",
-                               "--batch-size", "32", "--steps", "4", "--workers", "4", "--model", str(model_dir),
+                               "--batch-size", "16", "--steps", "6", "--workers", "4", "--model", str(model_dir),
                                "--json", *extra], capture_output=True, text=True)
         key = "step_overhead_frozen_text" if not extra else "step_overhead_full"
         report[key] = json.loads(proc.stdout) if proc.returncode == 0 else {"error": proc.stderr[-2000:]}

@@ -61,7 +61,7 @@ def main() -> None:
     table = args.csv or args.shared / "nih_512" / "labels.csv"
     studies = read_csv_studies(table, patient_col="patient_id", view_col="view", label_cols=LABELS, source="bench",
                                validate_fraction=0.0, image_root=args.image_root)
-    studies = studies[: args.batch_size * (args.steps + 2)]
+    studies = studies[: args.batch_size * (args.steps + 3)]
     model = build_model(cfg).to(device)
     apply_freezing(model, cfg)
     set_train_mode(model)
@@ -97,7 +97,10 @@ def main() -> None:
         sync()
         return time.perf_counter() - t
 
-    bare(), full()  # warm-up (allocator, kernels, first-touch)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # as cxrtool train does on CUDA
+    for _ in range(2):  # warm-up (allocator, kernel selection, first-touch)
+        bare(), full()
     bares, fulls = [], []
     for _ in range(args.steps - 1):
         bares.append(bare())

@@ -291,6 +291,8 @@ def _train(manifest: str | Path | list, out_dir: Path, cfg: TrainConfig, progres
     from tqdm import tqdm
 
     torch.manual_seed(cfg.seed)
+    if device.type == "cuda":  # fixed image shapes: let cuDNN pick the fastest kernels (not bit-reproducible)
+        torch.backends.cudnn.benchmark = True
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     if cfg.batch_size % dist_info.world:
