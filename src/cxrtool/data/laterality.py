@@ -99,6 +99,14 @@ class Box:
     h: float
 
 
+NON_FRONTAL_VIEWS = frozenset({"LATERAL", "LL", "RL", "LAT", "LLD", "RLD", "XTABLE LATERAL", "SWIMMERS"})
+
+
+def frontal_view(view: str | None) -> bool:
+    """Boxes give sides only on frontal films; an unknown view ('') counts as frontal (NIH has PA/AP only)."""
+    return (view or "").strip().upper() not in NON_FRONTAL_VIEWS
+
+
 def merge_sides(a: str | None, b: str | None) -> str | None:
     """Two sides of one finding: equal -> that side; left + right, or anything + bilateral -> bilateral."""
     if a is None or a == b:
