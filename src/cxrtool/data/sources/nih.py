@@ -54,10 +54,11 @@ def read_bbox_list(path: str | Path) -> dict[str, list[Box]]:
         rows = list(csv.reader(fh))
     for lineno, row in enumerate(rows[1:], start=2):
         try:
-            out.setdefault(row[0].strip(), []).append(Box(row[1].strip(), *(float(v) for v in row[2:6])))
+            box = Box(row[1].strip(), float(row[2]), float(row[3]), float(row[4]), float(row[5]))
         except (IndexError, ValueError):
             raise ManifestError(f"{path.name}:{lineno}: not 'Image Index, Finding Label, x, y, w, h'",
                                 "pass the BBox_List_2017.csv published with ChestX-ray14") from None
+        out.setdefault(row[0].strip(), []).append(box)
     return out
 
 
