@@ -75,8 +75,7 @@ _PSEUDO_NEGATION = re.compile(
     r"improvement|enlargement)\b|\bnot (?:significantly )?changed\b|\bnot only\b")
 _PRE_NEGATION = re.compile(
     r"\b(?:no|not|without|negative for|free of|absence of|resolution of|resolved|resolving|clear of|cleared|"
-    r"clearing of|rule out|"
-    r"ruled out|r/o|evaluate for|evaluation for|assess for|exclude|excluded)\b")
+    r"clearing of|rule out|ruled out|r/o|evaluate for|evaluation for|assess for|exclude|excluded)\b")
 _POST_NEGATION = {"resolved", "cleared", "absent", "removed", "not", "no", "excluded"}
 _TERMINATION = re.compile(r"\b(?:but|however|although|though|whereas|except|aside from|apart from|yet)\b")
 _BREAKERS = {",", ":", "and", "or", "with", "without", "but", "no", "not", "than", "versus", "vs", "from", "to",
