@@ -3,7 +3,8 @@
 Patients held out for sample_data/ (scripts/build_sample_data.py: ``held_out``), which the default
 model never saw, get split ``test``; every other patient (the model's training and validation
 patients) gets ``train``, used only to fit the linear probe. Patient-disjoint by construction.
-Adds ``sex`` and ``age`` columns (beyond the manifest schema) for the subgroup breakdown.
+Adds ``sex`` and ``age`` columns (beyond the manifest schema) for the subgroup breakdown. Sides of
+findings come from the labels CSV's ``bbox_json`` (radiologist boxes) for the laterality section.
 
 Usage: python scripts/build_nih_eval_manifest.py [SHARED_DATA_DIR] [OUT.parquet]
 then:  cxrtool evaluate OUT.parquet --out runs/eval_default_nih

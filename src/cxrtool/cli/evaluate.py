@@ -13,6 +13,7 @@ from cxrtool.errors import ManifestError
 from cxrtool.evaluate.bootstrap import N_RESAMPLES
 from cxrtool.evaluate.classification import THRESHOLD
 from cxrtool.evaluate.eval_set import embed_eval_set, eval_set_from_manifest, eval_set_from_shards
+from cxrtool.evaluate.laterality import LATERALITY_KS
 from cxrtool.evaluate.outputs import to_markdown, write_outputs
 from cxrtool.evaluate.run import EvalOptions, EvalResult, evaluate_model, pick_split
 from cxrtool.evaluate.zero_shot import read_prompt_file
@@ -36,6 +37,8 @@ def evaluate_cmd(
     bootstrap: int = typer.Option(N_RESAMPLES, help="Bootstrap resamples (by patient) for the 95% CIs."),
     seed: int = typer.Option(0, help="Seed for the bootstrap and the probe's subsamples."),
     probe: bool = typer.Option(True, help="Fit the linear probe on the train split (1%, 10%, 100%)."),
+    laterality_k: str = typer.Option(",".join(map(str, LATERALITY_KS)), help="Comma-separated k for the top-k side "
+                                     "accuracy of 'left X' / 'right X' queries (when the data has sides)."),
     cache: Path = typer.Option(None, help="Embedding cache folder (default: OUT/cache)."),
     model: str = typer.Option(None, help="Model directory (env CXRTOOL_MODEL; default: the bundled model)."),
     device: str = typer.Option("auto", help="cpu, cuda, cuda:1 ... or auto."),
@@ -43,7 +46,8 @@ def evaluate_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON instead of Markdown."),
 ) -> None:
     """Measure a model: zero-shot AUROC with bootstrap CIs, accuracy/F1, 5x200-style multi-class accuracy,
-    image<->text retrieval, a linear probe and subgroup breakdowns; writes JSON, Markdown and plots."""
+    image<->text retrieval, a linear probe, subgroup breakdowns and, where the data has sides (manifest
+    `sides`, labels-CSV `bbox_json`), left-vs-right laterality; writes JSON, Markdown and plots."""
 
     def bar(desc: str, total: int):
         b = tqdm(total=total, desc=desc, unit="it", file=sys.stderr, disable=as_json, leave=False)
@@ -52,6 +56,13 @@ def evaluate_cmd(
     def go() -> tuple[EvalResult, dict[str, Path], list[tuple[str, str]]]:
         if (manifest is None) == (shards is None) or (shards is not None and labels_csv is None):
             raise ManifestError("give a MANIFEST, or --shards WORKSPACE with --labels-csv FILE")
+        try:
+            ks = tuple(int(k) for k in laterality_k.split(",") if k.strip())
+        except ValueError:
+            ks = ()
+        if not ks or min(ks) < 1:
+            raise ManifestError(f"--laterality-k {laterality_k!r}: expected positive integers",
+                                "e.g. --laterality-k 10,50")
         es = eval_set_from_manifest(manifest) if manifest else eval_set_from_shards(shards, labels_csv)
         if not probe:
             es = es.subset(pick_split(es, split)[1])
@@ -60,7 +71,7 @@ def evaluate_cmd(
         options = EvalOptions(split=split, labels=[s.strip() for s in labels.split(",")] if labels else None,
                               custom_prompts=read_prompt_file(prompts) if prompts else None,
                               grid_path=str(grid) if grid else None, threshold=threshold, n_resamples=bootstrap,
-                              seed=seed, probe_fractions=(0.01, 0.1, 1.0) if probe else ())
+                              seed=seed, probe_fractions=(0.01, 0.1, 1.0) if probe else (), laterality_ks=ks)
         result = evaluate_model(mdl, es, options, progress=bar)
         result.summary["data"]["input"] = str(manifest or shards)
         result.summary["data"]["undecodable_images"] = len(failed)

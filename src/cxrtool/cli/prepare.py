@@ -61,6 +61,8 @@ def csv_cmd(
     report_col: str = typer.Option(None, help="Column with report text."),
     labels: str = typer.Option(None, help="Comma-separated label columns (default: every 1/0/-1/blank column)."),
     split_col: str = typer.Option(None, help="Column with train/validate/test (default: hash of patient)."),
+    bbox_col: str = typer.Option(None, help="Column of radiologist boxes [[finding, x, y, w, h], ...] in the "
+                                 "1,024-px grid, giving findings their side (default: bbox_json if present)."),
     image_root: Path = typer.Option(None, help="Folder image paths are relative to (default: the CSV's folder)."),
     validate: float = VALIDATE, test: float = TEST, no_check_files: bool = NO_CHECK,
     stats: bool = STATS, as_json: bool = JSON,
@@ -74,7 +76,8 @@ def csv_cmd(
     s = run(lambda: prepare_csv(
         csv_path, out_path, check_files=not no_check_files, image_col=image_col, patient_col=patient_col,
         study_col=study_col, view_col=view_col, report_col=report_col,
-        label_cols=labels.split(",") if labels else None, split_col=split_col, image_root=image_root,
+        label_cols=labels.split(",") if labels else None, split_col=split_col, bbox_col=bbox_col,
+        image_root=image_root,
         validate_fraction=validate, test_fraction=test, source="csv"))
     _render(s, as_json, stats)
 
@@ -85,12 +88,14 @@ def nih_cmd(
     out_path: Path = OUT,
     image_root: Path = typer.Option(None, help="Folder of the PNGs, searched recursively (default CSV_DIR/images)."),
     split_lists: Path = typer.Option(None, help="Folder with train_val_list.txt / test_list.txt (official split)."),
+    bbox_list: Path = typer.Option(None, help="BBox_List_2017.csv: radiologist boxes, giving findings their side."),
     validate: float = VALIDATE, test: float = TEST, no_check_files: bool = NO_CHECK,
     stats: bool = STATS, as_json: bool = JSON,
 ) -> None:
     """NIH ChestX-ray14: one study per image, '|'-separated findings -> labels and prompt text."""
     s = run(lambda: prepare_nih(csv_path, out_path, check_files=not no_check_files, image_root=image_root,
-                                split_dir=split_lists, validate_fraction=validate, test_fraction=test))
+                                split_dir=split_lists, bbox_list=bbox_list, validate_fraction=validate,
+                                test_fraction=test))
     _render(s, as_json, stats)
 
 

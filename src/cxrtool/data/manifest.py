@@ -17,7 +17,11 @@ labels        map<string, int8>                            1 positive, 0 negativ
                                                            an absent key means "not mentioned"
 text          string                                       evaluation text: the report, or the
                                                            deterministic prompt text of the labels
+sides         map<string, string>                          label -> the patient's side of the finding
+                                                           (left | right | bilateral); absent = unknown
 ============  ===========================================  ===========================================
+
+``sides`` came with format 2 (``study-manifest/2``); a format-1 manifest reads with no sides.
 """
 
 from __future__ import annotations
@@ -29,9 +33,11 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from cxrtool.data.laterality import SIDES
 from cxrtool.errors import ManifestError
 
 SPLITS = ("train", "validate", "test")
+OPTIONAL_COLUMNS = ("sides",)  # added in format 2; older manifests lack them
 
 MANIFEST_SCHEMA = pa.schema(
     [
@@ -45,8 +51,9 @@ MANIFEST_SCHEMA = pa.schema(
         pa.field("report", pa.string()),
         pa.field("labels", pa.map_(pa.string(), pa.int8())),
         pa.field("text", pa.string()),
+        pa.field("sides", pa.map_(pa.string(), pa.string())),
     ],
-    metadata={"cxrtool": "study-manifest/1"},
+    metadata={"cxrtool": "study-manifest/2"},
 )
 
 
@@ -68,6 +75,7 @@ class Study:
     report: str | None = None
     labels: dict[str, int] = field(default_factory=dict)
     text: str = ""
+    sides: dict[str, str] = field(default_factory=dict)  # label -> left | right | bilateral (data/laterality.py)
 
 
 _LABEL_RANK = {1: 2, -1: 1, 0: 0}
@@ -95,6 +103,9 @@ def write_manifest(studies: list[Study], path: str | Path) -> Path:
     if len(set(keys)) != len(keys):
         dup = next(k for k in keys if keys.count(k) > 1)
         raise ManifestError(f"duplicate study_key {dup!r} in manifest")
+    bad = next(((s.study_key, k, v) for s in studies for k, v in s.sides.items() if v not in SIDES), None)
+    if bad:
+        raise ManifestError(f"study {bad[0]!r}: side {bad[2]!r} of {bad[1]!r} is not one of {', '.join(SIDES)}")
     cols = {
         "study_key": keys,
         "patient_key": [s.patient_key for s in studies],
@@ -106,6 +117,7 @@ def write_manifest(studies: list[Study], path: str | Path) -> Path:
         "report": [s.report for s in studies],
         "labels": [list(s.labels.items()) for s in studies],
         "text": [s.text for s in studies],
+        "sides": [list(s.sides.items()) for s in studies],
     }
     table = pa.table(cols, schema=MANIFEST_SCHEMA)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -124,7 +136,7 @@ def read_manifest(path: str | Path, split: str | None = None) -> list[Study]:
         table = pq.read_table(path)
     except (pa.ArrowInvalid, OSError) as exc:
         raise ManifestError(f"{path}: not a readable Parquet file ({exc})") from None
-    missing = [n for n in MANIFEST_SCHEMA.names if n not in table.column_names]
+    missing = [n for n in MANIFEST_SCHEMA.names if n not in table.column_names and n not in OPTIONAL_COLUMNS]
     if missing:
         raise ManifestError(f"{path}: not a cxrtool manifest (missing columns {missing})")
     base = path.parent
@@ -136,5 +148,5 @@ def read_manifest(path: str | Path, split: str | None = None) -> list[Study]:
                              i.get("view") or "") for i in row["images"]]
         out.append(Study(row["study_key"], row["patient_key"] or row["study_key"], row["split"] or "train",
                          row["source"] or "", images, row["findings"], row["impression"], row["report"],
-                         dict(row["labels"] or []), row["text"] or ""))
+                         dict(row["labels"] or []), row["text"] or "", dict(row.get("sides") or [])))
     return out

@@ -4,27 +4,64 @@ Training draws one random sentence per label (positives, uncertain, and up to ``
 sampled negatives), shuffles and joins them; every call is a fresh draw, so two calls give the
 two texts of a study. Evaluation is deterministic: the first positive sentence of each positive
 label, "No Finding" if there are none.
+
+Sides (``sides={label: left|right|bilateral}``, the manifest's ``sides``): a label with ``sided``
+templates in the bank gets a lateralised sentence when its side is known ("small left pleural
+effusion."), a bilateral one for ``bilateral``, and, when the side is unknown, only its sentences
+that name no side, so that no side is ever guessed. Labels without templates read as before.
 """
 
 from __future__ import annotations
 
 import json
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
+from cxrtool.data.laterality import BILATERAL, LEFT, RIGHT, mentions_side
 from cxrtool.data.manifest import merge_label
+from cxrtool.errors import ManifestError
 
 BANK_PATH = Path(__file__).with_name("prompt_bank.json")
 NO_FINDING = "No Finding"
 
 
+SIDE_SLOT = "{side}"
+
+
 @dataclass
 class LabelPrompts:
+    """A label's sentences. ``positive``/``uncertain`` are side-agnostic (any side counts);
+    ``sided``/``sided_uncertain`` are templates with a ``{side}`` slot, ``bilateral`` whole sentences."""
+
     positive: list[str]
     negative: list[str]
     uncertain: list[str]
+    sided: list[str] = field(default_factory=list)
+    sided_uncertain: list[str] = field(default_factory=list)
+    bilateral: list[str] = field(default_factory=list)
+
+    @property
+    def lateral(self) -> bool:
+        return bool(self.sided)
+
+    def positive_for(self, side: str | None) -> list[str]:
+        """Positive sentences for a known side, else (for a lateral label) the ones naming no side."""
+        return self._for(side, self.positive, self.sided, self.bilateral)
+
+    def uncertain_for(self, side: str | None) -> list[str]:
+        """Uncertain sentences for a known side, else (for a lateral label) the ones naming no side."""
+        return self._for(side, self.uncertain, self.sided_uncertain, [])
+
+    def _for(self, side: str | None, agnostic: list[str], templates: list[str], bilateral: list[str]) -> list[str]:
+        if not self.lateral:
+            return agnostic
+        if side in (LEFT, RIGHT) and templates:
+            return [t.replace(SIDE_SLOT, side) for t in templates]
+        if side == BILATERAL and bilateral:
+            return bilateral
+        return [s for s in agnostic if not mentions_side(s)]
 
 
 class PromptBank:
@@ -56,23 +93,28 @@ class PromptBank:
         return LabelPrompts([f"there is {low}.", f"findings of {low}."],
                             [f"there is no evidence of {low}."], [f"possible {low}."])
 
-    def to_text(self, labels: dict[str, int], rng: random.Random | None = None, max_negatives: int = 3) -> str:
-        """Label dict (1 positive, 0 negative, -1 uncertain) -> text; random if ``rng`` is given."""
+    def to_text(self, labels: dict[str, int], rng: random.Random | None = None, max_negatives: int = 3,
+                sides: dict[str, str] | None = None) -> str:
+        """Label dict (1 positive, 0 negative, -1 uncertain) -> text; random if ``rng`` is given.
+
+        ``sides`` (label -> left/right/bilateral) lateralises the sentences of labels that have a side.
+        """
         canon: dict[str, int] = {}
         for label, value in labels.items():  # two columns may name one label: 1 > -1 > 0
             name = self.canonical(label)
             canon[name] = merge_label(canon.get(name), value)
+        side = {self.canonical(k): v for k, v in (sides or {}).items()}
         positives = [k for k, v in canon.items() if v == 1 and k != NO_FINDING]
         uncertain = [k for k, v in canon.items() if v == -1 and k != NO_FINDING]
         negatives = [k for k, v in canon.items() if v == 0 and k != NO_FINDING]
         if rng is None:
             if not positives:
                 return self.prompts(NO_FINDING).positive[0]
-            return " ".join(self.prompts(k).positive[0] for k in sorted(positives))
-        sentences = [rng.choice(self.prompts(k).positive) for k in positives]
+            return " ".join(self.prompts(k).positive_for(side.get(k))[0] for k in sorted(positives))
+        sentences = [rng.choice(self.prompts(k).positive_for(side.get(k))) for k in positives]
         for k in uncertain:
             p = self.prompts(k)
-            sentences.append(rng.choice(p.uncertain or p.positive))
+            sentences.append(rng.choice(p.uncertain_for(side.get(k)) or p.positive_for(side.get(k))))
         if not positives and not uncertain:
             sentences.append(rng.choice(self.prompts(NO_FINDING).positive))
         rng.shuffle(negatives)
@@ -87,8 +129,14 @@ class PromptBank:
 @lru_cache(maxsize=8)
 def _load_bank(path: str) -> PromptBank:
     data = json.loads(Path(path).read_text())
-    labels = {
-        name: LabelPrompts(list(v.get("positive", [])), list(v.get("negative", [])), list(v.get("uncertain", [])))
-        for name, v in data["labels"].items()
-    }
+    labels = {}
+    for name, v in data["labels"].items():
+        sided = v.get("sided", {})
+        bad = [t for t in sided.get("positive", []) + sided.get("uncertain", []) if SIDE_SLOT not in t]
+        if bad:
+            raise ManifestError(f"{path}: {name!r} sided template {bad[0]!r} has no {SIDE_SLOT} slot",
+                                "write the side as {side}; whole bilateral sentences go under 'bilateral'")
+        labels[name] = LabelPrompts(list(v.get("positive", [])), list(v.get("negative", [])),
+                                    list(v.get("uncertain", [])), list(sided.get("positive", [])),
+                                    list(sided.get("uncertain", [])), list(sided.get("bilateral", [])))
     return PromptBank(labels, data.get("synonyms", {}))

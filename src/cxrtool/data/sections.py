@@ -46,6 +46,10 @@ class ReportSections:
         candidates = [t for t in (self.findings, self.impression) if t]
         return max(candidates, key=len) if candidates else None
 
+    def observations(self) -> str:
+        """Findings and impression together (what was seen, not the indication's question), else the full text."""
+        return " ".join(t for t in (self.findings, self.impression) if t) or self.full
+
 
 def clean_text(text: str) -> str:
     """Remove de-identification marks and collapse whitespace."""

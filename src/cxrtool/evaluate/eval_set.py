@@ -2,15 +2,16 @@
 
 Two inputs give the same :class:`EvalSet`:
 
-* a study manifest (``cxrtool prepare``): one row per image of each study; labels, patient, split
-  and ``text`` come from the study, ``view`` from the image; optional extra Parquet columns
+* a study manifest (``cxrtool prepare``): one row per image of each study; labels, sides, patient,
+  split and ``text`` come from the study, ``view`` from the image; optional extra Parquet columns
   ``sex`` and ``age`` (which the manifest schema does not define) are read when present;
 * a workspace's shards (``cxrtool embed``) plus a labels CSV joined on the archive-relative
   ``path``: label columns hold 1/0/-1/blank; optional ``patient_id``, ``split``, ``text`` (or
-  ``report``), ``sex``, ``age``, ``view`` columns.
+  ``report``), ``sex``, ``age``, ``view`` columns, and ``bbox_json`` (radiologist boxes: sides).
 
 Labels: 1 present, 0 absent, -1 uncertain, NaN not mentioned; names are mapped to the prompt
 bank's (``effusion`` -> ``Pleural Effusion``), two columns naming one label merged (1 > -1 > 0).
+Sides: per label, the patient's side of the finding (left / right / bilateral, '' unknown).
 Image vectors are cached per model fingerprint under a cache folder, keyed by path, size and
 modification time, so a re-run embeds only what changed.
 """
@@ -26,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
+from cxrtool.data.laterality import frontal_view, parse_bbox_json, sides_for_study
 from cxrtool.data.manifest import merge_label, read_manifest
 from cxrtool.data.prompts import PromptBank
 from cxrtool.embed.shards import read_shard_metadata, read_shard_vectors
@@ -33,7 +35,8 @@ from cxrtool.errors import CxrError, ManifestError, WorkspaceError
 from cxrtool.evaluate.subgroups import age_band, normalise_sex
 from cxrtool.model.dual import DualEncoder
 
-RESERVED_COLUMNS = {"path", "patient_id", "patient", "split", "text", "report", "sex", "age", "view", "study_key"}
+RESERVED_COLUMNS = {"path", "patient_id", "patient", "split", "text", "report", "sex", "age", "view", "study_key",
+                    "bbox_json"}
 
 
 @dataclass
@@ -49,6 +52,7 @@ class EvalSet:
     attributes: dict[str, list[str]] = field(default_factory=dict)
     vectors: np.ndarray | None = None
     fingerprint: str = ""
+    sides: dict[str, np.ndarray] = field(default_factory=dict)  # label -> 'left'/'right'/'bilateral'/'' per row
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -58,7 +62,8 @@ class EvalSet:
         return EvalSet([self.keys[i] for i in idx], [self.paths[i] for i in idx], self.patients[idx],
                        self.splits[idx], {k: v[idx] for k, v in self.labels.items()}, [self.texts[i] for i in idx],
                        {k: [v[i] for i in idx] for k, v in self.attributes.items()},
-                       None if self.vectors is None else self.vectors[idx], self.fingerprint)
+                       None if self.vectors is None else self.vectors[idx], self.fingerprint,
+                       {k: v[idx] for k, v in self.sides.items()})
 
 
 def _label_matrix(rows: list[dict[str, int]], bank: PromptBank) -> dict[str, np.ndarray]:
@@ -73,6 +78,12 @@ def _label_matrix(rows: list[dict[str, int]], bank: PromptBank) -> dict[str, np.
     return {n: np.array([m.get(n, np.nan) for m in merged], dtype=np.float64) for n in names}
 
 
+def _side_matrix(rows: list[dict[str, str]], bank: PromptBank) -> dict[str, np.ndarray]:
+    canon = [{bank.canonical(k): v for k, v in r.items()} for r in rows]
+    names = sorted({k for c in canon for k in c})
+    return {n: np.array([c.get(n, "") for c in canon], dtype=object) for n in names}
+
+
 def eval_set_from_manifest(path: str | Path, bank: PromptBank | None = None) -> EvalSet:
     """Every image of every study in the manifest, with the study's labels and text."""
     bank = bank or PromptBank.load()
@@ -84,6 +95,7 @@ def eval_set_from_manifest(path: str | Path, bank: PromptBank | None = None) -> 
         table = pq.read_table(path, columns=["study_key", *wanted]).to_pylist()
         extra = {r["study_key"]: r for r in table}
     keys, paths, patients, splits, labels, texts, sex, age, view = [], [], [], [], [], [], [], [], []
+    sides = []
     for s in studies:
         for image in s.images:
             keys.append(f"{s.study_key}/{Path(image.path).name}")
@@ -91,6 +103,7 @@ def eval_set_from_manifest(path: str | Path, bank: PromptBank | None = None) -> 
             patients.append(s.patient_key)
             splits.append(s.split)
             labels.append(s.labels)
+            sides.append(s.sides)
             texts.append(s.text or s.impression or s.findings or s.report or "")
             sex.append(normalise_sex(extra.get(s.study_key, {}).get("sex")))
             age.append(age_band(extra.get(s.study_key, {}).get("age")))
@@ -98,7 +111,8 @@ def eval_set_from_manifest(path: str | Path, bank: PromptBank | None = None) -> 
     if not keys:
         raise ManifestError(f"{path}: the manifest lists no images")
     return EvalSet(keys, paths, np.array(patients, dtype=object), np.array(splits, dtype=object),
-                   _label_matrix(labels, bank), texts, {"sex": sex, "age_band": age, "view": view})
+                   _label_matrix(labels, bank), texts, {"sex": sex, "age_band": age, "view": view},
+                   sides=_side_matrix(sides, bank))
 
 
 def _cell(value: str | None) -> int | None:
@@ -132,6 +146,7 @@ def eval_set_from_shards(workspace: str | Path, labels_csv: str | Path, bank: Pr
                   and all((r.get(c) or "").strip() in ("", "0", "1", "-1", "0.0", "1.0", "-1.0") for r in rows)]
     table = {r["path"]: r for r in rows}
     keys, pats, splits, labels, texts, sex, age, view, vec_rows = [], [], [], [], [], [], [], [], []
+    sides = []
     for m in meta:
         r = table.get(m["path"])
         if r is None:
@@ -145,11 +160,17 @@ def eval_set_from_shards(workspace: str | Path, labels_csv: str | Path, bank: Pr
         age.append(age_band(r.get("age")))
         view.append((r.get("view") or m.get("view") or "").upper())
         vec_rows.append(by_id[int(m["id"])])
+        try:
+            boxes = parse_bbox_json(r.get("bbox_json")) if frontal_view(view[-1]) else []
+        except ValueError as exc:
+            raise ManifestError(f"{labels_csv}: {m['path']}: {exc}", "fix or empty that bbox_json cell") from None
+        canon = {bank.canonical(k): v for k, v in labels[-1].items()}
+        sides.append(sides_for_study(canon, boxes, r.get("report") or r.get("text")))
     if not keys:
         raise ManifestError(f"{labels_csv}: no 'path' matches a shard row", "paths must be archive-relative")
     return EvalSet(keys, list(keys), np.array(pats, dtype=object), np.array(splits, dtype=object),
                    _label_matrix(labels, bank), texts, {"sex": sex, "age_band": age, "view": view},
-                   vectors[vec_rows], fingerprint)
+                   vectors[vec_rows], fingerprint, _side_matrix(sides, bank))
 
 
 def _file_key(path: str) -> str:

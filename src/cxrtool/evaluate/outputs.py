@@ -57,6 +57,21 @@ def to_markdown(summary: dict) -> str:
                   "| attribute | group | images | labels scored | mean AUROC |", "|---|---|---|---|---|"]
         for r in sg:
             lines.append(f"| {r['attribute']} | {r['group']} | {r['images']} | {len(r['auroc'])} | {r['mean_auroc']} |")
+    lat = summary.get("laterality")
+    if lat:
+        per_k = " | ".join(f"top-{k} side accuracy [95% CI] | correct/considered | shared" for k in lat["ks"])
+        lines += ["", f"**Laterality** (images whose finding is on one side; chance {lat['chance']}; top-k side "
+                  "accuracy pooled over the 'left X' and 'right X' queries: correct / one-sided images in the top k; "
+                  "shared: images in both queries' top k)",
+                  "", "| label | one-sided (left/right) | patients | left-vs-right AUROC [95% CI] | "
+                  + per_k + " |",
+                  "|---|---|---|---|" + "---|---|---|" * len(lat["ks"])]
+        for r in lat["labels"]:
+            cells = [r["label"], f"{r['one_sided']} ({r['left']}/{r['right']})", r["patients"],
+                     _ci(r["auroc_left_vs_right"])]
+            for t in r["top_k"]:
+                cells += [_ci(t["accuracy"]), f"{t['correct']}/{t['considered']}", f"{t['shared']}/{t['k']}"]
+            lines.append("| " + " | ".join(map(str, cells)) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -2,7 +2,8 @@
 
 Images of the evaluation split (default ``test``; ``validate`` when a manifest has no test split)
 are scored; the ``train`` split is used only to fit the linear probe. Bootstrap intervals resample
-patients. Everything random is seeded, so a re-run gives the same figures.
+patients. Everything random is seeded, so a re-run gives the same figures. When the evaluated rows
+carry one-sided findings (the manifest's ``sides``), a laterality section is added (``laterality.py``).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from cxrtool.errors import ManifestError
 from cxrtool.evaluate.bootstrap import N_RESAMPLES
 from cxrtool.evaluate.classification import THRESHOLD, binary_report, known, multiclass_report, roc_points
 from cxrtool.evaluate.eval_set import EvalSet
+from cxrtool.evaluate.laterality import LATERALITY_KS, laterality_report
 from cxrtool.evaluate.probe import FRACTIONS, linear_probe
 from cxrtool.evaluate.prompt_grid import load_prompt_grid
 from cxrtool.evaluate.retrieval import RECALL_KS, dedupe_texts, image_to_text_ranks, rank_summary, text_to_image_ranks
@@ -36,6 +38,7 @@ class EvalOptions:
     seed: int = 0
     probe_fractions: Sequence[float] = FRACTIONS
     ks: Sequence[int] = RECALL_KS
+    laterality_ks: Sequence[int] = LATERALITY_KS
 
 
 @dataclass
@@ -69,7 +72,7 @@ def scoreable_labels(labels: dict[str, np.ndarray], mask: np.ndarray, wanted: Se
 
 def evaluate_model(model: DualEncoder, es: EvalSet, options: EvalOptions | None = None,
                    progress: Callable[[str, int], Callable[[int], None]] | None = None) -> EvalResult:
-    """Zero-shot AUROC (+CI), accuracy/F1, 5x200-style accuracy, retrieval, linear probe, subgroups.
+    """Zero-shot AUROC (+CI), accuracy/F1, 5x200-style accuracy, retrieval, linear probe, subgroups, laterality.
 
     ``progress(description, total)`` may return a per-step callback for long loops.
     """
@@ -115,6 +118,8 @@ def evaluate_model(model: DualEncoder, es: EvalSet, options: EvalOptions | None 
     summary["retrieval"] = _retrieval(model, test, opt, result)
     summary["linear_probe"] = _probe(es, split, test, labels, opt, progress)
     summary["subgroups"] = subgroup_report(prob, test.labels, labels, test.attributes)
+    summary["laterality"] = laterality_report(model, test, opt.labels, opt.laterality_ks, opt.n_resamples, opt.seed,
+                                              bank)
     return result
 
 

@@ -3,7 +3,8 @@
 Images are grouped into studies by StudyInstanceUID, with views from ViewPosition. Patients get
 a pseudonymous key: a keyed hash of PatientID (set your own key with ``pseudonym_key`` /
 ``--pseudonym-key`` or $CXRTOOL_PSEUDONYM_KEY; the raw PatientID is never written). Objects
-without pixels (SR, presentation states) are listed as rejects, not studies.
+without pixels (SR, presentation states) are listed as rejects, not studies. Sides of findings come
+from the report's findings and impression (``data/laterality.py``).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import csv
 import warnings
 from pathlib import Path
 
+from cxrtool.data.laterality import sides_for_study
 from cxrtool.data.manifest import Study, StudyImage
 from cxrtool.data.prompts import PromptBank
 from cxrtool.data.sections import parse_report
@@ -72,6 +74,7 @@ def read_dicom_folder_studies(folder: str | Path, reports_csv: str | Path | None
                 sections = parse_report(reports[lookup])
                 study.findings, study.impression, study.report = sections.findings, sections.impression, sections.full
                 study.text = sections.main_text() or sections.full
+                study.sides = sides_for_study({}, text=sections.observations())
             studies[uid] = study
         study.images.append(StudyImage(str(f.path), str(getattr(ds, "ViewPosition", "") or "").upper()))
     for study in studies.values():

@@ -9,7 +9,8 @@ Layout (as published on PhysioNet)::
     REPORTS/files/p10/p10000032/s50414267.txt                 (mimic-cxr-reports.zip, extracted)
 
 Studies are ``s<study_id>``, patients ``p<subject_id>``, views come from the metadata and the
-official split is kept.
+official split is kept. Sides of findings come from the report's findings and impression
+(``data/laterality.py``).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+from cxrtool.data.laterality import sides_for_study
 from cxrtool.data.manifest import Study, StudyImage, merge_label
 from cxrtool.data.prompts import PromptBank
 from cxrtool.data.sections import parse_report
@@ -83,7 +85,10 @@ def read_mimic_studies(root: str | Path, reports_dir: str | Path | None = None, 
                           sections.findings if sections else None, sections.impression if sections else None,
                           sections.full if sections else None, study_labels)
             text = sections.main_text() if sections else None
-            study.text = text or (sections.full if sections and sections.full else "") or bank.to_text(study_labels)
+            if sections:
+                study.sides = sides_for_study(study_labels, text=sections.observations())
+            study.text = text or (sections.full if sections and sections.full else "") or bank.to_text(
+                study_labels, sides=study.sides)
             if sections is None:
                 rejects.append(Reject(key, f"report not found: {report_path}", "kept", key))
             studies[key] = study

@@ -4,7 +4,8 @@ Each ``ecgen-radiology/N.xml`` is one study: ``AbstractText`` elements labelled 
 INDICATION, FINDINGS, IMPRESSION; ``MeSH/major`` and ``MeSH/minor`` headings (mapped to labels by
 ``mesh_labels.json``: positives only, "normal" = No Finding); ``parentImage id=...`` linking the
 images (``NLMCXR_png/<id>.png`` in the image release). Views come from the DICOM metadata table
-(``nlmcxr_dicom_metadata.csv.gz``, column View Position) when it is given.
+(``nlmcxr_dicom_metadata.csv.gz``, column View Position) when it is given. Sides of findings come
+from the findings and impression text (``data/laterality.py``).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from pathlib import Path
 
+from cxrtool.data.laterality import sides_for_study
 from cxrtool.data.manifest import Study, StudyImage
 from cxrtool.data.prompts import PromptBank
 from cxrtool.data.sections import clean_text
@@ -93,9 +95,10 @@ def read_openi_studies(source: str | Path, image_root: str | Path | None = None,
                   for img in doc.iter("parentImage")]
         report = " ".join(f"{k.upper()}: {v}" for k, v in sections.items() if v) or None
         texts = [t for t in (findings, impression) if t]
-        text = max(texts, key=len) if texts else (bank.to_text(labels) if labels else "")
+        sides = sides_for_study(labels, text=" ".join(texts))
+        text = max(texts, key=len) if texts else (bank.to_text(labels, sides=sides) if labels else "")
         study = Study(f"openi-{key}", f"openi-{key}", hashed_split(key, validate_fraction, test_fraction), "openi",
-                      images, findings, impression, report, labels, text)
+                      images, findings, impression, report, labels, text, sides)
         if not images:
             rejects.append(Reject(name, "no linked images", "kept", study.study_key))
         if not texts:
