@@ -293,3 +293,44 @@ def test_torchrun_two_cpu_processes_train_one_model(tmp_path, sample_manifest, t
     result = json.loads(proc.stdout)  # one report (rank 0), not one per process
     assert result["steps"] == 2 and result["best_epoch"] == 1
     assert (tmp_path / "ddp" / "model.json").is_file()
+
+
+# ---------------------------------------------------------------------------------- laterality
+def _half_bright(path, left_bright: bool):
+    a = np.zeros((80, 96), dtype=np.uint8)
+    if left_bright:
+        a[:, :48] = 255
+    else:
+        a[:, 48:] = 255
+    Image.fromarray(a).save(path)
+    return str(path)
+
+
+def test_a_flip_swaps_the_sides_of_the_texts_with_the_image(tmp_path, spec):
+    img = _half_bright(tmp_path / "a.png", left_bright=True)
+    labelled = Study("a", "p", "train", "t", [StudyImage(img)], labels={"Pleural Effusion": 1})
+    labelled.sides = {"Pleural Effusion": "left"}
+    report = Study("b", "p", "train", "t", [StudyImage(img)], findings="Small left pleural effusion. No pneumothorax.")
+    plain = _ds([labelled, report], spec)
+    flipped = _ds([labelled, report], spec, hflip_prob=1.0)
+    for ds, side, other in ((plain, "left", "right"), (flipped, "right", "left")):
+        s = ds[0]
+        assert side in s.text1.lower() and other not in s.text1.lower()
+        assert side in ds[1].text1.lower() and other not in ds[1].text1.lower()
+        width = s.img1.shape[-1]
+        left_half, right_half = float(s.img1[..., : width // 2].mean()), float(s.img1[..., width // 2 :].mean())
+        assert (left_half > right_half) == (side == "left")  # the bright half moved with the flip
+    # a flipped label-only study means "right effusion": its key changes with it
+    assert plain[0].keys != flipped[0].keys
+
+
+def test_side_negatives_are_the_same_text_with_the_other_side(tmp_path, spec):
+    img = _png(tmp_path / "a.png", 0.5)
+    lateral = Study("a", "p", "train", "t", [StudyImage(img)], findings="Large right pneumothorax.")
+    neutral = Study("b", "p", "train", "t", [StudyImage(img)], findings="Heart size is normal.")
+    ds = _ds([lateral, neutral], spec, side_negatives=True)
+    s = ds[0]
+    assert s.swapped and "left" in s.swapped.lower() and "right" not in s.swapped.lower()
+    assert ds[1].swapped is None
+    batch = collate([ds[0], ds[1]])
+    assert batch.extra_texts == [s.swapped] and batch.extra_keys.shape == (1,)

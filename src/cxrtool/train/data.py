@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset, Sampler
 
+from cxrtool.data.laterality import flip_sides, swap_sides
 from cxrtool.data.manifest import Study
 from cxrtool.data.prompts import PromptBank
 from cxrtool.errors import DecodeError
@@ -74,38 +75,27 @@ def is_label_only(study: Study) -> bool:
     return not (study.findings or study.impression or study.report)
 
 
-def text_pair(study: Study, bank: PromptBank, rng: random.Random, max_negatives: int) -> tuple[str, str]:
-    """Two training texts for a study (see module docstring)."""
+def text_pair(study: Study, bank: PromptBank, rng: random.Random, max_negatives: int,
+              sides: dict[str, str] | None = None) -> tuple[str, str]:
+    """Two training texts for a study (see module docstring); prompts name the known sides."""
     sections = [s for s in (study.findings, study.impression) if s]
     if len(sections) == 2:
         return (sections[0], sections[1]) if rng.random() < 0.5 else (sections[1], sections[0])
     if sections or study.report:
         text = sections[0] if sections else study.report
         return text, shuffle_sentences(text, rng)
-    draw = _prompt_drawer(bank, study)
-    return draw(rng, max_negatives), draw(rng, max_negatives)
+    sides = study_sides(study) if sides is None else sides
+    return (bank.to_text(study.labels, rng, max_negatives=max_negatives, sides=sides),
+            bank.to_text(study.labels, rng, max_negatives=max_negatives, sides=sides))
 
 
 def eval_text_pair(study: Study, bank: PromptBank) -> tuple[str, str]:
     """Deterministic texts for validation: the two sections, or the study's one eval text twice."""
     if study.findings and study.impression:
         return study.findings, study.impression
-    text = study.text or study.findings or study.impression or study.report or bank.to_text(study.labels)
+    text = (study.text or study.findings or study.impression or study.report
+            or bank.to_text(study.labels, sides=study_sides(study)))
     return text, text
-
-
-def _prompt_drawer(bank: PromptBank, study: Study):
-    """A function (rng, max_negatives) -> one random prompt text; lateralised when sides are known."""
-    sides = study_sides(study)
-    if sides and hasattr(bank, "to_text_with_sides"):
-        return lambda rng, neg: bank.to_text_with_sides(study.labels, sides, rng, max_negatives=neg)
-    return lambda rng, neg: bank.to_text(study.labels, rng, max_negatives=neg)
-
-
-def _swap_sides(text: str) -> str:
-    from cxrtool.data.laterality import swap_sides
-
-    return swap_sides(text)
 
 
 @dataclass
@@ -199,20 +189,22 @@ class StudyDataset(Dataset):
         rng = random.Random(f"{self.seed}:{self.epoch}:{index}")
         a, b = rng.sample(range(len(images)), 2) if len(images) > 1 else (0, 0)
         flip = self.hflip_prob > 0 and rng.random() < self.hflip_prob
-        t1, t2 = text_pair(study, self.bank, rng, self.max_negatives)
-        if flip:  # the image's left is now its right: the texts must say so too
-            t1, t2 = _swap_sides(t1), _swap_sides(t2)
+        if flip:  # the image's left is now its right: the texts (and side labels) must say so too
+            if is_label_only(study):
+                t1, t2 = text_pair(study, self.bank, rng, self.max_negatives, flip_sides(study_sides(study)))
+            else:
+                t1, t2 = (swap_sides(t) for t in text_pair(study, self.bank, rng, self.max_negatives))
+        else:
+            t1, t2 = text_pair(study, self.bank, rng, self.max_negatives)
         return self._sample(index, study, self._view(images[a], rng, flip), self._view(images[b], rng, flip),
                             t1, t2, flip)
 
     def _sample(self, index: int, study: Study, i1: torch.Tensor, i2: torch.Tensor, t1: str, t2: str,
                 flip: bool) -> Sample:
+        sides = study_sides(study)
+        if flip:
+            sides = flip_sides(sides)
         if is_label_only(study):
-            sides = study_sides(study)
-            if flip and sides:
-                from cxrtool.data.laterality import flip_sides
-
-                sides = flip_sides(sides)
             k = text_keys([label_key(study, sides)])[0]
             keys = (k, k)
         else:
@@ -220,14 +212,10 @@ class StudyDataset(Dataset):
             keys = (k1, k2)
         swapped, swapped_key = None, -1
         if self.side_negatives:
-            other = _swap_sides(t1)
-            if other != t1:
-                swapped, swapped_key = other, text_keys([other])[0]
-                if is_label_only(study):
-                    from cxrtool.data.laterality import flip_sides
-
-                    sides = study_sides(study)
-                    swapped_key = text_keys([label_key(study, flip_sides(sides) if not flip else sides)])[0]
+            other = swap_sides(t1)
+            if other != t1:  # the text names a side: the same text with the other side is a hard negative
+                swapped = other
+                swapped_key = text_keys([label_key(study, flip_sides(sides)) if is_label_only(study) else other])[0]
         return Sample(index, i1, i2, t1, t2, keys, swapped, swapped_key)
 
 
