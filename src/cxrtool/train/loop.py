@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader
 
 from cxrtool.data.manifest import read_manifest
 from cxrtool.data.prompts import PromptBank
-from cxrtool.errors import CxrError, ManifestError
+from cxrtool.errors import CxrError, ManifestError, ModelError
 from cxrtool.model.directory import create_model, load_model_dir, save_model_dir
 from cxrtool.model.dual import DualEncoder
 from cxrtool.train.checkpoint import BEST, LAST, atomic_save, load_checkpoint, restore_rng_states, rng_states
@@ -65,7 +65,12 @@ def default_run_dir(out_dir: str | Path) -> Path:
 # ----------------------------------------------------------------------------------- the model
 def build_model(cfg: TrainConfig) -> DualEncoder:
     if cfg.init_from:
-        return load_model_dir(cfg.init_from)
+        model = load_model_dir(cfg.init_from)
+        if model.card.family != "cxrtool":
+            raise ModelError(f"{cfg.init_from}: fine-tuning a {model.card.family} model is not supported",
+                             "train starts from cxrtool-family models; hub models are used as they are (embed, "
+                             "search, classify, evaluate)")
+        return model
     return create_model(cfg.image_model, cfg.text_model, cfg.image_weights, embed_dim=cfg.embed_dim,
                         input_size=cfg.input_size, pooling=cfg.pooling, max_length=cfg.max_length,
                         mean=cfg.mean, std=cfg.std)
