@@ -1,0 +1,168 @@
+"""Training experiments on the open NIH data: before/after, the objective's ablations, and the default model.
+
+Split (patient-disjoint, fixed): the held-out test patients are the sample_data patients
+(scripts/build_sample_data.py ``held_out``) plus a further hash bucket of NIH patients
+(``EVAL_SALT``), about 27% of the 1,228 images; no run ever sees them in training or model
+selection. The remaining patients are split 90/10 into train/validate by patient hash.
+
+Each configuration trains from the same pretrained towers (ImageNet EfficientNet-Lite0, frozen
+MiniLM-L6 unless the config unfreezes it) and is scored on the test patients with the same code
+as ``cxrtool evaluate``: zero-shot AUROC (+ patient-bootstrap 95% CI) for the six issue labels,
+text→image lift@50 (precision@50 ÷ base rate), text→image Recall@K, and laterality.
+
+Usage: python scripts/train_experiments.py [--only NAME,...] [--epochs N] [--shared DIR]
+Results: runs/experiments/<name>/ (model, run folder, summary.json) and runs/experiments/results.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+from build_sample_data import FINDINGS, held_out
+
+from cxrtool.data.manifest import write_manifest
+from cxrtool.data.sources.csv_table import read_csv_studies
+from cxrtool.evaluate.eval_set import embed_eval_set, eval_set_from_manifest
+from cxrtool.evaluate.retrieval import label_query_report
+from cxrtool.evaluate.run import EvalOptions, evaluate_model
+from cxrtool.model import load_model
+from cxrtool.model.directory import create_model, save_model_dir
+from cxrtool.train import resolve_config, train
+
+REPO = Path(__file__).resolve().parents[1]
+OUT = REPO / "runs" / "experiments"
+EVAL_SALT = "cxrtool-eval-v2"
+EVAL_FRACTION = 0.17
+ISSUE_LABELS = ["Atelectasis", "Cardiomegaly", "Edema", "Pleural Effusion", "Pneumonia", "Pneumothorax"]
+LIFT_QUERIES = {"Pleural Effusion": "pleural effusion", "Cardiomegaly": "cardiomegaly",
+                "Pneumothorax": "pneumothorax"}
+
+BASE = {"freeze_text": True, "epochs": 4, "batch_size": 32, "lr": 2e-4, "max_negatives": 2, "seed": 0,
+        "threads": 2, "checkpoint_every": 50, "log_every": 5}
+CONFIGS: dict[str, dict] = {
+    "full": {},  # CLIP + ICL 1.0 + TCL 0.5, false negatives removed
+    "clip_only": {"icl_weight": 0.0, "tcl_weight": 0.0},
+    "no_false_negative_removal": {"false_negatives": False},
+    "side_negatives": {"side_negatives": True},
+}
+
+
+def eval_bucket(patient: str) -> bool:
+    u = int(hashlib.sha256(f"{EVAL_SALT}:{patient}".encode()).hexdigest()[:12], 16) / float(16**12)
+    return u < EVAL_FRACTION
+
+
+def build_manifests(shared: Path) -> tuple[Path, Path]:
+    studies = read_csv_studies(shared / "nih_512" / "labels.csv", patient_col="patient_id", view_col="view",
+                               label_cols=FINDINGS, source="nih-chestxray14", validate_fraction=0.1)
+    test, rest = [], []
+    for s in studies:
+        (test if held_out(s.patient_key) or eval_bucket(s.patient_key) else rest).append(s)
+    for s in test:
+        s.split = "test"
+    OUT.mkdir(parents=True, exist_ok=True)
+    train_manifest = write_manifest(rest, OUT / "train_manifest.parquet")
+    test_manifest = write_manifest(test, OUT / "test_manifest.parquet")
+    patients = {s.patient_key for s in test} & {s.patient_key for s in rest}
+    assert not patients, "train and test share patients"
+    logging.info("train/validate %d studies (%d validate), test %d studies (%d patients)", len(rest),
+                 sum(s.split == "validate" for s in rest), len(test), len({s.patient_key for s in test}))
+    return train_manifest, test_manifest
+
+
+def score(model_dir: Path, test_manifest: Path, cache: Path) -> dict:
+    model = load_model(str(model_dir))
+    es = eval_set_from_manifest(test_manifest)
+    embed_eval_set(model, es, cache_dir=cache)
+    result = evaluate_model(model, es, EvalOptions(split="test", labels=ISSUE_LABELS, probe_fractions=()))
+    s = result.summary
+    rows = {r["label"]: r["auroc"] for r in s["zero_shot"]["labels"]}
+    lifts = {}
+    for r in label_query_report(model, es.vectors, {k: np.nan_to_num(es.labels[k]) for k in LIFT_QUERIES},
+                                LIFT_QUERIES, k=50):
+        lifts[r["label"]] = {"precision@50": r["precision@50"], "base_rate": r["base_rate"],
+                             "lift@50": round(r["precision@50"] / r["base_rate"], 2) if r["base_rate"] else None,
+                             "positives": r["positives"]}
+    lat = s.get("laterality") or {}
+    return {"mean_auroc": s["zero_shot"]["mean_auroc"], "auroc": rows, "lift": lifts,
+            "text_to_image": (s.get("retrieval") or {}).get("text_to_image"), "laterality": lat,
+            "images": s["data"]["images"], "patients": s["data"]["patients"]}
+
+
+def run_config(name: str, overrides: dict, train_manifest: Path, test_manifest: Path) -> dict:
+    out = OUT / name
+    summary_path = out / "summary.json"
+    if summary_path.is_file():
+        return json.loads(summary_path.read_text())
+    t0 = time.time()
+    if name == "untrained":
+        cfg = resolve_config(overrides={**BASE, **overrides})
+        model = create_model(cfg.image_model, cfg.text_model, cfg.image_weights, embed_dim=cfg.embed_dim)
+        save_model_dir(model, out / "model")
+        history = []
+    else:
+        cfg = resolve_config(overrides={**BASE, **overrides})
+        resume = (out / "model.run" / "checkpoints" / "last.pt").is_file()
+        result = train(train_manifest, out / "model", cfg, run_dir=out / "model.run", resume=resume)
+        history = result.history
+    took = time.time() - t0
+    summary = {"name": name, "overrides": overrides, "train_seconds": round(took, 1), "history": history,
+               **score(out / "model", test_manifest, out / "eval_cache")}
+    summary_path.write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def table(results: list[dict]) -> str:
+    head = ("| run | mean AUROC (6 labels) | " + " | ".join(ISSUE_LABELS) + " | lift@50 effusion / cardiomegaly / "
+            "pneumothorax | t→i R@10 | train min |")
+    lines = [head, "|" + "---|" * (len(ISSUE_LABELS) + 5)]
+    for r in results:
+        cells = []
+        for label in ISSUE_LABELS:
+            a = r["auroc"].get(label)
+            cells.append(f"{a['value']:.3f} [{a['low']:.2f}, {a['high']:.2f}]" if a else "–")
+        lifts = " / ".join(str(r["lift"][k]["lift@50"]) for k in LIFT_QUERIES)
+        t2i = (r.get("text_to_image") or {}).get("recall@10")
+        lines.append(f"| {r['name']} | {r['mean_auroc']:.3f} | " + " | ".join(cells)
+                     + f" | {lifts} | {t2i} | {r['train_seconds'] / 60:.0f} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--only", default=None)
+    ap.add_argument("--epochs", type=int, default=None)
+    ap.add_argument("--shared", type=Path, default=REPO.parent / "shared" / "data")
+    ap.add_argument("--set", action="append", default=[], help="NAME:KEY=VALUE adds a config override")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    if args.epochs:
+        BASE["epochs"] = args.epochs
+    configs = {"untrained": {}, **CONFIGS}
+    for item in args.set:
+        name, kv = item.split(":", 1)
+        key, value = kv.split("=", 1)
+        try:
+            configs.setdefault(name, {})[key] = json.loads(value)
+        except json.JSONDecodeError:
+            configs.setdefault(name, {})[key] = value
+    wanted = args.only.split(",") if args.only else list(configs)
+    train_manifest, test_manifest = build_manifests(args.shared)
+    results = []
+    for name in wanted:
+        logging.info("=== %s %s", name, configs[name])
+        results.append(run_config(name, configs[name], train_manifest, test_manifest))
+        logging.info("%s: mean AUROC %.3f, lift %s", name, results[-1]["mean_auroc"],
+                     {k: v["lift@50"] for k, v in results[-1]["lift"].items()})
+    (OUT / "results.md").write_text(table(results) + "\n")
+    print(table(results))
+
+
+if __name__ == "__main__":
+    main()
