@@ -1,7 +1,8 @@
 """The model card: the whole preprocessing and architecture contract of a model, as data.
 
 A model directory is ``model.json`` (this card) + ``model.safetensors`` (weights) + ``text/``
-(the text tower's Hugging Face config and tokenizer files). The card alone says how to rebuild
+(the text tower's Hugging Face config and tokenizer files) + ``image/`` (only for a Hugging Face
+image tower: its config). The card alone says how to rebuild
 the modules, how an image becomes the tensor the image tower saw in training, how text is
 tokenized and pooled, and which weights (fingerprint) belong to it. Nothing about a model's
 contract lives anywhere else.
@@ -21,15 +22,24 @@ CARD_FORMAT = "cxrtool-model/1"
 CARD_FILE = "model.json"
 WEIGHTS_FILE = "model.safetensors"
 TEXT_DIR = "text"
+IMAGE_DIR = "image"
 
 RESIZE_RULES = ("short_side_center_crop", "letterbox", "squash")
 POOLINGS = ("cls", "eos", "mean")
 GRAY_RULES = ("replicate",)
+IMAGE_BACKENDS = ("timm", "hf")
+# pooled: the tower's pooled vector (timm with num_classes=0; HF pooler_output);
+# first_token: HF last_hidden_state[:, 0] (CXR-CLIP's Swin feature: the first patch token).
+IMAGE_FEATURES = ("pooled", "first_token")
 
 
 @dataclass
 class ImageSpec:
-    """How pixels in [0, 1] become the image tower's input, and which timm model it is."""
+    """How pixels in [0, 1] become the image tower's input, and which tower reads it.
+
+    ``backend`` "timm" builds ``timm_name``; "hf" builds the Hugging Face vision model whose
+    config is in the model directory's ``image/`` (imported CXR-CLIP Swin-T).
+    """
 
     timm_name: str
     feature_dim: int
@@ -41,6 +51,8 @@ class ImageSpec:
     in_channels: int = 3
     gray_to_channels: str = "replicate"  # grayscale copied to every input channel
     timm_kwargs: dict[str, Any] = field(default_factory=dict)
+    backend: str = "timm"
+    feature: str = "pooled"
 
 
 @dataclass
@@ -78,6 +90,12 @@ class ModelCard:
             raise ModelError(f"model card: unknown pooling {self.text.pooling!r}; use one of {POOLINGS}")
         if self.image.gray_to_channels not in GRAY_RULES:
             raise ModelError(f"model card: unknown gray_to_channels {self.image.gray_to_channels!r}")
+        if self.image.backend not in IMAGE_BACKENDS:
+            raise ModelError(f"model card: unknown image backend {self.image.backend!r}; use one of {IMAGE_BACKENDS}")
+        timm_feature = self.image.backend != "timm" or self.image.feature == "pooled"
+        if self.image.feature not in IMAGE_FEATURES or not timm_feature:
+            raise ModelError(f"model card: image feature {self.image.feature!r} does not fit backend "
+                             f"{self.image.backend!r} (timm: pooled; hf: {', '.join(IMAGE_FEATURES)})")
         if len(self.image.mean) != self.image.in_channels or len(self.image.std) != self.image.in_channels:
             raise ModelError("model card: mean/std must have one value per input channel")
 
