@@ -1,0 +1,56 @@
+"""`cxrtool import FORMAT CHECKPOINT -o DIR`: released checkpoints of other projects -> cxrtool model directories."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from cxrtool.cli.common import out, print_json, run
+from cxrtool.model.imports import ImportReport, import_cxr_clip
+from cxrtool.model.imports.cxr_clip import DEFAULT_TEXT_ENCODER
+
+app = typer.Typer(
+    help="Import released CXR-CLIP / CheXzero checkpoints as cxrtool model directories. The file is read "
+         "without running any code in it, every weight is placed by name (a missing or unexpected one refuses "
+         "the import), and the written model is reloaded strictly before it is reported.",
+    no_args_is_help=True,
+)
+
+OUT = typer.Option(..., "--out", "-o", help="Model directory to write (then use it with --model DIR).")
+OVERWRITE = typer.Option(False, "--overwrite", help="Replace a model already in --out.")
+JSON = typer.Option(False, "--json", help="Print the import report as JSON.")
+
+
+def _render(r: ImportReport, as_json: bool) -> None:
+    if as_json:
+        print_json(r.to_dict())
+        return
+    epoch = f", epoch {r.epoch}" if r.epoch is not None else ""
+    out.print(f"imported [bold]{Path(r.source).name}[/] ({r.format}: {r.architecture}{epoch}) -> [bold]{r.out_dir}[/]",
+              highlight=False)
+    out.print(f"{r.tensors} checkpoint tensors placed: every weight of the model came from the file; "
+              f"reloaded strictly, fingerprint {r.fingerprint[:19]}...", highlight=False)
+    if r.dropped:
+        out.print(f"dropped {len(r.dropped)} obsolete buffer(s) that transformers now recomputes (checked equal): "
+                  f"{', '.join(r.dropped[:2])}{' ...' if len(r.dropped) > 2 else ''}", highlight=False)
+    if r.ignored:
+        out.print(f"not needed to embed: {', '.join(r.ignored)}", highlight=False)
+    out.print(f"sha256 of the checkpoint: {r.sha256}", highlight=False)
+    out.print(f"[yellow]licence:[/] {r.licence}", highlight=False)
+
+
+@app.command("cxr-clip")
+def cxr_clip_cmd(
+    checkpoint: Path = typer.Argument(..., help="A released CXR-CLIP file: r50_{m,mc,mcc}.tar or "
+                                      "swint_{m,mc,mcc}.tar."),
+    out_dir: Path = OUT,
+    text_encoder: str = typer.Option(DEFAULT_TEXT_ENCODER, "--text-encoder",
+                                     help="Hub name or local folder with the text tower's config.json + vocab.txt "
+                                          "(its weights come from the checkpoint)."),
+    overwrite: bool = OVERWRITE,
+    as_json: bool = JSON,
+) -> None:
+    """Import a CXR-CLIP checkpoint (ResNet-50 or Swin-T image tower, Bio_ClinicalBERT text tower)."""
+    _render(run(lambda: import_cxr_clip(checkpoint, out_dir, text_encoder=text_encoder, overwrite=overwrite)),
+            as_json)
