@@ -6,7 +6,8 @@ they hold tensors, plain containers and (CXR-CLIP) OmegaConf config objects. Thi
 one place cxrtool unpickles such files. Its Unpickler resolves a global only if it is
 
 * a torch tensor/storage rebuild function, ``torch.Size``/``torch.device`` or a torch dtype;
-* ``collections.OrderedDict``/``defaultdict`` or a plain builtin data type (``dict``, ``list``, ...);
+* ``collections.OrderedDict``/``defaultdict``, a plain builtin data type (``dict``, ``list``, ...) or
+  ``_codecs.encode`` restricted to latin-1 (how protocol 2 stores ``bytes``);
 * an OmegaConf class or a ``typing`` name: these become inert stand-ins (:class:`ForeignObject`)
   that only hold their pickled state, so OmegaConf need not be installed and none of its code runs.
 
@@ -93,6 +94,8 @@ class Unpickler(pickle.Unpickler):
             module = _compat_pickle.IMPORT_MAPPING[module]
         if module == "builtins" and name in _BUILTIN_TYPES:
             return getattr(builtins, name)
+        if (module, name) == ("_codecs", "encode"):  # how protocol 2 writes bytes: encode(text, "latin1")
+            return _latin1_bytes
         if module == "collections" and name in ("OrderedDict", "defaultdict"):
             return getattr(collections, name)
         if (module, name) in _TORCH_FUNCTIONS:
@@ -104,6 +107,12 @@ class Unpickler(pickle.Unpickler):
         if module.split(".")[0] in _INERT_MODULES:
             return _stand_in(f"{module}.{name}")
         raise RefusedGlobal(module, name)
+
+
+def _latin1_bytes(text: str, encoding: str = "latin1") -> bytes:
+    if encoding not in ("latin1", "latin-1"):
+        raise RefusedGlobal("_codecs", f"encode(..., {encoding!r})")
+    return text.encode("latin1")
 
 
 def load(file: Any, **kwargs: Any) -> Any:
