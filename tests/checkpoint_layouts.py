@@ -218,6 +218,25 @@ def heads_state(image_dim: int, text_dim: int, embed_dim: int, gen: torch.Genera
             "logit_scale": torch.tensor(math.log(1 / 0.07) + 0.3)}
 
 
+TINY_SWIN = {"embed_dim": 24, "depths": [2, 2], "heads": [2, 4], "window": 4, "patch": 4}
+TINY_SWIN_IMAGE_SIZE = 32  # 8x8 patches: stage 1 has 4 windows (shifted blocks masked), stage 2 one 4x4 window
+
+
+def tiny_swin_cxr_clip_state(text_dir: Path, seed: int = 6, embed_dim: int = 16) -> dict[str, torch.Tensor]:
+    """A complete swint_*-layout state dict: tiny Swin + the BERT of ``text_dir`` (random weights) + heads."""
+    from transformers import BertConfig
+
+    gen = torch.Generator().manual_seed(seed)
+    cfg = BertConfig.from_pretrained(text_dir)
+    text = bert_4x_state("text_encoder.text_encoder.", cfg.vocab_size, cfg.hidden_size, cfg.num_hidden_layers,
+                         cfg.intermediate_size, cfg.max_position_embeddings, gen)
+    s = TINY_SWIN
+    image = swin_4x_state("image_encoder.image_encoder.", s["embed_dim"], s["depths"], s["heads"], s["window"],
+                          s["patch"], gen)
+    return {**image, **text, **heads_state(s["embed_dim"] * 2 ** (len(s["depths"]) - 1), cfg.hidden_size, embed_dim,
+                                          gen)}
+
+
 def save_cxr_clip(path: Path, state: dict[str, torch.Tensor], config: dict, epoch: int = 7,
                   legacy_format: bool = False) -> Path:
     """torch.save of {model, optimizer, scheduler, config, epoch, train_loss}, as CXR-CLIP's trainer does."""

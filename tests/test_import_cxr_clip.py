@@ -22,6 +22,8 @@ from cxrtool.model.imports import import_cxr_clip
 from cxrtool.model.imports.cxr_clip import RESNET_PREFIX, SWIN_PREFIX, TEXT_PREFIX
 
 from .checkpoint_layouts import (
+    TINY_SWIN,
+    TINY_SWIN_IMAGE_SIZE,
     bert_4x_state,
     bert_reference,
     cxr_clip_config,
@@ -29,13 +31,12 @@ from .checkpoint_layouts import (
     project,
     resnet50_state,
     save_cxr_clip,
-    swin_4x_state,
     swin_reference,
+    tiny_swin_cxr_clip_state,
 )
 from .conftest import ARCHIVE
 
-SWIN = {"embed_dim": 24, "depths": [2, 2], "heads": [2, 4], "window": 4, "patch": 4}
-IMAGE_SIZE = 32  # 8x8 patches: stage 1 has 4 windows (shifted blocks masked), stage 2 is one 4x4 window
+SWIN, IMAGE_SIZE = TINY_SWIN, TINY_SWIN_IMAGE_SIZE
 TEXTS = ["pleural effusion.", "no acute cardiopulmonary process. the lungs are clear.", "cardiomegaly"]
 
 
@@ -53,11 +54,7 @@ def _text_state(text_dir, gen):
 
 @pytest.fixture(scope="module")
 def swin_state(tiny_text_dir):
-    gen = torch.Generator().manual_seed(6)
-    text, cfg = _text_state(tiny_text_dir, gen)
-    image = swin_4x_state(SWIN_PREFIX, SWIN["embed_dim"], SWIN["depths"], SWIN["heads"], SWIN["window"],
-                          SWIN["patch"], gen)
-    return {**image, **text, **heads_state(SWIN["embed_dim"] * 2, cfg.hidden_size, 16, gen)}
+    return tiny_swin_cxr_clip_state(tiny_text_dir)
 
 
 @pytest.fixture(scope="module")
