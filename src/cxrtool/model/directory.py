@@ -3,12 +3,17 @@
 Loading is strict by construction: the weights file plus any base-weight sources named in the
 card must cover every parameter and buffer of the rebuilt model, nothing more, and the result
 must hash to the card's fingerprint. Anything else is refused with the offending key names.
+
+``--model`` names a cxrtool model directory, a native Hugging Face CLIP/SigLIP or open_clip
+directory (see :mod:`cxrtool.model.native`), or a hub name (``google/medsiglip-448``,
+``hf-hub:microsoft/BiomedCLIP-...``), looked for under the models home first.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -22,6 +27,8 @@ from cxrtool.errors import ModelError, WeightMismatchError
 from cxrtool.model.card import CARD_FILE, IMAGE_DIR, TEXT_DIR, WEIGHTS_FILE, ImageSpec, ModelCard, TextSpec
 from cxrtool.model.dual import DualEncoder
 from cxrtool.model.hf_image import build_hf_image_tower
+from cxrtool.model.native import HUB_PREFIX, detect_family, fetch_hub_model, load_native_dir, unsupported_dir_error
+from cxrtool.model.registry import models_home
 from cxrtool.model.sources import (
     MINILM_PACKAGE,
     SOURCE_NORMALISATION,
@@ -39,7 +46,7 @@ def fingerprint_state(state: dict[str, torch.Tensor]) -> str:
     for name in sorted(state):
         t = state[name].detach().cpu().contiguous()
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        h.update(t.reshape(-1).view(torch.uint8).numpy() if t.numel() else b"")  # no copy of large models
     return "sha256:" + h.hexdigest()
 
 
@@ -162,6 +169,9 @@ def save_model_dir(model: DualEncoder, directory: str | Path, changed_only: bool
     card.fingerprint = fingerprint_state(state)
     if provenance:
         card.provenance = {**card.provenance, **provenance}
+    if card.family != "cxrtool":
+        _save_native_dir(model, directory, card)
+        return directory
     kept = dict(state)
     if changed_only and card.base_weights:
         used = []
@@ -179,9 +189,7 @@ def save_model_dir(model: DualEncoder, directory: str | Path, changed_only: bool
         card.base_weights = used
     else:
         card.base_weights = []
-    if directory.is_dir() and any(directory.iterdir()) and not (directory / CARD_FILE).is_file():
-        raise ModelError(f"{directory} exists and is not a model directory; refusing to write into it",
-                         "choose a new or empty --out directory")
+    _refuse_foreign(directory)
     directory.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-model-", dir=directory))
     try:
@@ -209,10 +217,62 @@ def save_model_dir(model: DualEncoder, directory: str | Path, changed_only: bool
     return directory
 
 
-def load_model_dir(directory: str | Path, device: str | torch.device = "cpu") -> DualEncoder:
-    """Rebuild a model from its directory alone; refuse any weight that does not fit exactly."""
+def _refuse_foreign(directory: Path) -> None:
+    if directory.is_dir() and any(directory.iterdir()) and not (directory / CARD_FILE).is_file():
+        raise ModelError(f"{directory} exists and is not a model directory; refusing to write into it",
+                         "choose a new or empty --out directory")
+
+
+def _save_native_dir(model: DualEncoder, directory: Path, card: ModelCard) -> None:
+    """A native family's own files (its library reads them as they are) + model.json, atomically
+    per file; the card goes last, so an interrupted save fails the fingerprint check."""
+    _refuse_foreign(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-model-", dir=directory))
+    try:
+        model.save_native(tmp)
+        card.save(tmp)
+        (directory / CARD_FILE).unlink(missing_ok=True)
+        for item in sorted(tmp.iterdir(), key=lambda p: p.name == CARD_FILE):
+            target = directory / item.name
+            if target.is_dir():
+                shutil.rmtree(target)
+            os.replace(item, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    model.card.fingerprint = card.fingerprint
+    model.card.provenance = card.provenance
+
+
+def _check_fingerprint(model: DualEncoder, directory: Path) -> None:
+    actual = fingerprint_state(model.state_dict())
+    if model.card.fingerprint and actual != model.card.fingerprint:
+        raise ModelError(
+            f"{directory}: weights do not match the card's fingerprint",
+            "the weights file or a base-weight package changed since the model was saved; "
+            "reinstall the package versions named in the card or re-export the model",
+        )
+    model.card.fingerprint = actual
+
+
+def load_model_dir(directory: str | Path, device: str | torch.device = "cpu", name: str = "") -> DualEncoder:
+    """Rebuild a model from its directory alone; refuse any weight that does not fit exactly.
+
+    A native CLIP/SigLIP/open_clip directory without model.json loads too: its card is derived
+    from its own configs and its fingerprint computed from the weights it holds.
+    """
     directory = Path(directory)
-    card = ModelCard.load(directory)
+    card = None
+    if (directory / CARD_FILE).is_file():
+        card = ModelCard.load(directory)
+    elif not detect_family(directory):
+        if (directory / "config.json").is_file():
+            raise unsupported_dir_error(directory)
+        card = ModelCard.load(directory)  # refused with the "not a model directory" hint
+    if card is None or card.family != "cxrtool":
+        model = load_native_dir(directory, card, name=name)
+        _check_fingerprint(model, directory)
+        return model.to(device).eval()
     image, text, tokenizer = _build_towers(card, directory / TEXT_DIR)
     model = DualEncoder(card, image, text, tokenizer)
     expected = model.state_dict()
@@ -248,8 +308,17 @@ def load_model_dir(directory: str | Path, device: str | torch.device = "cpu") ->
     return model.to(device).eval()
 
 
-def resolve_model_path(model: str | None) -> Path:
-    """--model / $CXRTOOL_MODEL / the bundled default, as a model directory path."""
+def _looks_like_hub_name(name: str) -> bool:
+    repo = name.removeprefix(HUB_PREFIX)
+    return bool(re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", repo)) and not name.startswith((".", "/", "~"))
+
+
+def resolve_model(model: str | None) -> Path | str:
+    """--model / $CXRTOOL_MODEL / the bundled default: a local directory, else a hub name.
+
+    A hub name (``org/name``, or ``hf-hub:org/name`` for open_clip) is looked for as a folder of
+    the models home first (``<home>/org/name``, where the download hint tells people to put it).
+    """
     name = model or os.environ.get(MODEL_ENV) or ""
     if not name:
         if not (DEFAULT_MODEL_DIR / "model.json").is_file():
@@ -259,10 +328,39 @@ def resolve_model_path(model: str | None) -> Path:
     path = Path(name).expanduser()
     if path.is_dir():
         return path
-    raise ModelError(f"model {name!r} is not a directory",
-                     "pass a cxrtool model directory (model.json + model.safetensors)")
+    if _looks_like_hub_name(name):
+        local = models_home() / name.removeprefix(HUB_PREFIX)
+        return local if local.is_dir() else name
+    raise ModelError(f"model {name!r} is neither a directory nor a hub name",
+                     "pass a model directory, or a hub name such as google/medsiglip-448 or "
+                     "hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224 (`cxrtool models` lists them)")
+
+
+def resolve_model_path(model: str | None) -> Path:
+    """--model / $CXRTOOL_MODEL / the bundled default, as a model directory path (hub models are
+    fetched into, or found in, the Hugging Face cache)."""
+    source = resolve_model(model)
+    if isinstance(source, Path):
+        return source
+    return fetch_hub_model(source, models_home() / source.removeprefix(HUB_PREFIX))
+
+
+def peek_fingerprint(model: str | None) -> str | None:
+    """The fingerprint a model's card records, without loading weights (None: no card to read)."""
+    source = resolve_model(model)
+    if isinstance(source, str) or not (source / CARD_FILE).is_file():
+        return None
+    try:
+        return ModelCard.load(source).fingerprint or None
+    except ModelError:
+        return None
 
 
 def load_model(model: str | None = None, device: str | torch.device = "cpu") -> DualEncoder:
-    """Load the named model directory, $CXRTOOL_MODEL, or the bundled default model."""
-    return load_model_dir(resolve_model_path(model), device=device)
+    """Load the named model (directory or hub name), $CXRTOOL_MODEL, or the bundled default model."""
+    raw = model or os.environ.get(MODEL_ENV) or ""
+    source = resolve_model(model)
+    name = raw if _looks_like_hub_name(raw) and not Path(raw).expanduser().is_dir() else ""
+    if isinstance(source, str):
+        source = fetch_hub_model(source, models_home() / source.removeprefix(HUB_PREFIX))
+    return load_model_dir(source, device=device, name=name)

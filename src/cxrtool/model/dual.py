@@ -2,6 +2,9 @@
 
 This one module serves training (``image_features``/``text_features`` keep gradients), bulk
 embedding and search (``encode_images``/``encode_texts`` return L2-normalised float32 arrays).
+Models of the other card families (a native Hugging Face CLIP/SigLIP or open_clip model, see
+:mod:`cxrtool.model.native`) are subclasses that swap the towers and keep every method here, so
+embed, index, search and evaluate see one interface whatever the family.
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ class DualEncoder(nn.Module):
     # ------------------------------------------------------------------ differentiable features
     @property
     def device(self) -> torch.device:
-        return self.image_proj.weight.device
+        return next(self.parameters()).device
 
     def image_features(self, pixels: torch.Tensor) -> torch.Tensor:
         """NxCxSxS preprocessed images -> NxD unit vectors."""
@@ -71,11 +74,19 @@ class DualEncoder(nn.Module):
         """exp(logit_scale), clamped to the card's maximum."""
         return self.logit_scale.clamp(max=self.card.logit_scale_max).exp()
 
+    def bias(self) -> torch.Tensor:
+        """The logit bias of sigmoid scoring (SigLIP); none in a CLIP-style model."""
+        return torch.zeros((), device=self.device)
+
     def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
+        """Token ids + attention mask, padded as the card says (SigLIP: always to max_length)."""
+        padding = "max_length" if self.card.text.padding == "max_length" else True
         enc = self.tokenizer(
-            list(texts), padding=True, truncation=True, max_length=self.card.text.max_length, return_tensors="pt"
+            list(texts), padding=padding, truncation=True, max_length=self.card.text.max_length, return_tensors="pt"
         )
-        return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+        ids = enc["input_ids"]
+        mask = enc["attention_mask"] if "attention_mask" in enc else torch.ones_like(ids)
+        return {"input_ids": ids, "attention_mask": mask}
 
     def preprocess(self, image: ImageLike) -> torch.Tensor:
         """Decode (if needed) and apply the card's eval transform: -> CxSxS tensor."""

@@ -35,6 +35,17 @@ def resize_to_input(x: torch.Tensor, spec: ImageSpec) -> torch.Tensor:
         x = F.interpolate(x, size=(nh, nw), mode=mode, **kw)
         top, left = (nh - size) // 2, (nw - size) // 2
         return x[..., top : top + size, left : left + size]
+    if spec.resize in ("shortest_edge_center_crop", "torchvision_center_crop"):
+        # The arithmetic of the processors these models were trained with, to the pixel: the long
+        # side is floored (torchvision's Resize(int), HF's get_resize_output_image_size); the crop
+        # offset is floored by HF's processors and rounded half to even by torchvision's CenterCrop.
+        nh, nw = (int(size * h / w), size) if w <= h else (size, int(size * w / h))
+        x = F.interpolate(x, size=(nh, nw), mode=mode, **kw)
+        if spec.resize == "shortest_edge_center_crop":
+            top, left = int((nh - size) / 2.0), int((nw - size) / 2.0)
+        else:
+            top, left = int(round((nh - size) / 2.0)), int(round((nw - size) / 2.0))
+        return x[..., top : top + size, left : left + size]
     # letterbox: whole image, long side = size, padded with black
     scale = size / max(h, w)
     nh, nw = max(1, round(h * scale)), max(1, round(w * scale))

@@ -19,7 +19,7 @@ import torch
 
 from cxrtool.data.manifest import read_manifest
 from cxrtool.data.prompts import PromptBank
-from cxrtool.errors import ManifestError
+from cxrtool.errors import ManifestError, ModelError
 from cxrtool.model.directory import create_model, load_model_dir, save_model_dir
 from cxrtool.model.dual import DualEncoder
 from cxrtool.model.sources import EFFNET_LITE0_PACKAGE, MINILM_PACKAGE
@@ -142,6 +142,10 @@ def train(manifest: str | Path, out_dir: str | Path, cfg: TrainConfig | None = N
         raise ManifestError(f"{manifest}: {len(train_studies)} training studies; need at least 2")
     if cfg.init_from:
         model = load_model_dir(cfg.init_from)
+        if model.card.family != "cxrtool":
+            raise ModelError(f"{cfg.init_from}: fine-tuning a {model.card.family} model is not supported",
+                             "train starts from cxrtool-family models; hub models are used as they are (embed, "
+                             "search, classify, evaluate)")
     else:
         model = create_model(cfg.image_model, cfg.text_model, cfg.image_weights, embed_dim=cfg.embed_dim,
                              input_size=cfg.input_size)
