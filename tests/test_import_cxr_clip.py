@@ -215,6 +215,16 @@ def test_unreachable_hub_says_exactly_what_to_download(swin_checkpoint, tmp_path
     assert "config.json" in err.hint and "vocab.txt" in err.hint and "--text-encoder" in err.hint
 
 
+def test_a_text_encoder_folder_without_its_vocabulary_is_refused(swin_checkpoint, tiny_text_dir, tmp_path):
+    """transformers would build a 5-token tokenizer from config.json alone, without a word."""
+    import shutil
+
+    (tmp_path / "bert").mkdir()
+    shutil.copy(tiny_text_dir / "config.json", tmp_path / "bert")
+    with pytest.raises(ModelError, match="tokenizer has 5 tokens"):
+        import_cxr_clip(swin_checkpoint, tmp_path / "out", text_encoder=str(tmp_path / "bert"))
+
+
 def test_an_existing_model_is_replaced_only_with_overwrite(swin_checkpoint, swin_import, tiny_text_dir):
     _, out = swin_import
     with pytest.raises(ModelError, match="already holds a model"):

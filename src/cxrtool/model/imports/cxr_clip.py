@@ -172,7 +172,7 @@ def _text_parts(text_encoder: str):
 
     quiet_transformers()
     try:
-        return AutoConfig.from_pretrained(text_encoder), AutoTokenizer.from_pretrained(text_encoder)
+        config, tokenizer = AutoConfig.from_pretrained(text_encoder), AutoTokenizer.from_pretrained(text_encoder)
     except (OSError, ValueError) as exc:
         if Path(text_encoder).expanduser().is_dir():
             raise ModelError(f"--text-encoder {text_encoder}: no usable config.json + tokenizer there "
@@ -184,6 +184,13 @@ def _text_parts(text_encoder: str):
             f"download config.json and vocab.txt from https://huggingface.co/{text_encoder} into a folder and pass "
             "--text-encoder FOLDER (no weights needed: they come from the checkpoint)",
         ) from None
+    vocab = int(getattr(config, "vocab_size", 0) or 0)
+    # transformers builds a near-empty tokenizer, silently, from a folder that lacks the vocabulary file.
+    if not 0.9 * vocab <= len(tokenizer) <= vocab:
+        raise ModelError(f"--text-encoder {text_encoder}: its tokenizer has {len(tokenizer)} tokens for the text "
+                         f"tower's {vocab} embeddings",
+                         "the folder needs the vocab.txt (or tokenizer.json) of the model its config.json describes")
+    return config, tokenizer
 
 
 def build_cxr_clip_model(state: Mapping[str, torch.Tensor], config: Any, text_encoder: str,
