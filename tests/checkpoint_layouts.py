@@ -362,3 +362,104 @@ def swin_reference(sd, prefix: str, pixels, window: int, eps: float = 1e-5) -> t
 
 def project(features, sd, key: str) -> torch.Tensor:
     return F.normalize(F.linear(features, sd[key + ".weight"], sd[key + ".bias"]), dim=-1)
+
+
+# ------------------------------------------------------------------------- CheXzero (OpenAI CLIP)
+
+
+def openai_clip_state(vocab: int, text_width: int, text_layers: int, context: int, vision_width: int,
+                      vision_layers: int, patch: int, grid: int, embed_dim: int, gen: torch.Generator,
+                      fp16: bool = False) -> dict[str, torch.Tensor]:
+    """OpenAI CLIP ViT as ``model.state_dict()`` names it (CheXzero saves exactly that).
+
+    With ``fp16`` the tensors that OpenAI's convert_weights halves (Linear/Conv/attention weights,
+    the two projections) are float16, as in a checkpoint trained on a GPU after clip.load.
+    """
+    shapes: dict[str, tuple[int, ...]] = {"positional_embedding": (context, text_width),
+                                          "text_projection": (text_width, embed_dim), "logit_scale": (),
+                                          "token_embedding.weight": (vocab, text_width),
+                                          "ln_final.weight": (text_width,), "ln_final.bias": (text_width,),
+                                          "visual.class_embedding": (vision_width,),
+                                          "visual.positional_embedding": (grid * grid + 1, vision_width),
+                                          "visual.proj": (vision_width, embed_dim),
+                                          "visual.conv1.weight": (vision_width, 3, patch, patch),
+                                          "visual.ln_pre.weight": (vision_width,),
+                                          "visual.ln_pre.bias": (vision_width,),
+                                          "visual.ln_post.weight": (vision_width,),
+                                          "visual.ln_post.bias": (vision_width,)}
+    for prefix, width, layers in (("transformer", text_width, text_layers),
+                                  ("visual.transformer", vision_width, vision_layers)):
+        for i in range(layers):
+            p = f"{prefix}.resblocks.{i}."
+            shapes.update({p + "attn.in_proj_weight": (3 * width, width), p + "attn.in_proj_bias": (3 * width,),
+                           p + "attn.out_proj.weight": (width, width), p + "attn.out_proj.bias": (width,),
+                           p + "ln_1.weight": (width,), p + "ln_1.bias": (width,),
+                           p + "mlp.c_fc.weight": (4 * width, width), p + "mlp.c_fc.bias": (4 * width,),
+                           p + "mlp.c_proj.weight": (width, 4 * width), p + "mlp.c_proj.bias": (width,),
+                           p + "ln_2.weight": (width,), p + "ln_2.bias": (width,)})
+    state = _fill(shapes, gen)
+    state["logit_scale"] = torch.tensor(4.2)
+    if fp16:
+        halved = ("attn.in_proj", "attn.out_proj", "mlp.c_fc", "mlp.c_proj", "conv1.weight", "text_projection",
+                  "visual.proj")
+        state = {k: v.half() if any(h in k for h in halved) else v for k, v in state.items()}
+    return state
+
+
+def _resblock(sd, p, x, mask):
+    n, length, width = x.shape
+    heads = width // 64  # OpenAI's rule
+    h = _ln(x, sd, p + "ln_1", 1e-5)
+    q, k, v = F.linear(h, sd[p + "attn.in_proj_weight"], sd[p + "attn.in_proj_bias"]).chunk(3, dim=-1)
+    q, k, v = (t.view(n, length, heads, width // heads).transpose(1, 2) for t in (q, k, v))
+    att = q @ k.transpose(-1, -2) / math.sqrt(width // heads)
+    if mask is not None:
+        att = att + mask
+    out = (att.softmax(-1) @ v).transpose(1, 2).reshape(n, length, width)
+    x = x + _linear(out, sd, p + "attn.out_proj")
+    h = _linear(_ln(x, sd, p + "ln_2", 1e-5), sd, p + "mlp.c_fc")
+    return x + _linear(h * torch.sigmoid(1.702 * h), sd, p + "mlp.c_proj")  # QuickGELU
+
+
+def _transformer(sd, prefix, x, mask=None):
+    i = 0
+    while f"{prefix}.resblocks.{i}.ln_1.weight" in sd:
+        x = _resblock(sd, f"{prefix}.resblocks.{i}.", x, mask)
+        i += 1
+    return x
+
+
+def openai_clip_image_reference(sd, pixels) -> torch.Tensor:
+    """OpenAI CLIP's VisualTransformer.forward over the checkpoint tensors (projected, not normalised)."""
+    sd = {k: v.float() for k, v in sd.items()}
+    conv = sd["visual.conv1.weight"]
+    x = F.conv2d(pixels, conv, stride=conv.shape[-1]).flatten(2).transpose(1, 2)
+    x = torch.cat([sd["visual.class_embedding"].expand(x.shape[0], 1, -1), x], dim=1)
+    x = x + sd["visual.positional_embedding"]
+    x = _transformer(sd, "visual.transformer", _ln(x, sd, "visual.ln_pre", 1e-5))
+    return _ln(x[:, 0], sd, "visual.ln_post", 1e-5) @ sd["visual.proj"]
+
+
+def openai_clip_text_reference(sd, tokens) -> torch.Tensor:
+    """OpenAI CLIP's encode_text: ``tokens`` as clip.tokenize gives them (zero-padded to the context length)."""
+    sd = {k: v.float() for k, v in sd.items()}
+    context = sd["positional_embedding"].shape[0]
+    x = sd["token_embedding.weight"][tokens] + sd["positional_embedding"]
+    mask = torch.full((context, context), float("-inf")).triu(1)
+    x = _ln(_transformer(sd, "transformer", x, mask), sd, "ln_final", 1e-5)
+    return x[torch.arange(x.shape[0]), tokens.argmax(dim=-1)] @ sd["text_projection"]
+
+
+# Merges that build "effusion</w>", "pleural</w>", "cardiomegaly</w>" and "no</w>" (word-final tokens end in </w>).
+TINY_MERGES = ["e f", "ef f", "u s", "i o", "io n</w>", "us ion</w>", "eff usion</w>", "p l", "pl e", "ple u", "r a",
+               "ra l</w>", "pleu ral</w>", "c a", "r d", "ca rd", "io m", "card iom", "e g", "a l", "al y</w>",
+               "eg aly</w>", "cardiom egaly</w>", "n o</w>"]
+
+
+def tiny_bpe_file(path: Path) -> Path:
+    """A bpe_simple_vocab-format file (header line + merges; no trailing newline, which OpenAI's reader
+    would take for an empty merge): a 538-token CLIP BPE."""
+    import gzip
+
+    path.write_bytes(gzip.compress(("#version: tiny\n" + "\n".join(TINY_MERGES)).encode()))
+    return path

@@ -6,7 +6,8 @@ refuses any missing or unexpected key by name), writes the model directory with 
 preprocessing contract and provenance in the card, and reloads it strictly before reporting.
 """
 
+from cxrtool.model.imports.chexzero import import_chexzero
 from cxrtool.model.imports.common import ImportReport
 from cxrtool.model.imports.cxr_clip import import_cxr_clip
 
-__all__ = ["ImportReport", "import_cxr_clip"]
+__all__ = ["ImportReport", "import_chexzero", "import_cxr_clip"]
