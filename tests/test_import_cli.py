@@ -11,7 +11,14 @@ from typer.testing import CliRunner
 from cxrtool.cli.main import app
 from cxrtool.data.manifest import Study, StudyImage, write_manifest
 
-from .checkpoint_layouts import TINY_SWIN_IMAGE_SIZE, cxr_clip_config, save_cxr_clip, tiny_swin_cxr_clip_state
+from .checkpoint_layouts import (
+    TINY_SWIN_IMAGE_SIZE,
+    cxr_clip_config,
+    openai_clip_state,
+    save_cxr_clip,
+    tiny_bpe_file,
+    tiny_swin_cxr_clip_state,
+)
 from .conftest import ARCHIVE, SAMPLE
 
 runner = CliRunner()
@@ -39,7 +46,9 @@ def imported(checkpoint, tiny_text_dir, tmp_path_factory):
 
 def test_import_help_names_the_formats():
     out = invoke("import", "--help").stdout
-    assert "cxr-clip" in out and "without running any code" in out
+    assert "cxr-clip" in out and "chexzero" in out and "without running any code" in out
+    for fmt in ("cxr-clip", "chexzero"):
+        assert "--out" in invoke("import", fmt, "--help").stdout
 
 
 def test_import_prints_what_it_placed_dropped_and_the_licence(checkpoint, tiny_text_dir, tmp_path):
@@ -83,6 +92,17 @@ def test_an_imported_model_embeds_indexes_and_searches_the_sample_archive(import
     assert hits[0]["path"] == image.relative_to(ARCHIVE).as_posix() and hits[0]["score"] > 0.999
 
 
+def _manifest(tmp_path):
+    studies = []
+    for r in _rows(16):
+        labels = {k: int(r[k]) for k in ("cardiomegaly", "effusion", "atelectasis", "no_finding")}
+        split = "test" if int(r["patient_id"]) % 2 else "train"
+        studies.append(Study(r["path"], r["patient_id"], split, "nih",
+                             [StudyImage(str(ARCHIVE / r["path"]), r["view"])], labels=labels,
+                             text=r["findings"].replace("|", ", ").lower()))
+    return write_manifest(studies, tmp_path / "manifest.parquet")
+
+
 def _rows(n):
     with open(SAMPLE / "labels.csv", newline="") as fh:
         return list(csv.DictReader(fh))[:n]
@@ -95,14 +115,47 @@ def test_an_imported_model_classifies_and_evaluates(imported, tmp_path):
                              "--json").stdout)
     assert [i["path"] for i in data["images"]] == files
     assert all(0 <= i[k] <= 1 for i in data["images"] for k in data["labels"])
-    studies = []
-    for r in _rows(16):
-        labels = {k: int(r[k]) for k in ("cardiomegaly", "effusion", "atelectasis", "no_finding")}
-        split = "test" if int(r["patient_id"]) % 2 else "train"
-        studies.append(Study(r["path"], r["patient_id"], split, "nih",
-                             [StudyImage(str(ARCHIVE / r["path"]), r["view"])], labels=labels,
-                             text=r["findings"].replace("|", ", ").lower()))
-    manifest = write_manifest(studies, tmp_path / "manifest.parquet")
-    summary = json.loads(invoke("evaluate", str(manifest), "--out", str(tmp_path / "eval"), "--model", str(model),
-                                "--bootstrap", "20", "--json").stdout)
+    summary = json.loads(invoke("evaluate", str(_manifest(tmp_path)), "--out", str(tmp_path / "eval"), "--model",
+                                str(model), "--bootstrap", "20", "--json").stdout)
     assert summary["zero_shot"]["labels"] and summary["model"]["name"] == "CXR-CLIP swint_m"
+
+
+TINY_CLIP = {"text_width": 128, "text_layers": 2, "context": 77, "vision_width": 128, "vision_layers": 2, "patch": 8,
+             "grid": 4, "embed_dim": 64}
+
+
+def test_imports_without_out_land_in_the_models_home_listed_and_found_by_name(checkpoint, tiny_text_dir, tmp_path,
+                                                                             monkeypatch):
+    import torch
+
+    from cxrtool.model.registry import local_models
+
+    home = tmp_path / "models"
+    monkeypatch.setenv("CXRTOOL_MODELS", str(home))
+    bpe = tiny_bpe_file(tmp_path / "bpe.txt.gz")
+    torch.save(openai_clip_state(vocab=538, gen=torch.Generator().manual_seed(5), **TINY_CLIP),
+               tmp_path / "best_64_0.864.pt")
+    report = json.loads(invoke("import", "chexzero", str(tmp_path / "best_64_0.864.pt"), "--tokenizer", str(bpe),
+                               "--json").stdout)
+    assert report["out_dir"] == str(home / "chexzero" / "best_64_0.864")
+    invoke("import", "cxr-clip", str(checkpoint), "--text-encoder", str(tiny_text_dir))
+    rows = {r.name: r for r in local_models(home)}
+    assert rows["chexzero/best_64_0.864"].family == "hf-clip" and rows["cxr-clip/swint_m"].family == "cxrtool"
+    assert rows["chexzero/best_64_0.864"].fingerprint == report["fingerprint"]
+
+    # the CheXzero model (hf-clip family) by name: embed, index, search, classify, evaluate
+    ws = str(tmp_path / "ws")
+    summary = json.loads(invoke("embed", str(ARCHIVE / "nih"), "--model", "chexzero/best_64_0.864", "--workspace", ws,
+                                "--json").stdout)
+    assert summary["embedded"] > 100
+    invoke("index", "--workspace", ws, "--model", "chexzero/best_64_0.864")
+    hits = json.loads(invoke("search", "pleural effusion", "-k", "3", "--workspace", ws, "--model",
+                             "chexzero/best_64_0.864", "--json").stdout)
+    assert len(hits) == 3
+    files = [str(ARCHIVE / r["path"]) for r in _rows(2)]
+    data = json.loads(invoke("classify", *files, "--model", "chexzero/best_64_0.864", "--labels", "effusion",
+                             "--json").stdout)
+    assert len(data["images"]) == 2
+    summary = json.loads(invoke("evaluate", str(_manifest(tmp_path)), "--out", str(tmp_path / "eval"), "--model",
+                                "chexzero/best_64_0.864", "--bootstrap", "20", "--no-probe", "--json").stdout)
+    assert summary["zero_shot"]["labels"]

@@ -1,4 +1,4 @@
-"""`cxrtool import FORMAT CHECKPOINT -o DIR`: released checkpoints of other projects -> cxrtool model directories."""
+"""`cxrtool import FORMAT CHECKPOINT [-o DIR]`: released checkpoints of other projects -> cxrtool model directories."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from cxrtool.cli.common import out, print_json, run
-from cxrtool.model.imports import ImportReport, import_cxr_clip
+from cxrtool.model.imports import ImportReport, import_chexzero, import_cxr_clip
 from cxrtool.model.imports.cxr_clip import DEFAULT_TEXT_ENCODER
 
 app = typer.Typer(
@@ -17,7 +17,9 @@ app = typer.Typer(
     no_args_is_help=True,
 )
 
-OUT = typer.Option(..., "--out", "-o", help="Model directory to write (then use it with --model DIR).")
+OUT = typer.Option(None, "--out", "-o", help="Model directory to write (default: FORMAT/NAME under the models home, "
+                  "$CXRTOOL_MODELS or ~/.cache/cxrtool/models, where `cxrtool models` lists it and --model FORMAT/NAME "
+                  "finds it).")
 OVERWRITE = typer.Option(False, "--overwrite", help="Replace a model already in --out.")
 JSON = typer.Option(False, "--json", help="Print the import report as JSON.")
 
@@ -38,6 +40,7 @@ def _render(r: ImportReport, as_json: bool) -> None:
         out.print(f"not needed to embed: {', '.join(r.ignored)}", highlight=False)
     out.print(f"sha256 of the checkpoint: {r.sha256}", highlight=False)
     out.print(f"[yellow]licence:[/] {r.licence}", highlight=False)
+    out.print(f"use it with --model {r.out_dir}", highlight=False)
 
 
 @app.command("cxr-clip")
@@ -54,3 +57,18 @@ def cxr_clip_cmd(
     """Import a CXR-CLIP checkpoint (ResNet-50 or Swin-T image tower, Bio_ClinicalBERT text tower)."""
     _render(run(lambda: import_cxr_clip(checkpoint, out_dir, text_encoder=text_encoder, overwrite=overwrite)),
             as_json)
+
+
+@app.command("chexzero")
+def chexzero_cmd(
+    checkpoint: Path = typer.Argument(..., help="A released CheXzero .pt file (OpenAI-CLIP ViT-B/32 state dict)."),
+    out_dir: Path = OUT,
+    tokenizer: str = typer.Option(None, "--tokenizer",
+                                  help="CLIP tokenizer: a folder or hub name with vocab.json + merges.txt, or a "
+                                       "bpe_simple_vocab_16e6.txt.gz (default: OpenAI's BPE file shipped with "
+                                       "open_clip)."),
+    overwrite: bool = OVERWRITE,
+    as_json: bool = JSON,
+) -> None:
+    """Import a CheXzero checkpoint as a transformers CLIPModel (hf-clip family) with CheXzero's preprocessing."""
+    _render(run(lambda: import_chexzero(checkpoint, out_dir, tokenizer=tokenizer, overwrite=overwrite)), as_json)

@@ -39,7 +39,7 @@ from cxrtool import __version__
 from cxrtool.errors import CheckpointMismatchError, ModelError
 from cxrtool.model.card import ImageSpec
 from cxrtool.model.directory import load_model_dir, save_model_dir
-from cxrtool.model.imports.common import ImportReport, check_file, check_out_dir, place_weights
+from cxrtool.model.imports.common import ImportReport, check_file, check_out_dir, out_dir_for, place_weights
 from cxrtool.model.imports.safe_pickle import read_checkpoint, sha256_file
 from cxrtool.model.sources import quiet_transformers
 
@@ -236,14 +236,15 @@ def _state_dict(payload: Any, source: str) -> dict[str, torch.Tensor]:
     return {str(k): v for k, v in state.items()}
 
 
-def import_chexzero(checkpoint: str | Path, out_dir: str | Path, tokenizer: str | None = None,
+def import_chexzero(checkpoint: str | Path, out_dir: str | Path | None = None, tokenizer: str | None = None,
                     overwrite: bool = False) -> ImportReport:
     """Read a CheXzero checkpoint safely, convert it to a transformers CLIPModel, write and re-verify it."""
     from transformers import CLIPImageProcessor, CLIPModel
 
     from cxrtool.model.native import wrap_hf_model
 
-    path, out = Path(checkpoint).expanduser(), Path(out_dir).expanduser()
+    path = Path(checkpoint).expanduser()
+    out = out_dir_for(out_dir, FORMAT, path)
     check_file(path)
     check_out_dir(out, overwrite)
     digest = sha256_file(path)

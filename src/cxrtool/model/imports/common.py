@@ -19,6 +19,7 @@ from torch import nn
 
 from cxrtool.errors import CheckpointMismatchError, ModelError
 from cxrtool.model.card import CARD_FILE
+from cxrtool.model.registry import models_home
 
 
 @dataclass
@@ -39,6 +40,12 @@ class ImportReport:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def out_dir_for(out_dir: str | Path | None, fmt: str, checkpoint: Path) -> Path:
+    """``out_dir``, else FORMAT/STEM under the models home, where `cxrtool models` lists it and
+    ``--model FORMAT/STEM`` finds it."""
+    return Path(out_dir).expanduser() if out_dir is not None else models_home() / fmt / checkpoint.stem
 
 
 def check_out_dir(out_dir: Path, overwrite: bool) -> None:

@@ -41,7 +41,14 @@ from cxrtool.errors import CheckpointMismatchError, ModelError
 from cxrtool.model.card import ImageSpec, ModelCard, TextSpec
 from cxrtool.model.directory import load_model_dir, save_model_dir
 from cxrtool.model.dual import DualEncoder
-from cxrtool.model.imports.common import ImportReport, buffers_of, check_file, check_out_dir, place_weights
+from cxrtool.model.imports.common import (
+    ImportReport,
+    buffers_of,
+    check_file,
+    check_out_dir,
+    out_dir_for,
+    place_weights,
+)
 from cxrtool.model.imports.safe_pickle import plain, read_checkpoint, sha256_file
 from cxrtool.model.sources import quiet_transformers
 
@@ -255,10 +262,11 @@ def _source_key(arch: str):
     return source_of
 
 
-def import_cxr_clip(checkpoint: str | Path, out_dir: str | Path, text_encoder: str = DEFAULT_TEXT_ENCODER,
+def import_cxr_clip(checkpoint: str | Path, out_dir: str | Path | None = None, text_encoder: str = DEFAULT_TEXT_ENCODER,
                     overwrite: bool = False) -> ImportReport:
     """Read a CXR-CLIP checkpoint safely, place every weight by name, write and re-verify a model directory."""
-    path, out = Path(checkpoint).expanduser(), Path(out_dir).expanduser()
+    path = Path(checkpoint).expanduser()
+    out = out_dir_for(out_dir, FORMAT, path)
     check_file(path)
     check_out_dir(out, overwrite)
     digest = sha256_file(path)
