@@ -188,9 +188,9 @@ def _hub_vocab_dir(name: str) -> Path:
         vocab = Path(hf_hub_download(name, "vocab.json"))
         hf_hub_download(name, "merges.txt")  # lands beside vocab.json in the cache snapshot
         return vocab.parent
-    except (OSError, ValueError) as exc:  # offline, not cached, unknown repository, HTTP errors
+    except Exception as exc:  # offline, not cached, unknown repository, HTTP errors of every kind
         raise ModelError(
-            f"cannot get the CLIP tokenizer {name!r}: not cached here and the Hugging Face hub is unreachable "
+            f"cannot get the CLIP tokenizer {name!r}: not cached here, and the Hugging Face hub did not provide it "
             f"({type(exc).__name__})",
             f"download vocab.json and merges.txt from https://huggingface.co/{name} into a folder and pass "
             "--tokenizer FOLDER, or pass CheXzero's own bpe_simple_vocab_16e6.txt.gz",
