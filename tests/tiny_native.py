@@ -57,6 +57,7 @@ def build_hf_siglip(directory: Path, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     tok = _tokenizer()
     text, vision = _towers(tok, 16)
+    text.update(eos_token_id=tok.sep_token_id, bos_token_id=tok.cls_token_id, pad_token_id=tok.pad_token_id)
     model = SiglipModel(SiglipConfig(text_config=text, vision_config=vision))
     with torch.no_grad():  # SigLIP's published values are of this order (t = 10, b = -10 at init)
         model.logit_scale.fill_(math.log(10.0))

@@ -26,14 +26,17 @@ def classify_cmd(
                                "of --prompts). Synonyms work: effusion = Pleural Effusion."),
     prompts: Path = typer.Option(None, help='JSON of your own sentences: {"labels": {"Edema": {"positive": [...], '
                                  '"negative": [...]}}}.'),
-    model: str = typer.Option(None, help="Model directory (env CXRTOOL_MODEL; default: the bundled model)."),
+    model: str = typer.Option(None, help="Model directory or hub name, e.g. google/medsiglip-448 (env "
+                              "CXRTOOL_MODEL; default: the bundled model; see `cxrtool models`)."),
     device: str = typer.Option("auto", help="cpu, cuda, cuda:1 ... or auto."),
     batch_size: int = typer.Option(16, help="Images per model batch."),
     as_json: bool = typer.Option(False, "--json", help="Print results as JSON."),
     as_csv: bool = typer.Option(False, "--csv", help="Print results as CSV (path + one column per label)."),
 ) -> None:
-    """Zero-shot probability of each finding per image: a softmax over the finding's positive and
-    negative prompt ensembles (CXR-CLIP / CheXzero style). Not a diagnosis."""
+    """Zero-shot probability of each finding per image, by the model's own scoring rule: a softmax
+    over the finding's positive and negative prompt ensembles for CLIP-style models (CXR-CLIP /
+    CheXzero style), the mean per-prompt sigmoid with the learnt bias for SigLIP-style ones. Not a
+    diagnosis."""
 
     def go() -> Classification:
         custom = read_prompt_file(prompts) if prompts else None
@@ -46,7 +49,7 @@ def classify_cmd(
     result = run(go)
     rows = result.rows()
     if as_json:
-        print_json({"labels": result.labels, "images": rows,
+        print_json({"labels": result.labels, "scoring": result.scoring, "images": rows,
                     "errors": [{"path": p, "reason": r} for p, r in result.errors]})
     elif as_csv:
         writer = csv.DictWriter(sys.stdout, fieldnames=["path", *result.labels])
@@ -61,7 +64,7 @@ def classify_cmd(
 
 
 def _print_table(result: Classification) -> None:
-    table = Table(title=f"zero-shot probabilities ({len(result.paths)} images)")
+    table = Table(title=f"zero-shot probabilities ({len(result.paths)} images, {result.scoring} scoring)")
     table.add_column("path", overflow="fold", ratio=1, min_width=20)
     wide = len(result.labels) > WIDE
     for label in ["findings with p >= 0.5 (top 3)"] if wide else result.labels:

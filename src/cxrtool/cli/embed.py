@@ -25,7 +25,8 @@ def _names(value: str | None) -> tuple[str, ...] | None:
 def embed_cmd(
     archive: Path = typer.Argument(..., help="Folder of DICOM (with or without extension), PNG or JPEG files."),
     workspace: Path = typer.Option(None, help="Workspace folder (env CXRTOOL_WORKSPACE; default ./cxrtool_workspace)."),
-    model: str = typer.Option(None, help="Model directory (env CXRTOOL_MODEL; default: the bundled model)."),
+    model: str = typer.Option(None, help="Model directory or hub name, e.g. google/medsiglip-448 (env "
+                              "CXRTOOL_MODEL; default: the bundled model; see `cxrtool models`)."),
     batch_size: int = typer.Option(None, help="Images per model batch (default: 4 on CPU, 64 on GPU)."),
     workers: int = typer.Option(None, help="Decoding worker processes (default: half the CPUs on CPU, 0 on 2 cores; "
                                           "up to 8 with a GPU)."),

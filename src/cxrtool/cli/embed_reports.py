@@ -16,7 +16,7 @@ def embed_reports_cmd(
     key_col: str = typer.Option(None, help="CSV: column with the report/study key."),
     text_col: str = typer.Option(None, help="CSV: column with the report text."),
     workspace: Path = typer.Option(None, help="Workspace folder (env CXRTOOL_WORKSPACE; default ./cxrtool_workspace)."),
-    model: str = typer.Option(None, help="Model directory (the one the images were embedded with)."),
+    model: str = typer.Option(None, help="Model directory or hub name (the one the images were embedded with)."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
     """Embed report texts for `cxrtool search --image FILE --target reports`; re-running resumes."""

@@ -37,7 +37,8 @@ def evaluate_cmd(
     seed: int = typer.Option(0, help="Seed for the bootstrap and the probe's subsamples."),
     probe: bool = typer.Option(True, help="Fit the linear probe on the train split (1%, 10%, 100%)."),
     cache: Path = typer.Option(None, help="Embedding cache folder (default: OUT/cache)."),
-    model: str = typer.Option(None, help="Model directory (env CXRTOOL_MODEL; default: the bundled model)."),
+    model: str = typer.Option(None, help="Model directory or hub name, e.g. google/medsiglip-448 (env "
+                              "CXRTOOL_MODEL; default: the bundled model; see `cxrtool models`)."),
     device: str = typer.Option("auto", help="cpu, cuda, cuda:1 ... or auto."),
     batch_size: int = typer.Option(32, help="Images per model batch."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON instead of Markdown."),

@@ -19,8 +19,8 @@ def index_cmd(
     recall_target: float = typer.Option(0.95, help="Tune search depth until held-out recall@10 reaches this."),
     opq: bool = typer.Option(True, help="OPQ rotation before PQ (ivfpq only)."),
     device: str = typer.Option("auto", help="auto (GPU when faiss has one), cpu or cuda."),
-    model: str = typer.Option(None, help="The shards' model directory, to tune text-query depth (default model: "
-                              "automatic)."),
+    model: str = typer.Option(None, help="The shards' model (directory or hub name), to tune text-query depth "
+                              "(default model: automatic)."),
     as_json: bool = typer.Option(False, "--json", help="Print the index description as JSON."),
 ) -> None:
     """Build the FAISS index over the workspace's shards, or add new shards to it (search also

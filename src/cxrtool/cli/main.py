@@ -7,7 +7,19 @@ import logging
 import typer
 
 from cxrtool import __version__
-from cxrtool.cli import classify, embed, embed_reports, errors, evaluate, index, prepare, search, train, validate
+from cxrtool.cli import (
+    classify,
+    embed,
+    embed_reports,
+    errors,
+    evaluate,
+    index,
+    models,
+    prepare,
+    search,
+    train,
+    validate,
+)
 from cxrtool.cli import import_ as import_cli
 from cxrtool.cli.common import DEBUG
 
@@ -51,4 +63,5 @@ app.command("validate")(validate.validate_cmd)
 app.command("errors")(errors.errors_cmd)
 app.command("classify")(classify.classify_cmd)
 app.command("evaluate")(evaluate.evaluate_cmd)
+app.command("models")(models.models_cmd)
 app.add_typer(import_cli.app, name="import")

@@ -53,7 +53,7 @@ def search_cmd(
     dedupe: float = typer.Option(DEDUPE_COSINE, help="Hide results with cosine >= this to a better one "
                                  "(same-content copies always); 0 turns it off."),
     workspace: Path = typer.Option(None, help="Workspace folder (env CXRTOOL_WORKSPACE; default ./cxrtool_workspace)."),
-    model: str = typer.Option(None, help="Model directory (must be the one used by `embed`)."),
+    model: str = typer.Option(None, help="Model directory or hub name (must be the one used by `embed`)."),
     target: str = typer.Option("images", help="What to rank: images or reports (same as --reports).", hidden=True),
     as_json: bool = typer.Option(False, "--json", help="Print results as JSON."),
     as_csv: bool = typer.Option(False, "--csv", help="Print results as CSV."),

@@ -27,6 +27,7 @@ class Classification:
     paths: list[str] = field(default_factory=list)
     probabilities: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
     errors: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    scoring: str = "softmax"  # the model's zero-shot rule (see evaluate/zero_shot.py)
 
     def rows(self) -> list[dict]:
         return [{"path": p, **{lab: round(float(v), 4) for lab, v in zip(self.labels, pr, strict=True)}}
@@ -46,7 +47,7 @@ def classify_images(model: DualEncoder, inputs: Sequence[str | Path], sets: Sequ
     import torch
 
     clf = ZeroShotClassifier.from_prompts(model, sets)
-    result = Classification(clf.labels)
+    result = Classification(clf.labels, scoring=clf.rule)
     vectors: list[np.ndarray] = []
     files: list[Path] = []
     for item in map(Path, inputs):

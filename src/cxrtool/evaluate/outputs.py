@@ -23,7 +23,9 @@ def to_markdown(summary: dict) -> str:
     lines = [f"Split `{d['split']}`: {d['images']} images, {d['patients']} patients. 95 % CIs: "
              f"{st['bootstrap_resamples']} bootstrap resamples by {st['bootstrap_unit']}, seed {st['seed']}.", ""]
     zs = summary["zero_shot"]
-    lines += [f"**Zero-shot** (softmax over positive vs negative prompt ensembles; accuracy/F1 at "
+    rule = ("mean per-prompt sigmoid with the model's bias" if summary.get("model", {}).get("scoring") == "sigmoid"
+            else "softmax over positive vs negative prompt ensembles")
+    lines += [f"**Zero-shot** ({rule}; accuracy/F1 at "
               f"p >= {st['threshold']}); mean AUROC {zs['mean_auroc']}", "",
               "| label | n | positives | AUROC [95% CI] | accuracy | F1 |", "|---|---|---|---|---|---|"]
     for r in zs["labels"]:

@@ -21,7 +21,7 @@ from cxrtool.evaluate.probe import FRACTIONS, linear_probe
 from cxrtool.evaluate.prompt_grid import load_prompt_grid
 from cxrtool.evaluate.retrieval import RECALL_KS, dedupe_texts, image_to_text_ranks, rank_summary, text_to_image_ranks
 from cxrtool.evaluate.subgroups import subgroup_report
-from cxrtool.evaluate.zero_shot import ZeroShotClassifier, label_prompt_sets, multiclass_scores
+from cxrtool.evaluate.zero_shot import Scoring, ZeroShotClassifier, label_prompt_sets, multiclass_scores
 from cxrtool.model.dual import DualEncoder
 
 
@@ -85,7 +85,9 @@ def evaluate_model(model: DualEncoder, es: EvalSet, options: EvalOptions | None 
                             "check the manifest's labels or --labels")
     summary: dict = {
         "model": {"fingerprint": model.card.fingerprint, "name": model.card.provenance.get("name", ""),
-                  "logit_scale": round(float(model.scale().detach()), 4)},
+                  "family": model.card.family, "scoring": model.card.scoring.rule,
+                  "logit_scale": round(float(model.scale().detach()), 4),
+                  "logit_bias": round(float(model.bias().detach()), 4)},
         "data": {"split": split, "images": len(test), "patients": int(len(set(test.patients)))},
         "settings": {"threshold": opt.threshold, "bootstrap_resamples": opt.n_resamples, "seed": opt.seed,
                      "bootstrap_unit": "patient", "ci_level": 0.95},
@@ -129,10 +131,12 @@ def _multiclass(model: DualEncoder, test: EvalSet, bank: PromptBank, opt: EvalOp
     if not single.any():
         return None
     target = (y[single] == 1).argmax(axis=1)
-    scores = multiclass_scores(test.vectors[single], [model.encode_texts(grid[c]) for c in classes])
+    scoring = Scoring.of(model)
+    scores = multiclass_scores(test.vectors[single], [model.encode_texts(grid[c]) for c in classes], scoring)
     report = multiclass_report(target, scores, classes, test.patients[single], opt.n_resamples, opt.seed)
     report["prompts"] = {c: len(grid[c]) for c in classes}
-    report["rule"] = "images positive for exactly one class; mean cosine to each class's prompt grid, argmax"
+    score = "mean per-prompt sigmoid" if scoring.rule == "sigmoid" else "mean cosine"
+    report["rule"] = f"images positive for exactly one class; {score} to each class's prompt grid, argmax"
     return report
 
 

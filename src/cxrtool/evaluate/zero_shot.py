@@ -1,12 +1,19 @@
 """Zero-shot classification from prompt sets (CXR-CLIP / CheXzero protocols, REFERENCE.md §1-§2).
 
-Binary, per label: the label's positive and negative sentences are each encoded, averaged in
-embedding space and re-normalised (a prompt ensemble), and an image's probability is the softmax
-over ``scale * [cos(img, negative), cos(img, positive)]`` with the model's own logit scale.
-A label without negative sentences (the bank's "No Finding") is *not* negated by prefixing "no"
-(CheXzero's "no No Finding" bug): its negative set is the positive sentences of every other label.
+The scoring rule is the model's own (``card.scoring.rule``), after the loss it was trained with:
 
-Multi-class (5x200 style): the mean cosine between an image and each class's prompts, argmax.
+* ``softmax`` (CLIP, InfoNCE). Binary, per label: the label's positive and negative sentences are
+  each encoded, averaged in embedding space and re-normalised (a prompt ensemble), and an image's
+  probability is the softmax over ``scale * [cos(img, negative), cos(img, positive)]`` with the
+  model's own logit scale. A label without negative sentences (the bank's "No Finding") is *not*
+  negated by prefixing "no" (CheXzero's "no No Finding" bug): its negative set is the positive
+  sentences of every other label.
+* ``sigmoid`` (SigLIP). Each image-text pair was trained as its own yes/no question, so each
+  positive prompt gives ``sigmoid(scale * cos + bias)`` and the label's probability is their mean.
+  The negative sentences take no part: a softmax against them would cancel the learnt bias.
+
+Multi-class (5x200 style): the mean score of an image to each class's prompts, argmax: mean
+cosine under softmax scoring (CXR-CLIP's rule), mean per-prompt sigmoid under sigmoid scoring.
 """
 
 from __future__ import annotations
@@ -81,20 +88,49 @@ def ensemble_embedding(model: DualEncoder, sentences: Sequence[str]) -> np.ndarr
     return _unit(model.encode_texts(list(sentences)).mean(axis=0))
 
 
-class ZeroShotClassifier:
-    """Per-label P(present) for image vectors, from positive/negative prompt-set embeddings."""
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-np.asarray(z, dtype=np.float64)))
 
-    def __init__(self, labels: Sequence[str], positive: np.ndarray, negative: np.ndarray, scale: float) -> None:
+
+@dataclass(frozen=True)
+class Scoring:
+    """A model's zero-shot rule and the numbers it needs (see module docstring)."""
+
+    rule: str = "softmax"
+    scale: float = 1.0
+    bias: float = 0.0
+
+    @classmethod
+    def of(cls, model: DualEncoder) -> Scoring:
+        return cls(model.card.scoring.rule, float(model.scale().detach()), float(model.bias().detach()))
+
+
+class ZeroShotClassifier:
+    """Per-label P(present) for image vectors, from positive/negative prompt-set embeddings.
+
+    Under sigmoid scoring ``positive_prompts`` holds each label's individual positive prompt
+    vectors (P_i x D); without them the ensemble vector stands in as a single prompt.
+    """
+
+    def __init__(self, labels: Sequence[str], positive: np.ndarray, negative: np.ndarray, scale: float,
+                 rule: str = "softmax", bias: float = 0.0,
+                 positive_prompts: Sequence[np.ndarray] | None = None) -> None:
         self.labels = list(labels)
         self.positive = _unit(np.asarray(positive, dtype=np.float32))
         self.negative = _unit(np.asarray(negative, dtype=np.float32))
         self.scale = float(scale)
+        self.rule = rule
+        self.bias = float(bias)
+        self.positive_prompts = ([_unit(np.asarray(p, dtype=np.float32)) for p in positive_prompts]
+                                 if positive_prompts is not None else [p[None] for p in self.positive])
 
     @classmethod
     def from_prompts(cls, model: DualEncoder, sets: Sequence[LabelPromptSet]) -> ZeroShotClassifier:
-        pos = np.stack([ensemble_embedding(model, s.positive) for s in sets])
+        scoring = Scoring.of(model)
+        prompts = [model.encode_texts(list(s.positive)) for s in sets]
+        pos = np.stack([_unit(p.mean(axis=0)) for p in prompts])
         neg = np.stack([ensemble_embedding(model, s.negative) for s in sets])
-        return cls([s.label for s in sets], pos, neg, float(model.scale().detach()))
+        return cls([s.label for s in sets], pos, neg, scoring.scale, scoring.rule, scoring.bias, prompts)
 
     def logits(self, image_vectors: np.ndarray) -> np.ndarray:
         """N x L x 2 scaled cosines: [..., 0] negative set, [..., 1] positive set."""
@@ -102,12 +138,22 @@ class ZeroShotClassifier:
         return self.scale * np.stack([v @ self.negative.T, v @ self.positive.T], axis=-1)
 
     def probabilities(self, image_vectors: np.ndarray) -> np.ndarray:
-        """N x L softmax probability of the positive prompt set (a sigmoid of the scaled difference)."""
+        """N x L probability of each label: softmax of the positive set against the negative one,
+        or the mean per-prompt sigmoid (see module docstring)."""
+        if self.rule == "sigmoid":
+            v = np.asarray(image_vectors, dtype=np.float32)
+            return np.stack([_sigmoid(self.scale * (v @ p.T) + self.bias).mean(axis=1) for p in self.positive_prompts],
+                            axis=1)
         z = self.logits(image_vectors).astype(np.float64)
-        return 1.0 / (1.0 + np.exp(-(z[..., 1] - z[..., 0])))
+        return _sigmoid(z[..., 1] - z[..., 0])
 
 
-def multiclass_scores(image_vectors: np.ndarray, class_prompt_vectors: Sequence[np.ndarray]) -> np.ndarray:
-    """N x C mean cosine of each image to each class's prompts (CXR-CLIP's 5x200 rule; argmax = prediction)."""
+def multiclass_scores(image_vectors: np.ndarray, class_prompt_vectors: Sequence[np.ndarray],
+                      scoring: Scoring | None = None) -> np.ndarray:
+    """N x C mean score of each image to each class's prompts, argmax = prediction: mean cosine
+    (CXR-CLIP's 5x200 rule), or mean per-prompt sigmoid for sigmoid-scored models."""
     v = np.asarray(image_vectors, dtype=np.float32)
-    return np.stack([(v @ np.asarray(t, dtype=np.float32).T).mean(axis=1) for t in class_prompt_vectors], axis=1)
+    cos = [v @ np.asarray(t, dtype=np.float32).T for t in class_prompt_vectors]
+    if scoring is not None and scoring.rule == "sigmoid":
+        return np.stack([_sigmoid(scoring.scale * c + scoring.bias).mean(axis=1) for c in cos], axis=1)
+    return np.stack([c.mean(axis=1) for c in cos], axis=1)

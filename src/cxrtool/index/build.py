@@ -325,13 +325,13 @@ def tuning_text_queries(fingerprint: str, model=None) -> np.ndarray | None:
     """Embeddings of the prompt bank's sentences by the shards' model, to tune text-query depth;
     None when that model is not at hand (``model`` given or the default; fingerprints must match)."""
     from cxrtool.data.prompts import PromptBank
-    from cxrtool.model.directory import load_model, resolve_model_path
+    from cxrtool.model.directory import load_model, peek_fingerprint
     from cxrtool.model.dual import DualEncoder
 
     try:
         if not isinstance(model, DualEncoder):
-            card = Workspace(resolve_model_path(model)).read_json(resolve_model_path(model) / "model.json") or {}
-            if card.get("fingerprint") != fingerprint:
+            recorded = peek_fingerprint(model)  # a card to read: refuse a mismatch before loading weights
+            if recorded is not None and recorded != fingerprint:
                 return None
             model = load_model(model)
         if model.card.fingerprint != fingerprint:

