@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 import typer
@@ -34,8 +35,10 @@ def _render(r: ImportReport, as_json: bool) -> None:
     out.print(f"{r.tensors} checkpoint tensors placed: every weight of the model came from the file; "
               f"reloaded strictly, fingerprint {r.fingerprint[:19]}...", highlight=False)
     if r.dropped:
-        out.print(f"dropped {len(r.dropped)} obsolete buffer(s) that transformers now recomputes (checked equal): "
-                  f"{', '.join(r.dropped[:2])}{' ...' if len(r.dropped) > 2 else ''}", highlight=False)
+        kinds = Counter(key.rsplit(".", 1)[-1] for key in r.dropped)
+        out.print(f"dropped {len(r.dropped)} obsolete buffer(s) that transformers now recomputes, each checked equal "
+                  f"to the recomputed value: {', '.join(f'{n} x {k}' for k, n in sorted(kinds.items()))} "
+                  "(--json lists them)", highlight=False)
     if r.ignored:
         out.print(f"not needed to embed: {', '.join(r.ignored)}", highlight=False)
     out.print(f"sha256 of the checkpoint: {r.sha256}", highlight=False)
