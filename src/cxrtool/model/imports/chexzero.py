@@ -31,7 +31,7 @@ import tempfile
 from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -42,6 +42,9 @@ from cxrtool.model.directory import load_model_dir, save_model_dir
 from cxrtool.model.imports.common import ImportReport, check_file, check_out_dir, out_dir_for, place_weights
 from cxrtool.model.imports.safe_pickle import read_checkpoint, sha256_file
 from cxrtool.model.sources import quiet_transformers
+
+if TYPE_CHECKING:
+    from transformers import CLIPConfig, CLIPTokenizer
 
 FORMAT = "chexzero"
 LAYOUT = "CheXzero (OpenAI CLIP ViT)"
@@ -119,7 +122,7 @@ def _need(state: Mapping[str, torch.Tensor], key: str, source: str) -> torch.Ten
     return state[key]
 
 
-def clip_config(state: Mapping[str, torch.Tensor], tokenizer: Any, source: str):
+def clip_config(state: Mapping[str, torch.Tensor], tokenizer: Any, source: str) -> CLIPConfig:
     """The CLIPConfig of an OpenAI-CLIP ViT state dict, by OpenAI's build_model rules (heads = width / 64)."""
     from transformers import CLIPConfig
 
@@ -171,7 +174,7 @@ def _bpe_to_vocab_dir(bpe: Path, directory: Path) -> Path:
     return directory
 
 
-def _from_vocab_dir(directory: Path, context: int = 77):
+def _from_vocab_dir(directory: Path, context: int = 77) -> CLIPTokenizer:
     from transformers import CLIPTokenizer
 
     tok = CLIPTokenizer.from_pretrained(directory, model_max_length=context, pad_token=EOS)

@@ -30,9 +30,9 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -51,6 +51,9 @@ from cxrtool.model.imports.common import (
 )
 from cxrtool.model.imports.safe_pickle import plain, read_checkpoint, sha256_file
 from cxrtool.model.sources import quiet_transformers
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig, PreTrainedTokenizerBase, SwinConfig
 
 FORMAT = "cxr-clip"
 DEFAULT_TEXT_ENCODER = "emilyalsentzer/Bio_ClinicalBERT"
@@ -140,7 +143,7 @@ def _need(state: Mapping[str, torch.Tensor], key: str, source: str) -> torch.Ten
     return state[key]
 
 
-def swin_config(state: Mapping[str, torch.Tensor], image_size: int, source: str):
+def swin_config(state: Mapping[str, torch.Tensor], image_size: int, source: str) -> SwinConfig:
     """Swin-T's HF config, from the checkpoint's shapes + the constants of microsoft/swin-tiny-patch4-window7-224."""
     from transformers import SwinConfig
 
@@ -173,7 +176,7 @@ def swin_config(state: Mapping[str, torch.Tensor], image_size: int, source: str)
     )
 
 
-def _text_parts(text_encoder: str):
+def _text_parts(text_encoder: str) -> tuple[PretrainedConfig, PreTrainedTokenizerBase]:
     """Config + tokenizer of the text tower (its weights come from the checkpoint)."""
     from transformers import AutoConfig, AutoTokenizer
 
@@ -250,7 +253,7 @@ def _obsolete_buffers(model: DualEncoder, state: Mapping[str, torch.Tensor]) -> 
     return out
 
 
-def _source_key(arch: str):
+def _source_key(arch: str) -> Callable[[str], str]:
     def source_of(name: str) -> str:
         if name.startswith("image_backbone."):
             rest = name[len("image_backbone."):]
