@@ -238,3 +238,14 @@ def test_legacy_torch_save_format_imports_too(swin_state, tiny_text_dir, tmp_pat
                          legacy_format=True)
     report = import_cxr_clip(ckpt, tmp_path / "out", text_encoder=str(tiny_text_dir))
     assert report.fingerprint == swin_import[0].fingerprint  # same tensors, same model
+
+
+@pytest.mark.parametrize(("backend", "feature"), [("keras", "pooled"), ("timm", "first_token"), ("hf", "mean")])
+def test_card_refuses_an_image_backend_or_feature_it_cannot_build(swin_import, backend, feature):
+    from cxrtool.model import ModelCard
+
+    _, out = swin_import
+    data = json.loads((out / "model.json").read_text())
+    data["image"].update(backend=backend, feature=feature, timm_name="resnet50")
+    with pytest.raises(ModelError, match="image backend|image feature"):
+        ModelCard.from_dict(data)
