@@ -53,6 +53,19 @@ class WeightMismatchError(ModelError):
         self.unexpected = unexpected
 
 
+class CheckpointMismatchError(WeightMismatchError):
+    """A foreign checkpoint does not have exactly its format's weights: names them (checkpoint names)."""
+
+    def __init__(self, missing: list[str], unexpected: list[str], source: str, layout: str) -> None:
+        super().__init__(missing, unexpected, source)
+        parts = [f"{what} {len(keys)} weight(s): {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}"
+                 for what, keys in (("missing", missing), ("unexpected", unexpected)) if keys]
+        self.reason = f"{source}: not a complete {layout} checkpoint: " + "; ".join(parts)
+        self.args = (self.reason,)
+        self.hint = ("a weight was removed or renamed, or the file holds another model; cxrtool imports only "
+                     "checkpoints whose every weight it can place, so nothing was written")
+
+
 class ManifestError(CxrError):
     """An input table or manifest does not have what is needed."""
 

@@ -20,6 +20,7 @@ from cxrtool.cli import (
     train,
     validate,
 )
+from cxrtool.cli import import_ as import_cli
 from cxrtool.cli.common import DEBUG
 
 app = typer.Typer(
@@ -63,3 +64,4 @@ app.command("errors")(errors.errors_cmd)
 app.command("classify")(classify.classify_cmd)
 app.command("evaluate")(evaluate.evaluate_cmd)
 app.command("models")(models.models_cmd)
+app.add_typer(import_cli.app, name="import")

@@ -1,7 +1,8 @@
 """The model card: the whole preprocessing and architecture contract of a model, as data.
 
 A model directory of the ``cxrtool`` family is ``model.json`` (this card) + ``model.safetensors``
-(weights) + ``text/`` (the text tower's Hugging Face config and tokenizer files). Directories of
+(weights) + ``text/`` (the text tower's Hugging Face config and tokenizer files), plus ``image/``
+(its config) when the image tower is a Hugging Face model (``image.backend: hf``). Directories of
 the other families (``hf-clip``, ``hf-siglip``, ``open_clip``; see :mod:`cxrtool.model.native`)
 keep the native files their own libraries read, with this card beside them. The card alone says
 which family builds the modules, how an image becomes the tensor the image tower saw in training,
@@ -23,6 +24,7 @@ CARD_FORMAT = "cxrtool-model/1"
 CARD_FILE = "model.json"
 WEIGHTS_FILE = "model.safetensors"
 TEXT_DIR = "text"
+IMAGE_DIR = "image"
 
 # Geometric rules (implemented in model/transform.py). short_side_center_crop is cxrtool's own
 # (long side rounded); shortest_edge_center_crop is Hugging Face's image processors (long side and
@@ -34,6 +36,10 @@ INTERPOLATIONS = ("bilinear", "bicubic", "nearest", "area")
 POOLINGS = ("cls", "eos", "mean", "native")  # native: the family's own pooling (hf-*, open_clip)
 PADDINGS = ("longest", "max_length")  # SigLIP was trained on text padded to max_length
 GRAY_RULES = ("replicate",)
+IMAGE_BACKENDS = ("timm", "hf")
+# pooled: the tower's pooled vector (timm with num_classes=0; HF pooler_output);
+# first_token: HF last_hidden_state[:, 0] (CXR-CLIP's Swin feature: the first patch token).
+IMAGE_FEATURES = ("pooled", "first_token")
 # Which modules a card builds: cxrtool's timm + HF towers, or a whole native dual encoder.
 FAMILIES = ("cxrtool", "hf-clip", "hf-siglip", "open_clip")
 # How similarities become probabilities, after the training loss: softmax over the candidates
@@ -43,7 +49,11 @@ SCORING_RULES = ("softmax", "sigmoid")
 
 @dataclass
 class ImageSpec:
-    """How pixels in [0, 1] become the image tower's input, and which timm model it is."""
+    """How pixels in [0, 1] become the image tower's input, and which tower reads it.
+
+    ``backend`` "timm" builds ``timm_name``; "hf" builds the Hugging Face vision model whose
+    config is in the model directory's ``image/`` (imported CXR-CLIP Swin-T).
+    """
 
     timm_name: str = ""  # cxrtool family only
     feature_dim: int = 0  # width of the tower's pooled features (information only outside cxrtool)
@@ -55,6 +65,8 @@ class ImageSpec:
     in_channels: int = 3
     gray_to_channels: str = "replicate"  # grayscale copied to every input channel
     timm_kwargs: dict[str, Any] = field(default_factory=dict)
+    backend: str = "timm"
+    feature: str = "pooled"
 
 
 @dataclass
@@ -107,8 +119,10 @@ class ModelCard:
             raise ModelError(f"unsupported model card format {self.format!r} (expected {CARD_FORMAT})")
         if self.family not in FAMILIES:
             raise ModelError(f"model card: unknown family {self.family!r}; use one of {FAMILIES}")
-        if self.family == "cxrtool" and not (self.image.timm_name and self.image.feature_dim and self.text.feature_dim):
-            raise ModelError("model card: a cxrtool-family card needs image.timm_name and both feature_dim values")
+        named = self.image.timm_name or self.image.backend == "hf"  # an hf tower is named by image/config.json
+        if self.family == "cxrtool" and not (named and self.image.feature_dim and self.text.feature_dim):
+            raise ModelError("model card: a cxrtool-family card needs image.timm_name (or image.backend hf) and "
+                             "both feature_dim values")
         if self.scoring.rule not in SCORING_RULES:
             raise ModelError(f"model card: unknown scoring rule {self.scoring.rule!r}; use one of {SCORING_RULES}")
         if self.image.interpolation not in INTERPOLATIONS:
@@ -122,6 +136,12 @@ class ModelCard:
             raise ModelError(f"model card: unknown pooling {self.text.pooling!r}; use one of {POOLINGS}")
         if self.image.gray_to_channels not in GRAY_RULES:
             raise ModelError(f"model card: unknown gray_to_channels {self.image.gray_to_channels!r}")
+        if self.image.backend not in IMAGE_BACKENDS:
+            raise ModelError(f"model card: unknown image backend {self.image.backend!r}; use one of {IMAGE_BACKENDS}")
+        timm_feature = self.image.backend != "timm" or self.image.feature == "pooled"
+        if self.image.feature not in IMAGE_FEATURES or not timm_feature:
+            raise ModelError(f"model card: image feature {self.image.feature!r} does not fit backend "
+                             f"{self.image.backend!r} (timm: pooled; hf: {', '.join(IMAGE_FEATURES)})")
         if len(self.image.mean) != self.image.in_channels or len(self.image.std) != self.image.in_channels:
             raise ModelError("model card: mean/std must have one value per input channel")
 

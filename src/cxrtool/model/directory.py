@@ -24,8 +24,9 @@ from safetensors.torch import load_file, save_file
 
 from cxrtool.constants import DEFAULT_EMBED_DIM, MODEL_ENV
 from cxrtool.errors import ModelError, WeightMismatchError
-from cxrtool.model.card import CARD_FILE, TEXT_DIR, WEIGHTS_FILE, ImageSpec, ModelCard, TextSpec
+from cxrtool.model.card import CARD_FILE, IMAGE_DIR, TEXT_DIR, WEIGHTS_FILE, ImageSpec, ModelCard, TextSpec
 from cxrtool.model.dual import DualEncoder
+from cxrtool.model.hf_image import build_hf_image_tower
 from cxrtool.model.native import HUB_PREFIX, detect_family, fetch_hub_model, load_native_dir, unsupported_dir_error
 from cxrtool.model.registry import models_home
 from cxrtool.model.sources import (
@@ -54,10 +55,14 @@ def _build_towers(card: ModelCard, text_dir: Path):
     from transformers import AutoConfig, AutoModel, AutoTokenizer
 
     quiet_transformers()
-    try:
-        image = timm.create_model(card.image.timm_name, pretrained=False, num_classes=0, **card.image.timm_kwargs)
-    except Exception as exc:
-        raise ModelError(f"cannot build timm model {card.image.timm_name!r}: {exc}") from None
+    if card.image.backend == "hf":
+        image = build_hf_image_tower(text_dir.parent / IMAGE_DIR)
+    else:
+        try:
+            image = timm.create_model(card.image.timm_name, pretrained=False, num_classes=0,
+                                      **card.image.timm_kwargs)
+        except Exception as exc:
+            raise ModelError(f"cannot build timm model {card.image.timm_name!r}: {exc}") from None
     try:
         config = AutoConfig.from_pretrained(text_dir)
         text = AutoModel.from_config(config)
@@ -193,6 +198,8 @@ def save_model_dir(model: DualEncoder, directory: str | Path, changed_only: bool
         (tmp / WEIGHTS_FILE).chmod(0o644)
         model.text_backbone.config.save_pretrained(tmp / TEXT_DIR)
         model.tokenizer.save_pretrained(tmp / TEXT_DIR)
+        if card.image.backend == "hf":
+            model.image_backbone.config.save_pretrained(tmp / IMAGE_DIR)
         card.save(tmp)
         # Replace only the model's own files (a README or notes beside them stay); the card goes
         # last, so an interrupted save fails the fingerprint check instead of loading half a model.
@@ -200,6 +207,9 @@ def save_model_dir(model: DualEncoder, directory: str | Path, changed_only: bool
         os.replace(tmp / WEIGHTS_FILE, directory / WEIGHTS_FILE)
         shutil.rmtree(directory / TEXT_DIR, ignore_errors=True)
         os.replace(tmp / TEXT_DIR, directory / TEXT_DIR)
+        shutil.rmtree(directory / IMAGE_DIR, ignore_errors=True)
+        if (tmp / IMAGE_DIR).is_dir():
+            os.replace(tmp / IMAGE_DIR, directory / IMAGE_DIR)
         os.replace(tmp / CARD_FILE, directory / CARD_FILE)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

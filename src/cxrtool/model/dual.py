@@ -1,4 +1,4 @@
-"""The dual encoder: a timm image tower and a Hugging Face text tower, projected to one space.
+"""The dual encoder: a timm (or Hugging Face) image tower and a Hugging Face text tower, projected to one space.
 
 This one module serves training (``image_features``/``text_features`` keep gradients), bulk
 embedding and search (``encode_images``/``encode_texts`` return L2-normalised float32 arrays).
@@ -46,9 +46,13 @@ class DualEncoder(nn.Module):
 
     def image_features(self, pixels: torch.Tensor) -> torch.Tensor:
         """NxCxSxS preprocessed images -> NxD unit vectors."""
-        feats = self.image_backbone(pixels)
-        if feats.ndim > 2:  # towers that return token/feature maps: pool them
-            feats = feats.flatten(2).mean(-1) if feats.ndim == 4 else feats[:, 0]
+        if self.card.image.backend == "hf":  # a Hugging Face vision model: the card names the feature
+            out = self.image_backbone(pixel_values=pixels)
+            feats = out.last_hidden_state[:, 0] if self.card.image.feature == "first_token" else out.pooler_output
+        else:
+            feats = self.image_backbone(pixels)
+            if feats.ndim > 2:  # towers that return token/feature maps: pool them
+                feats = feats.flatten(2).mean(-1) if feats.ndim == 4 else feats[:, 0]
         return F.normalize(self.image_proj(feats), dim=-1)
 
     def text_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,77 @@
+"""`cxrtool import FORMAT CHECKPOINT [-o DIR]`: released checkpoints of other projects -> cxrtool model directories."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import typer
+
+from cxrtool.cli.common import out, print_json, run
+from cxrtool.model.imports import ImportReport, import_chexzero, import_cxr_clip
+from cxrtool.model.imports.cxr_clip import DEFAULT_TEXT_ENCODER
+
+app = typer.Typer(
+    help="Import released CXR-CLIP / CheXzero checkpoints as cxrtool model directories. The file is read "
+         "without running any code in it, every weight is placed by name (a missing or unexpected one refuses "
+         "the import), and the written model is reloaded strictly before it is reported.",
+    no_args_is_help=True,
+)
+
+OUT = typer.Option(None, "--out", "-o", help="Model directory to write (default: FORMAT/NAME under the models home, "
+                  "$CXRTOOL_MODELS or ~/.cache/cxrtool/models, where `cxrtool models` lists it and --model FORMAT/NAME "
+                  "finds it).")
+OVERWRITE = typer.Option(False, "--overwrite", help="Replace a model already in --out.")
+JSON = typer.Option(False, "--json", help="Print the import report as JSON.")
+
+
+def _render(r: ImportReport, as_json: bool) -> None:
+    if as_json:
+        print_json(r.to_dict())
+        return
+    epoch = f", epoch {r.epoch}" if r.epoch is not None else ""
+    out.print(f"imported [bold]{Path(r.source).name}[/] ({r.format}: {r.architecture}{epoch}) -> [bold]{r.out_dir}[/]",
+              highlight=False)
+    out.print(f"{r.tensors} checkpoint tensors placed: every weight of the model came from the file; "
+              f"reloaded strictly, fingerprint {r.fingerprint[:19]}...", highlight=False)
+    if r.dropped:
+        kinds = Counter(key.rsplit(".", 1)[-1] for key in r.dropped)
+        out.print(f"dropped {len(r.dropped)} obsolete buffer(s) that transformers now recomputes, each checked equal "
+                  f"to the recomputed value: {', '.join(f'{n} x {k}' for k, n in sorted(kinds.items()))} "
+                  "(--json lists them)", highlight=False)
+    if r.ignored:
+        out.print(f"not needed to embed: {', '.join(r.ignored)}", highlight=False)
+    out.print(f"sha256 of the checkpoint: {r.sha256}", highlight=False)
+    out.print(f"[yellow]licence:[/] {r.licence}", highlight=False)
+    out.print(f"use it with --model {r.out_dir}", highlight=False)
+
+
+@app.command("cxr-clip")
+def cxr_clip_cmd(
+    checkpoint: Path = typer.Argument(..., help="A released CXR-CLIP file: r50_{m,mc,mcc}.tar or "
+                                      "swint_{m,mc,mcc}.tar."),
+    out_dir: Path = OUT,
+    text_encoder: str = typer.Option(DEFAULT_TEXT_ENCODER, "--text-encoder",
+                                     help="Hub name or local folder with the text tower's config.json + vocab.txt "
+                                          "(its weights come from the checkpoint)."),
+    overwrite: bool = OVERWRITE,
+    as_json: bool = JSON,
+) -> None:
+    """Import a CXR-CLIP checkpoint (ResNet-50 or Swin-T image tower, Bio_ClinicalBERT text tower)."""
+    _render(run(lambda: import_cxr_clip(checkpoint, out_dir, text_encoder=text_encoder, overwrite=overwrite)),
+            as_json)
+
+
+@app.command("chexzero")
+def chexzero_cmd(
+    checkpoint: Path = typer.Argument(..., help="A released CheXzero .pt file (OpenAI-CLIP ViT-B/32 state dict)."),
+    out_dir: Path = OUT,
+    tokenizer: str = typer.Option(None, "--tokenizer",
+                                  help="CLIP tokenizer: a folder or hub name with vocab.json + merges.txt, or a "
+                                       "bpe_simple_vocab_16e6.txt.gz (default: OpenAI's BPE file shipped with "
+                                       "open_clip)."),
+    overwrite: bool = OVERWRITE,
+    as_json: bool = JSON,
+) -> None:
+    """Import a CheXzero checkpoint as a transformers CLIPModel (hf-clip family) with CheXzero's preprocessing."""
+    _render(run(lambda: import_chexzero(checkpoint, out_dir, tokenizer=tokenizer, overwrite=overwrite)), as_json)

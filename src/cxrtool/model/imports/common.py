@@ -1,0 +1,107 @@
+"""What every checkpoint importer shares: the strict weight placement, the report, the write + verify.
+
+Placement is driven by the target model: for each tensor cxrtool's model needs, the importer names
+the checkpoint key it comes from. A needed key the checkpoint lacks is *missing*; a checkpoint key
+nobody asked for is *unexpected*, unless the importer declares it an obsolete buffer (a value the
+installed library recomputes, such as BERT's ``position_ids``), which is then checked against the
+recomputed value and listed in the report. Anything else refuses the import by name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from cxrtool.errors import CheckpointMismatchError, ModelError
+from cxrtool.model.card import CARD_FILE
+from cxrtool.model.registry import models_home
+
+
+@dataclass
+class ImportReport:
+    """What an import read, placed, dropped and wrote; the CLI prints it, the card keeps it."""
+
+    format: str  # "cxr-clip" | "chexzero"
+    source: str  # the checkpoint file
+    sha256: str  # of the checkpoint file's bytes
+    architecture: str
+    out_dir: str = ""
+    fingerprint: str = ""  # of the written model (sha256 over every tensor)
+    tensors: int = 0  # checkpoint tensors placed into the model
+    dropped: list[str] = field(default_factory=list)  # obsolete buffers, verified equal to the recomputed ones
+    ignored: list[str] = field(default_factory=list)  # top-level entries not needed to embed (optimizer, ...)
+    epoch: int | None = None
+    licence: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def out_dir_for(out_dir: str | Path | None, fmt: str, checkpoint: Path) -> Path:
+    """``out_dir``, else FORMAT/STEM under the models home, where `cxrtool models` lists it and
+    ``--model FORMAT/STEM`` finds it."""
+    return Path(out_dir).expanduser() if out_dir is not None else models_home() / fmt / checkpoint.stem
+
+
+def check_out_dir(out_dir: Path, overwrite: bool) -> None:
+    """Refuse to replace an existing model unless asked (an import is cheap to redo, a lost model is not)."""
+    if (out_dir / CARD_FILE).is_file() and not overwrite:
+        raise ModelError(f"{out_dir} already holds a model", "pass --overwrite to replace it, or choose another -o")
+
+
+def check_file(path: Path) -> None:
+    if not path.is_file():
+        raise ModelError(f"{path}: no such checkpoint file", "give the path of the downloaded checkpoint")
+
+
+def place_weights(
+    model: nn.Module,
+    checkpoint: Mapping[str, torch.Tensor],
+    source_of: Callable[[str], str],
+    obsolete: Mapping[str, torch.Tensor],
+    source: str,
+    layout: str,
+    convert: Callable[[str, torch.Tensor], torch.Tensor] | None = None,
+) -> tuple[int, list[str]]:
+    """Fill every tensor of ``model.state_dict()`` from ``checkpoint[source_of(name)]``, or refuse.
+
+    ``obsolete`` maps checkpoint keys that may be dropped to the value the model recomputes for
+    them; such a key must hold exactly that value. ``convert(target, tensor)`` reshapes/slices a
+    tensor for formats whose layout differs (CheXzero's fused attention). Returns the number of
+    checkpoint tensors used and the dropped keys.
+    """
+    target = model.state_dict()
+    wanted = {name: source_of(name) for name in target}
+    used = set(wanted.values())
+    missing = sorted({key for key in used if key not in checkpoint})
+    spare = [key for key in checkpoint if key not in used]
+    unexpected = sorted(key for key in spare if key not in obsolete)
+    if missing or unexpected:
+        raise CheckpointMismatchError(missing, unexpected, source, layout)
+    dropped = sorted(key for key in spare if key in obsolete)
+    for key in dropped:
+        have, recomputed = checkpoint[key].reshape(-1).long(), obsolete[key].reshape(-1).long()
+        if have.shape != recomputed.shape or not torch.equal(have, recomputed):
+            raise ModelError(f"{source}: buffer {key} differs from what the architecture computes",
+                             "the checkpoint was made with another configuration (window size, sequence length)")
+    state = {}
+    for name, key in wanted.items():
+        tensor = checkpoint[key] if convert is None else convert(name, checkpoint[key])
+        if tuple(tensor.shape) != tuple(target[name].shape):
+            raise ModelError(f"{source}: weight {key} has shape {tuple(tensor.shape)}, the {layout} layout needs "
+                             f"{tuple(target[name].shape)} for it",
+                             "the checkpoint was made with another configuration, or the text encoder given with "
+                             "--text-encoder is not the one it was trained with")
+        state[name] = tensor.to(target[name].dtype)
+    model.load_state_dict(state, strict=True)
+    return len(used), dropped
+
+
+def buffers_of(module: nn.Module) -> dict[str, torch.Tensor]:
+    """Every buffer, persistent or not (state_dict() leaves non-persistent ones out)."""
+    return dict(module.named_buffers())
