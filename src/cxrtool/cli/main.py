@@ -7,7 +7,7 @@ import logging
 import typer
 
 from cxrtool import __version__
-from cxrtool.cli import classify, embed, embed_reports, errors, evaluate, index, prepare, search, train, validate
+from cxrtool.cli import classify, embed, embed_reports, errors, evaluate, index, prepare, search, serve, train, validate
 from cxrtool.cli.common import DEBUG
 
 app = typer.Typer(
@@ -50,3 +50,4 @@ app.command("validate")(validate.validate_cmd)
 app.command("errors")(errors.errors_cmd)
 app.command("classify")(classify.classify_cmd)
 app.command("evaluate")(evaluate.evaluate_cmd)
+app.command("serve")(serve.serve_cmd)
