@@ -30,7 +30,8 @@ UPLOAD_DICOM = "pacs/PAT0002/STUDY0001/SERIES01/IM000001.dcm"
 def build_workspace(tmp_path_factory, model) -> tuple[Path, Path]:
     """(archive, workspace): a copy of part of sample_data, embedded with study dates kept and
     pseudonymised patient keys, indexed, plus a report bank from the sample labels. Built once per
-    test session (both serve test files use it)."""
+    test session (both serve test files use it). Callers request ``tiny_model_dir`` first: saving
+    the model sets its fingerprint, which the workspace must already carry."""
     root = tmp_path_factory.getbasetemp() / "serve-workspace"
     archive, ws = root / "archive", root / "ws"
     if (root / "done").is_file():

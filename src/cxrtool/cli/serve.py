@@ -25,8 +25,8 @@ def serve_cmd(
 ) -> None:
     """Serve a search page and its JSON API (schema at /openapi.json): text and example-image
     search with filters, thumbnails, a detail view and the nearest reports. Ctrl-C stops it."""
-    from cxrtool.serve import run_server
+    from cxrtool.serve import create_app, run_server
 
+    app = run(lambda: create_app(workspace, model, archive, pick_device(device), max_upload_mb, cache, host))
     console.print(f"cxrtool serve: http://{host if ':' not in host else f'[{host}]'}:{port}/  (Ctrl-C stops)")
-    run(lambda: run_server(workspace, host, port, access_log=access_log, model=model, archive=archive,
-                           device=pick_device(device), max_upload_mb=max_upload_mb, cache=cache))
+    run(lambda: run_server(app, host, port, access_log))

@@ -327,13 +327,11 @@ class GuardMiddleware:
         await self.app(scope, receive, with_headers)
 
 
-def run_server(workspace: str | Path | None = None, host: str = SERVE_HOST, port: int = SERVE_PORT,
-               access_log: bool = False, **app_options) -> None:
-    """Open the workspace, load the model and serve until interrupted. The access log is off by
-    default: it would record every text query, which a user may type a patient's name into."""
+def run_server(app: FastAPI, host: str = SERVE_HOST, port: int = SERVE_PORT, access_log: bool = False) -> None:
+    """Load the model, then serve ``app`` (from :func:`create_app`) until interrupted. The access
+    log is off by default: it would record every text query, and a user may type a name into one."""
     import uvicorn
 
-    app = create_app(workspace, host=host, **app_options)
     app.state.service.warm()
     if not is_loopback(host):
         log.warning("serving on %s: anyone who can reach this machine on port %d can search the archive and see "

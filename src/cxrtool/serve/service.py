@@ -25,8 +25,10 @@ from cxrtool.workspace import Workspace
 # The row fields an image's detail view may show: identifiers of objects, never of people
 # (shards hold no names, IDs or birth dates; patient_key is a keyed hash, study_date is present
 # only when embed ran with --keep-study-date). A new shard column stays hidden until listed here.
+# rows/columns are left out for now: embed records the size of its reduced-resolution decode
+# (a 1,955 x 1,841 DICOM shows as 978 x 921), not the stored image size the shard schema promises.
 DETAIL_FIELDS = ("path", "study_key", "series_uid", "sop_uid", "view", "modality", "body_part", "file_format",
-                 "transfer_syntax", "rows", "columns", "study_date", "patient_key")
+                 "transfer_syntax", "study_date", "patient_key")
 THUMB = Rendition(THUMB_SIDE, "JPEG")
 DETAIL = Rendition(DETAIL_SIDE, "PNG")
 TEXT_CACHE = 256  # text-query vectors kept: a page re-runs one query as the filters change

@@ -201,6 +201,7 @@ function useFile(file) {
 }
 
 function clearUpload() {
+  clearError();
   $("upload").hidden = true;
   $("drop-hint").hidden = false;
   $("file").value = "";
@@ -240,7 +241,8 @@ async function start() {
   try {
     const info = (state.info = await api("/api/info"));
     const reports = info.reports ? `, ${info.reports} reports` : "";
-    $("stats").textContent = `${info.images} images${reports} · ${info.index.kind} index · model ${info.index.model}`;
+    const model = info.index.model ? ` · model ${info.index.model}` : "";
+    $("stats").textContent = `${info.images} images${reports} · ${info.index.kind} index${model}`;
     checkboxes($("views"), info.views, "view");
     checkboxes($("modalities"), info.modalities, "modality");
     if (info.dates) {
