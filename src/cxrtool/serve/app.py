@@ -171,7 +171,8 @@ def create_app(workspace: str | Path | None = None, model: DualEncoder | str | N
     @app.get("/api/info", tags=["meta"])
     async def info() -> dict:
         """Collection sizes, index kind and the filter values present (views, modalities, date range)."""
-        return {**service.describe(), "max_upload_bytes": max_upload, "version": __version__}
+        facts = await anyio.to_thread.run_sync(service.describe)  # not behind queued searches
+        return {**facts, "max_upload_bytes": max_upload, "version": __version__}
 
     @app.get("/api/search", response_model=SearchResult, tags=["search"],
              responses={400: {"model": ErrorBody}, 404: {"model": ErrorBody}})

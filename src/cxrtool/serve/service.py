@@ -61,6 +61,7 @@ class SearchService:
         self.renders = RenderCache(self.workspace.serve_cache if cache else None, memory_cache_mb << 20)
         self._texts: OrderedDict[str, np.ndarray] = OrderedDict()
         self._texts_lock = threading.Lock()
+        self._description: dict | None = None
 
     def warm(self) -> None:
         """Load the model now (a first query would otherwise wait for it)."""
@@ -68,7 +69,13 @@ class SearchService:
 
     # ----------------------------------------------------------------------------------- facts
     def describe(self) -> dict:
-        """Counts and the filter values present, for the page's controls."""
+        """Counts and the filter values present, for the page's controls (computed once: the
+        index does not change while it is served)."""
+        if self._description is None:
+            self._description = self._describe()
+        return self._description
+
+    def _describe(self) -> dict:
         table = self.images.store.table
 
         def values(column: str) -> list[dict]:
