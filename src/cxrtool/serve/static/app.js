@@ -81,16 +81,16 @@ async function run() {
   if (mode.kind === "text") {
     params.set("q", mode.q);
     url = "/api/search?" + params;
-    label = "“" + mode.q + "”";
+    label = "for “" + mode.q + "”";
   } else if (mode.kind === "like") {
     params.set("like", mode.id);
     url = "/api/search?" + params;
-    label = "images like " + mode.label;
+    label = "like " + mode.label;
   } else {
     params.set("name", mode.file.name);
     url = "/api/search/image?" + params;
     options = { ...options, method: "POST", body: mode.file, headers: { "content-type": "application/octet-stream" } };
-    label = mode.file.name;
+    label = "like " + mode.file.name;
   }
   clearError();
   setStatus("searching " + label + "…", true);
@@ -100,8 +100,9 @@ async function run() {
     if (controller !== state.controller) return;
     render(result, label);
     const n = result.target === "reports" ? result.reports.length : result.images.length;
+    const noun = n === 1 ? result.target.slice(0, -1) : result.target;
     const seconds = ((performance.now() - started) / 1000).toFixed(2);
-    setStatus(`${n} ${result.target} for ${label} (search ${result.took_ms} ms, ${seconds} s with transfer)`);
+    setStatus(`${n} ${noun} ${label} (search ${result.took_ms} ms, ${seconds} s with transfer)`);
   } catch (err) {
     if (err.name === "AbortError") return;
     setStatus("");
@@ -119,7 +120,7 @@ function render(result, label) {
     return;
   }
   main.replaceChildren(...result.images.map(card));
-  if (!result.images.length) main.append(el("p", { class: "muted", text: "no results for " + label + " (check the filters)" }));
+  if (!result.images.length) main.append(el("p", { class: "muted", text: "no results " + label + " (check the filters)" }));
 }
 
 function card(hit) {
