@@ -28,3 +28,18 @@ DEFAULT_EMBED_DIM = 512
 # File suffixes we try to decode as raster images; anything else is sniffed for DICOM's "DICM".
 RASTER_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
 DICOM_SUFFIXES = {".dcm", ".dicom", ".dic"}
+
+# `cxrtool serve`: loopback by default (the page shows hospital images; binding elsewhere is an
+# explicit choice and warns). Port 8000 is uvicorn's customary default.
+SERVE_HOST = "127.0.0.1"
+SERVE_PORT = 8000
+# Upload limit: an uncompressed 16-bit 3,000 x 3,000 DX radiograph is ~18 MB and large CR
+# plates ~30 MB; 64 MB leaves room while refusing a stray video or archive.
+SERVE_MAX_UPLOAD_MB = 64
+# Results per query the page may ask for (a grid of 200 thumbnails is already more than a person scans).
+SERVE_K_MAX = 200
+# Rendered sizes: grid thumbnails (longest side) and the detail view's larger image.
+THUMB_SIDE = 256
+DETAIL_SIDE = 1024
+# In-memory cache of rendered images: a 256-px JPEG thumbnail is ~10-20 kB, a 1,024-px PNG ~0.5 MB.
+SERVE_MEMORY_CACHE_MB = 64

@@ -72,3 +72,7 @@ class ManifestError(CxrError):
 
 class WorkspaceError(CxrError):
     """The workspace (shards, index) is missing, stale or belongs to another model/archive."""
+
+
+class UnknownIdError(WorkspaceError):
+    """An id that is not in the index (the web page answers 404)."""

@@ -9,6 +9,7 @@ Resolution order: --workspace flag, $CXRTOOL_WORKSPACE, ./cxrtool_workspace. Lay
     <workspace>/embed-runs.jsonl  one line per finished embed run: counts, per-stage seconds, settings
     <workspace>/index/            FAISS index + index.json (written by index)
     <workspace>/reports/          report-text shards (embed-reports), indexed in index-reports/
+    <workspace>/serve-cache/      thumbnails rendered by `cxrtool serve` (safe to delete)
 """
 
 from __future__ import annotations
@@ -49,6 +50,10 @@ class Workspace:
     @property
     def index_dir(self) -> Path:
         return self.root / "index"
+
+    @property
+    def serve_cache(self) -> Path:
+        return self.root / "serve-cache"
 
     def collection(self, target: str) -> tuple[Path, Path]:
         """(shards folder, index folder) of a searchable collection: "images" or "reports"."""

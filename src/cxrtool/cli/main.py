@@ -17,6 +17,7 @@ from cxrtool.cli import (
     models,
     prepare,
     search,
+    serve,
     train,
     validate,
 )
@@ -65,3 +66,4 @@ app.command("classify")(classify.classify_cmd)
 app.command("evaluate")(evaluate.evaluate_cmd)
 app.command("models")(models.models_cmd)
 app.add_typer(import_cli.app, name="import")
+app.command("serve")(serve.serve_cmd)

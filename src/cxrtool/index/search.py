@@ -9,6 +9,7 @@ through a FAISS id selector. ``per_study`` keeps the best view of each study; ne
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -19,6 +20,7 @@ from cxrtool.errors import WorkspaceError
 from cxrtool.index.build import IndexInfo, gpu_available, knn, load_index, to_gpu
 from cxrtool.index.filters import Filters
 from cxrtool.index.store import RowStore
+from cxrtool.io.decode import DecodedImage
 from cxrtool.model.directory import load_model
 from cxrtool.model.dual import DualEncoder
 from cxrtool.workspace import Workspace
@@ -70,6 +72,8 @@ class Index:
         self._device = device
         self._selectors: OrderedDict[tuple, tuple[np.ndarray, object, np.ndarray | None]] = OrderedDict()
         self._gpu_index = to_gpu(index) if device.startswith("cuda") and gpu_available() else None
+        self._lock = threading.Lock()  # the lazy model load and the filter cache (the web page searches from threads)
+        self._encode_lock = threading.Lock()
 
     @classmethod
     def open(cls, workspace: str | Path | None = None, target: str = "images", model: DualEncoder | str | None = None,
@@ -88,20 +92,26 @@ class Index:
     # ------------------------------------------------------------------------------------ model
     @property
     def model(self) -> DualEncoder:
-        if not isinstance(self._model, DualEncoder):
-            self._model = load_model(self._model, device=self._device)
+        with self._lock:
+            if not isinstance(self._model, DualEncoder):
+                self._model = load_model(self._model, device=self._device)
         if self._model.card.fingerprint != self.info.model_fingerprint:
             raise WorkspaceError(
                 f"the index in {self.workspace.root} was built with another model than the one loaded",
                 "search with the model used for `cxrtool embed` (--model), or re-embed with --overwrite")
         return self._model
 
-    def embed_query(self, query: str | None = None, image: str | Path | None = None) -> np.ndarray:
+    def embed_query(self, query: str | None = None, image: str | Path | DecodedImage | None = None) -> np.ndarray:
+        """The query's vector: ``image`` is a file or an already decoded image (an upload).
+        One query is encoded at a time: the model already uses every core, and a fast tokenizer
+        shared between threads fails ("Already borrowed")."""
         if (query is None) == (image is None):
             raise WorkspaceError("give either a text query or --image PATH (not both)")
-        if query is not None:
-            return self.model.encode_texts([query])[0]
-        return self.model.encode_images([Path(image)])[0]
+        model = self.model
+        with self._encode_lock:
+            if query is not None:
+                return model.encode_texts([query])[0]
+            return model.encode_images([image if isinstance(image, DecodedImage) else Path(image)])[0]
 
     # ---------------------------------------------------------------------------------- filters
     def matching(self, filters: Filters | None) -> np.ndarray | None:
@@ -114,18 +124,19 @@ class Index:
         import faiss
 
         key = filters.key()
-        if key not in self._selectors:
-            positions = np.flatnonzero(filters.mask(self.store.table))
-            selector, vectors = None, None
-            if len(positions) > EXACT_SUBSET_MAX:
-                selector = faiss.IDSelectorBatch(self.store.ids[positions])
-            else:
-                vectors = self.store.vectors(positions)  # <= 20k x d floats: ranked exactly
-            self._selectors[key] = (positions, selector, vectors)
-            if len(self._selectors) > 8:
-                self._selectors.popitem(last=False)
-        self._selectors.move_to_end(key)
-        return self._selectors[key]
+        with self._lock:
+            if key not in self._selectors:
+                positions = np.flatnonzero(filters.mask(self.store.table))
+                selector, vectors = None, None
+                if len(positions) > EXACT_SUBSET_MAX:
+                    selector = faiss.IDSelectorBatch(self.store.ids[positions])
+                else:
+                    vectors = self.store.vectors(positions)  # <= 20k x d floats: ranked exactly
+                self._selectors[key] = (positions, selector, vectors)
+                if len(self._selectors) > 8:
+                    self._selectors.popitem(last=False)
+            self._selectors.move_to_end(key)
+            return self._selectors[key]
 
     # ----------------------------------------------------------------------------------- search
     def search_vectors(self, vectors: np.ndarray, k: int = 10, filters: Filters | None = None,
@@ -161,7 +172,8 @@ class Index:
         scores, pos = knn(self.index, self.store, vectors, k, self.info, selector=selector, **depth)
         return scores, pos
 
-    def search(self, query: str | None = None, image: str | Path | None = None, vector: np.ndarray | None = None,
+    def search(self, query: str | None = None, image: str | Path | DecodedImage | None = None,
+               vector: np.ndarray | None = None,
                k: int = 10, filters: Filters | None = None, per_study: bool = False,
                dedupe: float | None = DEDUPE_COSINE, text: bool | None = None) -> list[Hit]:
         """Top-``k`` hits for a text ``query``, an example ``image`` or a query ``vector``.

@@ -93,6 +93,15 @@ def decode_image(path: str | Path, min_side: int | None = None, data: bytes | No
     raise DecodeError(path, "not a DICOM file (no 'DICM' signature) and not a known image type")
 
 
+def decode_bytes(data: bytes, name: str = "upload", min_side: int | None = None) -> DecodedImage:
+    """Decode a file's bytes by their content, not a name: an uploaded file's name may be missing
+    or wrong (a DICOM saved as ``.png``, an extension-less PACS file). DICOM if the bytes carry the
+    'DICM' signature, else whatever Pillow recognises. ``name`` only labels errors."""
+    if has_dicom_signature(data[:132]):
+        return decode_dicom(Path(name), min_side, data)
+    return decode_raster(Path(name), min_side, data)
+
+
 # --------------------------------------------------------------------------------------- DICOM
 
 
