@@ -184,3 +184,21 @@ def test_codecs_without_resolution_levels_are_box_reduced_after_a_full_decode():
         a = resize_to_input(to_tensor(full.pixels), spec)
         b = resize_to_input(to_tensor(reduced.pixels), spec)
         assert float(F.l1_loss(a, b)) < 0.01
+
+
+def test_reduced_decodes_still_report_the_stored_size(tmp_path):
+    """Shards record rows/columns as stored, not as the reduced decode that embedding used."""
+    import numpy as np
+    from PIL import Image
+
+    from cxrtool.embed.pipeline import image_record
+    from cxrtool.io import discover_archive
+    from cxrtool.io.decode import decode_image
+
+    big = tmp_path / "big.jpg"
+    Image.fromarray((np.random.default_rng(0).random((1200, 1000)) * 255).astype(np.uint8)).save(big)
+    image = decode_image(big, min_side=224)
+    assert image.pixels.shape[0] < 1200  # reduced
+    f = next(iter(discover_archive(tmp_path)))
+    record = image_record(f, image.meta, image.pixels.shape, "xxh3-128:0")
+    assert (record["rows"], record["columns"]) == (1200, 1000)

@@ -86,8 +86,8 @@ def image_record(f: ArchiveFile, meta: dict, shape: tuple[int, ...], digest: str
         "body_part": str(meta.get("BodyPartExamined", "") or "").upper(),
         "file_format": f.kind,
         "transfer_syntax": meta.get("TransferSyntaxUID"),
-        "rows": int(shape[0]),
-        "columns": int(shape[1]),
+        "rows": int(meta.get("Rows") or shape[0]),  # the stored size, not the reduced decode's
+        "columns": int(meta.get("Columns") or shape[1]),
         "content_hash": digest,
         **(identity or {}),
     }

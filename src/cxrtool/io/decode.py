@@ -275,6 +275,7 @@ def decode_raster(path: Path, min_side: int | None = None, data: bytes | None = 
 
     try:
         with Image.open(_source(path, data)) as im:
+            stored_w, stored_h = im.size  # before any reduced decode
             # DCT scaling only pays (and only stays faithful) for large JPEGs; a 512-px research
             # JPEG decodes in ~2 ms either way and keeps the exact pixels training saw.
             if min_side and im.format == "JPEG" and min(im.size) >= 4 * min_side:
@@ -305,7 +306,8 @@ def decode_raster(path: Path, min_side: int | None = None, data: bytes | None = 
         arr = _minmax(arr)
     if arr.ndim != 2 or min(arr.shape) < 8:
         raise DecodeError(path, f"image too small or malformed (shape {arr.shape})")
-    return DecodedImage(np.ascontiguousarray(arr, dtype=np.float32), {"Modality": "", "format": mode})
+    return DecodedImage(np.ascontiguousarray(arr, dtype=np.float32),
+                        {"Modality": "", "format": mode, "Rows": stored_h, "Columns": stored_w})
 
 
 # ------------------------------------------------------------------------------------- helpers
