@@ -27,9 +27,9 @@ import numpy as np
 from build_sample_data import FINDINGS, held_out
 
 from cxrtool.data.manifest import write_manifest
+from cxrtool.data.prompts import PromptBank
 from cxrtool.data.sources.csv_table import read_csv_studies
 from cxrtool.evaluate.eval_set import embed_eval_set, eval_set_from_manifest
-from cxrtool.evaluate.retrieval import label_query_report
 from cxrtool.evaluate.run import EvalOptions, evaluate_model
 from cxrtool.model import load_model
 from cxrtool.model.directory import create_model, save_model_dir
@@ -38,6 +38,7 @@ from cxrtool.train import resolve_config, train
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "runs" / "experiments"
 EVAL_SALT = "cxrtool-eval-v2"
+RESCORE = False
 EVAL_FRACTION = 0.17
 ISSUE_LABELS = ["Atelectasis", "Cardiomegaly", "Edema", "Pleural Effusion", "Pneumonia", "Pneumothorax"]
 LIFT_QUERIES = {"Pleural Effusion": "pleural effusion", "Cardiomegaly": "cardiomegaly",
@@ -84,11 +85,18 @@ def score(model_dir: Path, test_manifest: Path, cache: Path) -> dict:
     s = result.summary
     rows = {r["label"]: r["auroc"] for r in s["zero_shot"]["labels"]}
     lifts = {}
-    for r in label_query_report(model, es.vectors, {k: np.nan_to_num(es.labels[k]) for k in LIFT_QUERIES},
-                                LIFT_QUERIES, k=50):
-        lifts[r["label"]] = {"precision@50": r["precision@50"], "base_rate": r["base_rate"],
-                             "lift@50": round(r["precision@50"] / r["base_rate"], 2) if r["base_rate"] else None,
-                             "positives": r["positives"]}
+    bank = PromptBank.load()
+    for label, query in LIFT_QUERIES.items():
+        positive = np.nan_to_num(es.labels[label]).astype(bool)
+        row = {"query": query, "positives": int(positive.sum()), "base_rate": round(float(positive.mean()), 4)}
+        # as `cxrtool search` ranks (the query expanded with the bank's sentences), and as typed (--exact)
+        for key, vector in (("", model.encode_ensemble(bank.expand_query(query))),
+                            ("_exact", model.encode_texts([query])[0])):
+            top = np.argsort(-(es.vectors @ vector), kind="mergesort")[:50]
+            precision = float(positive[top].mean())
+            row[f"precision@50{key}"] = round(precision, 4)
+            row[f"lift@50{key}"] = round(precision / positive.mean(), 2)
+        lifts[label] = row
     lat = s.get("laterality") or {}
     return {"mean_auroc": s["zero_shot"]["mean_auroc"], "auroc": rows, "lift": lifts,
             "text_to_image": (s.get("retrieval") or {}).get("text_to_image"), "laterality": lat,
@@ -99,7 +107,11 @@ def run_config(name: str, overrides: dict, train_manifest: Path, test_manifest: 
     out = OUT / name
     summary_path = out / "summary.json"
     if summary_path.is_file():
-        return json.loads(summary_path.read_text())
+        summary = json.loads(summary_path.read_text())
+        if RESCORE:
+            summary.update(score(out / "model", test_manifest, out / "eval_cache"))
+            summary_path.write_text(json.dumps(summary, indent=2))
+        return summary
     t0 = time.time()
     if name == "untrained":
         cfg = resolve_config(overrides={**BASE, **overrides})
@@ -120,14 +132,15 @@ def run_config(name: str, overrides: dict, train_manifest: Path, test_manifest: 
 
 def table(results: list[dict]) -> str:
     head = ("| run | mean AUROC (6 labels) | " + " | ".join(ISSUE_LABELS) + " | lift@50 effusion / cardiomegaly / "
-            "pneumothorax | t→i R@10 | train min |")
+            "pneumothorax, as searched (typed exactly) | t→i R@10 | train min |")
     lines = [head, "|" + "---|" * (len(ISSUE_LABELS) + 5)]
     for r in results:
         cells = []
         for label in ISSUE_LABELS:
             a = r["auroc"].get(label)
             cells.append(f"{a['value']:.3f} [{a['low']:.2f}, {a['high']:.2f}]" if a else "–")
-        lifts = " / ".join(str(r["lift"][k]["lift@50"]) for k in LIFT_QUERIES)
+        lifts = " / ".join(f"{r['lift'][k]['lift@50']} ({r['lift'][k].get('lift@50_exact', '–')})"
+                           for k in LIFT_QUERIES)
         t2i = (r.get("text_to_image") or {}).get("recall@10")
         lines.append(f"| {r['name']} | {r['mean_auroc']:.3f} | " + " | ".join(cells)
                      + f" | {lifts} | {t2i} | {r['train_seconds'] / 60:.0f} |")
@@ -139,11 +152,14 @@ def main() -> None:
     ap.add_argument("--only", default=None)
     ap.add_argument("--epochs", type=int, default=None)
     ap.add_argument("--shared", type=Path, default=REPO.parent / "shared" / "data")
+    ap.add_argument("--rescore", action="store_true", help="score finished runs again (after a scoring change)")
     ap.add_argument("--set", action="append", default=[], help="NAME:KEY=VALUE adds a config override")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if args.epochs:
         BASE["epochs"] = args.epochs
+    global RESCORE
+    RESCORE = args.rescore
     configs = {"untrained": {}, **CONFIGS}
     for item in args.set:
         name, kv = item.split(":", 1)
@@ -160,6 +176,8 @@ def main() -> None:
         results.append(run_config(name, configs[name], train_manifest, test_manifest))
         logging.info("%s: mean AUROC %.3f, lift %s", name, results[-1]["mean_auroc"],
                      {k: v["lift@50"] for k, v in results[-1]["lift"].items()})
+        logging.info("%s laterality: %s", name, {k: (v.get("auroc") or {}).get("value") if isinstance(v, dict) else v
+                                                for k, v in (results[-1].get("laterality") or {}).items()})
     (OUT / "results.md").write_text(table(results) + "\n")
     print(table(results))
 

@@ -120,3 +120,18 @@ def test_sampled_negatives_are_capped_and_seeded():
             assert sum(x in negatives for x in sentences) <= cap
     a = [bank.to_text(labels, random.Random(3)) for _ in range(2)]
     assert a[0] == a[1]  # same seed, same draw
+
+
+def test_queries_naming_a_finding_expand_to_the_banks_sentences_with_their_side():
+    from cxrtool.data.prompts import PromptBank
+
+    bank = PromptBank.load()
+    card = bank.expand_query("Cardiomegaly")
+    assert card[0] == "Cardiomegaly" and set(card[1:]) == set(bank.prompts("Cardiomegaly").positive)
+    left = bank.expand_query("left pleural effusion")
+    assert len(left) > 2 and all("left" in s.lower() for s in left) and not any("right" in s for s in left)
+    both = bank.expand_query("effusions")
+    assert both and not any("left" in s or "right" in s for s in both[1:])
+    assert bank.expand_query("right-sided pneumothorax")[1:] == bank.prompts("Pneumothorax").positive_for("right")
+    for typed in ("left cardiomegaly", "no finding", "small nodule in the right upper lobe", "heart"):
+        assert bank.expand_query(typed) is None, typed

@@ -201,3 +201,23 @@ def test_text_queries_get_their_own_tuned_depth(tmp_path, tiny_model):
     assert other.text_queries == 0 and other.text_recall_at_10 is None and other.text_nprobe >= other.nprobe
     hits = Index.open(ws.root, model=tiny_model).search("pleural effusion", k=5, dedupe=None)
     assert len(hits) == 5
+
+
+def test_a_query_naming_a_finding_searches_with_the_banks_sentences(tmp_path, tiny_model):
+    from cxrtool.data.prompts import PromptBank
+
+    dim = tiny_model.card.embed_dim
+    ws, _, _ = make_workspace(tmp_path / "ws", [(0, 2_000)], dim=dim, fingerprint=tiny_model.card.fingerprint)
+    build_index(ws.root, "flat")
+    index = Index.open(ws.root, model=tiny_model)
+    expanded = index.embed_query("left pleural effusion")
+    sentences = PromptBank.load().expand_query("left pleural effusion")
+    assert np.allclose(expanded, tiny_model.encode_ensemble(sentences), atol=1e-6)
+    typed = index.embed_query("left pleural effusion", expand=False)
+    assert np.allclose(typed, tiny_model.encode_texts(["left pleural effusion"])[0], atol=1e-6)
+    assert not np.allclose(expanded, typed, atol=1e-3)
+    a = [h.id for h in index.search("left pleural effusion", k=10, dedupe=None)]
+    b = [h.id for h in index.search(vector=expanded[None], k=10, dedupe=None, text=True)]
+    assert a == b
+    sentence = "a small left apical pneumothorax is seen"  # not a finding's name: used as typed
+    assert np.allclose(index.embed_query(sentence), tiny_model.encode_texts([sentence])[0], atol=1e-6)

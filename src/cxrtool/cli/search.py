@@ -52,6 +52,9 @@ def search_cmd(
     per_study: bool = typer.Option(False, "--per-study", help="One result per study (its best view)."),
     dedupe: float = typer.Option(DEDUPE_COSINE, help="Hide results with cosine >= this to a better one "
                                  "(same-content copies always); 0 turns it off."),
+    exact: bool = typer.Option(False, "--exact", help="Use the query as typed; by default a query naming a finding "
+                                                      "('cardiomegaly', 'left pleural effusion') is searched with "
+                                                      "the prompt bank's sentences for it."),
     workspace: Path = typer.Option(None, help="Workspace folder (env CXRTOOL_WORKSPACE; default ./cxrtool_workspace)."),
     model: str = typer.Option(None, help="Model directory or hub name (must be the one used by `embed`)."),
     target: str = typer.Option("images", help="What to rank: images or reports (same as --reports).", hidden=True),
@@ -67,7 +70,8 @@ def search_cmd(
                           date_from=date_from, date_to=date_to, patient_keys=_patient_keys(patient or []),
                           path_glob=path)
         index = Index.open(workspace, "reports" if reports else target, model, progress=True)
-        hits = index.search(query, image, k=k, filters=filters, per_study=per_study, dedupe=dedupe or None)
+        hits = index.search(query, image, k=k, filters=filters, per_study=per_study, dedupe=dedupe or None,
+                            expand=not exact)
         if save_grid_to is not None:
             if index.target == "reports":
                 raise WorkspaceError("--save-grid draws images; it does not apply to report results")

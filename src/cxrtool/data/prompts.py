@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -93,6 +94,30 @@ class PromptBank:
         return LabelPrompts([f"there is {low}.", f"findings of {low}."],
                             [f"there is no evidence of {low}."], [f"possible {low}."])
 
+    def expand_query(self, query: str) -> list[str] | None:
+        """A search query that *names* a finding -> the query plus the bank's sentences for it.
+
+        "cardiomegaly", "pleural effusion", "left pleural effusion", "right-sided pneumothorax":
+        search then uses the ensemble of how the finding is phrased (CXR-CLIP's prompt ensembles),
+        which ranks far better than one or two words through a sentence encoder. The side is kept
+        (sided sentences only). Any other text (a sentence, a description) -> None: used as typed.
+        """
+        text = _strip_query(query)
+        side = None
+        m = _QUERY_SIDE_RE.match(text)
+        if m:
+            side, text = m.group(1), m.group(2)
+        for candidate in (text, text[:-1] if text.endswith("s") else None):
+            if candidate and candidate in self._lookup:
+                name = self._lookup[candidate]
+                if name == NO_FINDING or name not in self.labels:
+                    return None
+                p = self.labels[name]
+                if side and not p.lateral:
+                    return None
+                return [query.strip(), *p.positive_for(side)]
+        return None
+
     def to_text(self, labels: dict[str, int], rng: random.Random | None = None, max_negatives: int = 3,
                 sides: dict[str, str] | None = None) -> str:
         """Label dict (1 positive, 0 negative, -1 uncertain) -> text; random if ``rng`` is given.
@@ -124,6 +149,13 @@ class PromptBank:
                 sentences.append(rng.choice(p.negative))
         rng.shuffle(sentences)
         return " ".join(sentences)
+
+
+_QUERY_SIDE_RE = re.compile(r"^(left|right|bilateral)(?:[- ]sided)?\s+(.+)$")
+
+
+def _strip_query(text: str) -> str:
+    return re.sub(r"\s+", " ", text.strip().lower().rstrip(".!?")).strip()
 
 
 @lru_cache(maxsize=8)

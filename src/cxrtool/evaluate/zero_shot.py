@@ -85,7 +85,7 @@ def label_prompt_sets(labels: Sequence[str] | None = None, bank: PromptBank | No
 
 def ensemble_embedding(model: DualEncoder, sentences: Sequence[str]) -> np.ndarray:
     """Mean of the sentences' unit vectors, re-normalised: one vector for a prompt set."""
-    return _unit(model.encode_texts(list(sentences)).mean(axis=0))
+    return model.encode_ensemble(sentences)
 
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cxrtool.data.prompts import PromptBank
 from cxrtool.errors import WorkspaceError
 from cxrtool.index.build import IndexInfo, gpu_available, knn, load_index, to_gpu
 from cxrtool.index.filters import Filters
@@ -101,8 +102,11 @@ class Index:
                 "search with the model used for `cxrtool embed` (--model), or re-embed with --overwrite")
         return self._model
 
-    def embed_query(self, query: str | None = None, image: str | Path | DecodedImage | None = None) -> np.ndarray:
+    def embed_query(self, query: str | None = None, image: str | Path | DecodedImage | None = None,
+                    expand: bool = True) -> np.ndarray:
         """The query's vector: ``image`` is a file or an already decoded image (an upload).
+        A text query that names a finding is expanded with the prompt bank's sentences for it
+        (:meth:`PromptBank.expand_query`) unless ``expand`` is False.
         One query is encoded at a time: the model already uses every core, and a fast tokenizer
         shared between threads fails ("Already borrowed")."""
         if (query is None) == (image is None):
@@ -110,7 +114,8 @@ class Index:
         model = self.model
         with self._encode_lock:
             if query is not None:
-                return model.encode_texts([query])[0]
+                sentences = PromptBank.load().expand_query(query) if expand else None
+                return model.encode_ensemble(sentences) if sentences else model.encode_texts([query])[0]
             return model.encode_images([image if isinstance(image, DecodedImage) else Path(image)])[0]
 
     # ---------------------------------------------------------------------------------- filters
@@ -175,8 +180,10 @@ class Index:
     def search(self, query: str | None = None, image: str | Path | DecodedImage | None = None,
                vector: np.ndarray | None = None,
                k: int = 10, filters: Filters | None = None, per_study: bool = False,
-               dedupe: float | None = DEDUPE_COSINE, text: bool | None = None) -> list[Hit]:
+               dedupe: float | None = DEDUPE_COSINE, text: bool | None = None, expand: bool = True) -> list[Hit]:
         """Top-``k`` hits for a text ``query``, an example ``image`` or a query ``vector``.
+
+        ``expand``: a query naming a finding searches with the prompt bank's sentences for it.
 
         ``per_study``: one hit per study (its best-scoring image; ``views_in_study`` counts the
         study's images among the candidates). ``dedupe``: drop a hit with the same file content
@@ -184,7 +191,7 @@ class Index:
         """
         text = query is not None if text is None else text  # a text embedding passed as ``vector``: text=True
         if vector is None:
-            vector = self.embed_query(query, image)
+            vector = self.embed_query(query, image, expand=expand)
         elif query is not None or image is not None:
             raise WorkspaceError("give one of query, image or vector")
         reports = self.target == "reports"

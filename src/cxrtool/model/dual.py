@@ -124,6 +124,11 @@ class DualEncoder(nn.Module):
             return np.zeros((0, self.card.embed_dim), dtype=np.float32)
         return np.concatenate(out)
 
+    def encode_ensemble(self, sentences: Sequence[str]) -> np.ndarray:
+        """One unit vector for a set of sentences: the re-normalised mean of their unit vectors."""
+        v = self.encode_texts(list(sentences)).mean(axis=0)
+        return (v / max(float(np.linalg.norm(v)), 1e-12)).astype(np.float32)
+
     @torch.inference_mode()
     def encode_texts(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
         """Strings -> NxD L2-normalised float32."""
