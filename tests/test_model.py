@@ -146,3 +146,36 @@ def test_saving_keeps_other_files_and_refuses_foreign_directories(tiny_model, ti
     (foreign / "holiday.jpg").write_bytes(b"x")
     with pytest.raises(ModelError, match="not a model directory"):
         save_model_dir(tiny_model, foreign)
+
+
+def test_halves_feature_keeps_the_side_and_round_trips(tmp_path, tiny_text_dir):
+    import numpy as np
+    import torch
+
+    from cxrtool.model import create_model, load_model, save_model_dir
+    from cxrtool.model.dual import halves_pool
+
+    torch.manual_seed(0)
+    pooled = create_model("mobilenetv3_small_050", str(tiny_text_dir), image_weights=None, embed_dim=16,
+                          input_size=64, max_length=16)
+    torch.manual_seed(0)
+    halves = create_model("mobilenetv3_small_050", str(tiny_text_dir), image_weights=None, embed_dim=16,
+                          input_size=64, max_length=16, image_feature="halves")
+    assert halves.card.image.feature == "halves"
+    with torch.no_grad():
+        channels = halves.image_backbone.forward_features(torch.zeros(1, 3, 64, 64)).shape[1]
+    assert halves.card.image.feature_dim == 2 * channels and pooled.card.image.feature == "pooled"
+    fmap = torch.arange(2 * 3 * 2 * 5, dtype=torch.float32).view(2, 3, 2, 5)
+    pooled_halves = halves_pool(fmap)  # width 5: columns 0-2 and 2-4
+    assert torch.allclose(pooled_halves[:, :3], fmap[..., :3].mean((2, 3)))
+    assert torch.allclose(pooled_halves[:, 3:], fmap[..., 2:].mean((2, 3)))
+    img = np.zeros((64, 64), dtype=np.float32)
+    img[:, :20] = 1.0  # bright on the image's left only
+    halves.eval()
+    with torch.no_grad():
+        fm = halves.image_backbone.forward_features(halves.preprocess(img)[None])
+        left, right = halves_pool(fm).chunk(2, dim=1)
+    assert not torch.allclose(left, right)
+    d = save_model_dir(halves, tmp_path / "m")
+    again = load_model(str(d))
+    assert np.allclose(again.encode_images([img]), halves.encode_images([img]), atol=1e-6)

@@ -38,8 +38,11 @@ PADDINGS = ("longest", "max_length")  # SigLIP was trained on text padded to max
 GRAY_RULES = ("replicate",)
 IMAGE_BACKENDS = ("timm", "hf")
 # pooled: the tower's pooled vector (timm with num_classes=0; HF pooler_output);
-# first_token: HF last_hidden_state[:, 0] (CXR-CLIP's Swin feature: the first patch token).
-IMAGE_FEATURES = ("pooled", "first_token")
+# first_token: HF last_hidden_state[:, 0] (CXR-CLIP's Swin feature: the first patch token);
+# halves: a timm CNN's feature map averaged over the image's left and right halves, concatenated
+# (global average pooling is blind to *where* a finding is; this keeps the side).
+IMAGE_FEATURES = ("pooled", "first_token", "halves")
+TIMM_FEATURES = ("pooled", "halves")
 # Which modules a card builds: cxrtool's timm + HF towers, or a whole native dual encoder.
 FAMILIES = ("cxrtool", "hf-clip", "hf-siglip", "open_clip")
 # How similarities become probabilities, after the training loss: softmax over the candidates
@@ -138,10 +141,10 @@ class ModelCard:
             raise ModelError(f"model card: unknown gray_to_channels {self.image.gray_to_channels!r}")
         if self.image.backend not in IMAGE_BACKENDS:
             raise ModelError(f"model card: unknown image backend {self.image.backend!r}; use one of {IMAGE_BACKENDS}")
-        timm_feature = self.image.backend != "timm" or self.image.feature == "pooled"
-        if self.image.feature not in IMAGE_FEATURES or not timm_feature:
+        fits = self.image.feature in (TIMM_FEATURES if self.image.backend == "timm" else ("pooled", "first_token"))
+        if self.image.feature not in IMAGE_FEATURES or not fits:
             raise ModelError(f"model card: image feature {self.image.feature!r} does not fit backend "
-                             f"{self.image.backend!r} (timm: pooled; hf: {', '.join(IMAGE_FEATURES)})")
+                             f"{self.image.backend!r} (timm: {', '.join(TIMM_FEATURES)}; hf: pooled, first_token)")
         if len(self.image.mean) != self.image.in_channels or len(self.image.std) != self.image.in_channels:
             raise ModelError("model card: mean/std must have one value per input channel")
 

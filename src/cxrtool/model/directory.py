@@ -87,8 +87,12 @@ def create_model(
     mean: list[float] | None = None,
     std: list[float] | None = None,
     resize: str = "short_side_center_crop",
+    image_feature: str = "pooled",
 ) -> DualEncoder:
     """A new dual encoder: timm ``image_model`` + HF ``text_model`` (hub name or directory).
+
+    ``image_feature``: ``pooled`` (the tower's global average) or ``halves`` (left and right
+    image halves pooled apart and concatenated; CNN towers only).
 
     ``image_weights`` names a weight source (see :mod:`cxrtool.model.sources`); ``None`` keeps
     the random initialisation. The text tower always starts from ``text_model``'s weights.
@@ -124,7 +128,8 @@ def create_model(
     mean = list(mean or src_mean or (0.5, 0.5, 0.5))
     std = list(std or src_std or (0.5, 0.5, 0.5))
     card = ModelCard(
-        image=ImageSpec(timm_name=image_model, feature_dim=_image_feature_dim(image, input_size), input_size=input_size,
+        image=ImageSpec(timm_name=image_model, feature_dim=_image_feature_dim(image, input_size, image_feature),
+                        feature=image_feature, input_size=input_size,
                         resize=resize, mean=list(mean), std=list(std)),
         text=TextSpec(feature_dim=int(text.config.hidden_size), max_length=max_length, pooling=pooling,
                       source=text_model),
@@ -135,12 +140,18 @@ def create_model(
     return DualEncoder(card, image, text, tokenizer)
 
 
-def _image_feature_dim(image: torch.nn.Module, input_size: int) -> int:
-    """Width of the pooled features the tower returns (timm's num_features is pre-head for some)."""
+def _image_feature_dim(image: torch.nn.Module, input_size: int, feature: str = "pooled") -> int:
+    """Width of the features the tower gives (timm's num_features is pre-head for some)."""
+    from cxrtool.model.dual import halves_pool
+
     was_training = image.training
     image.eval()
     with torch.no_grad():
-        out = image(torch.zeros(1, 3, input_size, input_size))
+        x = torch.zeros(1, 3, input_size, input_size)
+        try:
+            out = halves_pool(image.forward_features(x)) if feature == "halves" else image(x)
+        except ValueError as exc:
+            raise ModelError(f"image feature 'halves': {exc}", "use image_feature = 'pooled' for this tower") from None
     image.train(was_training)
     return int(out.shape[1])
 

@@ -25,6 +25,19 @@ from cxrtool.model.transform import preprocess
 ImageLike = str | Path | DecodedImage | np.ndarray
 
 
+def halves_pool(fmap: torch.Tensor) -> torch.Tensor:
+    """NxCxHxW feature map -> Nx2C: the mean over the image's left half, then over its right half.
+
+    With an odd width the middle column belongs to both halves. (On a PA/AP film the image's left
+    half is the patient's right side.)
+    """
+    if fmap.ndim != 4:
+        raise ValueError(f"the 'halves' image feature needs a CNN feature map, got shape {tuple(fmap.shape)}")
+    w = fmap.shape[-1]
+    h = (w + 1) // 2
+    return torch.cat([fmap[..., :h].mean((2, 3)), fmap[..., w - h :].mean((2, 3))], dim=1)
+
+
 class DualEncoder(nn.Module):
     """CLIP-style dual encoder whose architecture and preprocessing are fixed by its card."""
 
@@ -49,6 +62,8 @@ class DualEncoder(nn.Module):
         if self.card.image.backend == "hf":  # a Hugging Face vision model: the card names the feature
             out = self.image_backbone(pixel_values=pixels)
             feats = out.last_hidden_state[:, 0] if self.card.image.feature == "first_token" else out.pooler_output
+        elif self.card.image.feature == "halves":
+            feats = halves_pool(self.image_backbone.forward_features(pixels))
         else:
             feats = self.image_backbone(pixels)
             if feats.ndim > 2:  # towers that return token/feature maps: pool them

@@ -37,6 +37,7 @@ class TrainConfig:
     max_length: int = 128
     mean: list[float] | None = None  # image normalisation; None: the image weights' own
     std: list[float] | None = None
+    image_feature: str = "pooled"  # pooled | halves (left/right image halves pooled apart: keeps the side)
     init_from: str | None = None  # an existing model directory to continue from
     embed_dim: int = 512
     input_size: int = 224

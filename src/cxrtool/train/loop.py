@@ -73,7 +73,7 @@ def build_model(cfg: TrainConfig) -> DualEncoder:
         return model
     return create_model(cfg.image_model, cfg.text_model, cfg.image_weights, embed_dim=cfg.embed_dim,
                         input_size=cfg.input_size, pooling=cfg.pooling, max_length=cfg.max_length,
-                        mean=cfg.mean, std=cfg.std)
+                        mean=cfg.mean, std=cfg.std, image_feature=cfg.image_feature)
 
 
 _LAYER_RE = re.compile(r"(?:^|\.)(?:layer|layers|block|blocks)\.(\d+)\.")
