@@ -1,8 +1,9 @@
 """The held-out evaluation manifest of the bundled default model (NIH ChestX-ray14, 512 px).
 
-Patients held out for sample_data/ (scripts/build_sample_data.py: ``held_out``), which the default
-model never saw, get split ``test``; every other patient (the model's training and validation
-patients) gets ``train``, used only to fit the linear probe. Patient-disjoint by construction.
+The held-out test patients of scripts/nih_split.py (the sample_data patients and a further hash
+bucket), which the default model never saw, get split ``test``; every other patient (the model's
+training and validation patients) gets ``train``, used only to fit the linear probe.
+Patient-disjoint by construction.
 Adds ``sex`` and ``age`` columns (beyond the manifest schema) for the subgroup breakdown. Sides of
 findings come from the labels CSV's ``bbox_json`` (radiologist boxes) for the laterality section.
 
@@ -18,7 +19,8 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from build_sample_data import FINDINGS, held_out
+from build_sample_data import FINDINGS
+from nih_split import is_test_patient
 
 from cxrtool.data.manifest import write_manifest
 from cxrtool.data.sources.csv_table import read_csv_studies
@@ -33,7 +35,7 @@ def main() -> None:
     studies = read_csv_studies(table, patient_col="patient_id", view_col="view", label_cols=FINDINGS,
                                source="nih-chestxray14", validate_fraction=0.0)
     for s in studies:
-        s.split = "test" if held_out(s.patient_key) else "train"
+        s.split = "test" if is_test_patient(s.patient_key) else "train"
     write_manifest(studies, OUT)
     with open(table, newline="") as fh:
         by_path = {str((table.parent / r["path"]).resolve()): r for r in csv.DictReader(fh)}

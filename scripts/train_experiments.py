@@ -1,9 +1,9 @@
 """Training experiments on the open NIH data: before/after, the objective's ablations, and the default model.
 
-Split (patient-disjoint, fixed): the held-out test patients are the sample_data patients
-(scripts/build_sample_data.py ``held_out``) plus a further hash bucket of NIH patients
-(``EVAL_SALT``), about 27% of the 1,228 images; no run ever sees them in training or model
-selection. The remaining patients are split 90/10 into train/validate by patient hash.
+Split (patient-disjoint, fixed; scripts/nih_split.py): the held-out test patients are the
+sample_data patients plus a further hash bucket of NIH patients, 346 of the 1,228 images; no run
+ever sees them in training or model selection. The remaining patients are split 90/10 into
+train/validate by patient hash.
 
 Each configuration trains from the same pretrained towers (ImageNet EfficientNet-Lite0, frozen
 MiniLM-L6 unless the config unfreezes it) and is scored on the test patients with the same code
@@ -17,18 +17,16 @@ Results: runs/experiments/<name>/ (model, run folder, summary.json) and runs/exp
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import time
 from pathlib import Path
 
 import numpy as np
-from build_sample_data import FINDINGS, held_out
+from nih_split import nih_studies
 
 from cxrtool.data.manifest import write_manifest
 from cxrtool.data.prompts import PromptBank
-from cxrtool.data.sources.csv_table import read_csv_studies
 from cxrtool.evaluate.eval_set import embed_eval_set, eval_set_from_manifest
 from cxrtool.evaluate.run import EvalOptions, evaluate_model
 from cxrtool.model import load_model
@@ -37,9 +35,7 @@ from cxrtool.train import resolve_config, train
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "runs" / "experiments"
-EVAL_SALT = "cxrtool-eval-v2"
 RESCORE = False
-EVAL_FRACTION = 0.17
 ISSUE_LABELS = ["Atelectasis", "Cardiomegaly", "Edema", "Pleural Effusion", "Pneumonia", "Pneumothorax"]
 LIFT_QUERIES = {"Pleural Effusion": "pleural effusion", "Cardiomegaly": "cardiomegaly",
                 "Pneumothorax": "pneumothorax"}
@@ -51,27 +47,16 @@ CONFIGS: dict[str, dict] = {
     "clip_only": {"icl_weight": 0.0, "tcl_weight": 0.0},
     "no_false_negative_removal": {"false_negatives": False},
     "side_negatives": {"side_negatives": True},
+    # laterality levers together: side-keeping image feature, side-swapped hard negatives, flips with swapped text
+    "laterality": {"image_feature": "halves", "side_negatives": True, "hflip_prob": 0.5},
 }
 
 
-def eval_bucket(patient: str) -> bool:
-    u = int(hashlib.sha256(f"{EVAL_SALT}:{patient}".encode()).hexdigest()[:12], 16) / float(16**12)
-    return u < EVAL_FRACTION
-
-
 def build_manifests(shared: Path) -> tuple[Path, Path]:
-    studies = read_csv_studies(shared / "nih_512" / "labels.csv", patient_col="patient_id", view_col="view",
-                               label_cols=FINDINGS, source="nih-chestxray14", validate_fraction=0.1)
-    test, rest = [], []
-    for s in studies:
-        (test if held_out(s.patient_key) or eval_bucket(s.patient_key) else rest).append(s)
-    for s in test:
-        s.split = "test"
+    rest, test = nih_studies(shared)
     OUT.mkdir(parents=True, exist_ok=True)
     train_manifest = write_manifest(rest, OUT / "train_manifest.parquet")
     test_manifest = write_manifest(test, OUT / "test_manifest.parquet")
-    patients = {s.patient_key for s in test} & {s.patient_key for s in rest}
-    assert not patients, "train and test share patients"
     logging.info("train/validate %d studies (%d validate), test %d studies (%d patients)", len(rest),
                  sum(s.split == "validate" for s in rest), len(test), len({s.patient_key for s in test}))
     return train_manifest, test_manifest
