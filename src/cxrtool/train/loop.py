@@ -391,6 +391,7 @@ def _train(manifest: str | Path | list, out_dir: Path, cfg: TrainConfig, progres
         bar = tqdm(total=sampler.batches, initial=start, desc=f"epoch {epoch}/{cfg.epochs}", unit="batch",
                    disable=not progress, leave=False)
         window: list[dict] = []
+        t_epoch = time.perf_counter()
         epoch_losses: list[float] = resumed_losses if start else []
         t_data = time.perf_counter()
         for b, batch in enumerate(loader, start=start):
@@ -413,7 +414,8 @@ def _train(manifest: str | Path | list, out_dir: Path, cfg: TrainConfig, progres
             t_data = time.perf_counter()
         bar.close()
         row = {"kind": "epoch", "epoch": epoch, "step": step,
-               "train_loss": round(sum(epoch_losses) / max(1, len(epoch_losses)), 4)}
+               "train_loss": round(sum(epoch_losses) / max(1, len(epoch_losses)), 4),
+               "seconds": round(time.perf_counter() - t_epoch, 1)}
         if val_data is not None:
             row.update(validate(model, val_data, cfg.batch_size, device, cfg.icl_weight, cfg.tcl_weight,
                                 cfg.false_negatives, amp_dtype(cfg, device), bank))
