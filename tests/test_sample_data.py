@@ -27,14 +27,22 @@ def test_sample_data_is_small_and_attributed():
 
 
 def test_every_sample_patient_is_held_out_from_default_model_training():
-    """build_default_model.py drops exactly the patients held_out() selects; the sample is those."""
+    """The default model trains only on patients outside nih_split's test set, which holds every sample patient."""
+    import sys
+
     held_out = _build_script().held_out
     with open(SAMPLE / "labels.csv", newline="") as fh:
         patients = {row["patient_id"] for row in csv.DictReader(fh)}
     assert len(patients) > 50
     assert all(held_out(str(int(p))) for p in patients)
+    sys.path.insert(0, str(REPO / "scripts"))
+    try:
+        from nih_split import is_test_patient
+    finally:
+        sys.path.remove(str(REPO / "scripts"))
+    assert all(is_test_patient(str(int(p))) for p in patients)
     script = (REPO / "scripts" / "build_default_model.py").read_text()
-    assert "not held_out(s.patient_key)" in script
+    assert "rest, test = nih_studies(SHARED)" in script and "write_manifest(rest," in script
 
 
 def test_default_model_card_records_its_provenance():
