@@ -170,3 +170,22 @@ def test_gathered_loss_and_gradients_equal_the_single_process_batch(tmp_path):
         got = torch.cat([results[r][1][k] for r in range(world)]) / world
         assert torch.allclose(got, feats[k].grad, rtol=1e-9, atol=1e-12), k
     assert torch.allclose(results[0][2] / world, extra.grad, rtol=1e-9, atol=1e-12)
+
+
+def test_side_term_is_a_two_way_choice_between_own_and_swapped_text():
+    i1, i2, t1, t2 = _feats(seed=4)
+    swapped = _unit(2, 8, torch.Generator().manual_seed(5))
+    rows = torch.tensor([1, 4])
+    s = 10.0
+    got = cxr_clip_loss(i1, i2, t1, t2, torch.tensor(s, dtype=torch.float64), 1.0, 0.5, extra_texts=swapped,
+                        extra_keys=torch.tensor([100, 101]), extra_rows=rows, side_weight=2.0)
+
+    def two_way(img, own, other):
+        a, b = s * float(img @ own), s * float(img @ other)
+        return -(a - math.log(math.exp(a) + math.exp(b)))
+
+    want = sum(two_way(im[r], t1[r], swapped[e]) for im in (i1, i2) for e, r in enumerate(rows.tolist())) / 4
+    assert float(got.side) == pytest.approx(want, rel=1e-10)
+    assert float(got.total) == pytest.approx(float(got.clip) + float(got.icl) + 0.5 * float(got.tcl) + 2.0 * want)
+    plain = cxr_clip_loss(i1, i2, t1, t2, torch.tensor(s, dtype=torch.float64))
+    assert plain.side is None and plain.floats()["side"] == 0.0

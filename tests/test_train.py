@@ -161,11 +161,13 @@ def test_accumulated_gradients_equal_the_whole_batch(tmp_path, tiny_model):
     imgs = [_png(tmp_path / f"{i}.png", (i % 5) / 5) for i in range(8)]
     studies = [Study(f"s{i}", f"p{i}", "train", "t", [StudyImage(p)], labels={"Edema": i % 2, "Mass": i % 3 == 0})
                for i, p in enumerate(imgs)]
-    batch = collate([_ds(studies, tiny_model.card.image)[i] for i in range(8)])
+    studies[1].findings, studies[6].findings = "Small left pleural effusion.", "Right apical pneumothorax."
+    batch = collate([_ds(studies, tiny_model.card.image, side_negatives=True)[i] for i in range(8)])
+    assert batch.extra_rows.tolist() == [1, 6]
     grads = {}
     for accum in (1, 4):
         model = copy.deepcopy(tiny_model).eval()  # eval: no dropout, fixed norm statistics
-        cfg = TrainConfig(accum_steps=accum, batch_size=8)
+        cfg = TrainConfig(accum_steps=accum, batch_size=8, side_negatives=True, side_weight=1.0)
         opt = torch.optim.AdamW(param_groups(model, cfg))
         stepper = Stepper(model, Towers(model), cfg, torch.device("cpu"), opt,
                           torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0), torch.amp.GradScaler("cpu",
@@ -173,6 +175,7 @@ def test_accumulated_gradients_equal_the_whole_batch(tmp_path, tiny_model):
         terms = stepper.backward(batch)
         grads[accum] = ({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None},
                         float(terms.total.detach()))
+        assert terms.side is not None
     assert grads[1][1] == pytest.approx(grads[4][1], rel=1e-5)
     assert grads[1][0].keys() == grads[4][0].keys()
     for name, g in grads[1][0].items():
@@ -332,5 +335,8 @@ def test_side_negatives_are_the_same_text_with_the_other_side(tmp_path, spec):
     s = ds[0]
     assert s.swapped and "left" in s.swapped.lower() and "right" not in s.swapped.lower()
     assert ds[1].swapped is None
-    batch = collate([ds[0], ds[1]])
-    assert batch.extra_texts == [s.swapped] and batch.extra_keys.shape == (1,)
+    batch = collate([ds[1], ds[0], ds[1], ds[0]])
+    assert batch.extra_texts == [s.swapped, s.swapped] and batch.extra_rows.tolist() == [1, 3]
+    first, second = batch.split(2)
+    assert first.extra_rows.tolist() == [1] and second.extra_rows.tolist() == [1]
+    assert first.extra_texts == [s.swapped] and second.extra_keys.shape == (1,)

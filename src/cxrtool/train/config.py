@@ -51,6 +51,7 @@ class TrainConfig:
     tcl_weight: float = 0.5
     false_negatives: bool = True  # drop same-meaning pairs (identical text / label set) from the negatives
     side_negatives: bool = False  # add each lateral text with left/right swapped as a hard negative
+    side_weight: float = 1.0  # weight of the two-way "own text vs side-swapped text" term (with side_negatives)
     hflip_prob: float = 0.0  # horizontal flips; the text's sides are swapped with the image
     max_negatives: int = 3  # negative sentences sampled per label-only training text
     # --- augmentation

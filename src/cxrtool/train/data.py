@@ -229,28 +229,32 @@ class Batch:
     keys: torch.Tensor  # n x 2 int64
     extra_texts: list[str]
     extra_keys: torch.Tensor  # m int64
+    extra_rows: torch.Tensor  # m int64: the batch row each side-swapped text was made from
 
     def __len__(self) -> int:
         return len(self.indices)
 
     def split(self, parts: int) -> list[Batch]:
-        """Equal micro-batches (gradient accumulation); hard negatives travel with the first."""
+        """Equal micro-batches (gradient accumulation); side-swapped texts travel with their rows."""
         n = len(self) // parts
         out = []
         for p in range(parts):
             sl = slice(p * n, (p + 1) * n)
+            mine = [e for e, r in enumerate(self.extra_rows.tolist()) if p * n <= r < (p + 1) * n]
+            idx = torch.tensor(mine, dtype=torch.long)
             out.append(Batch(self.indices[sl], self.img1[sl], self.img2[sl], self.text1[sl], self.text2[sl],
-                             self.keys[sl], self.extra_texts if p == 0 else [],
-                             self.extra_keys if p == 0 else self.extra_keys[:0]))
+                             self.keys[sl], [self.extra_texts[e] for e in mine], self.extra_keys[idx],
+                             self.extra_rows[idx] - p * n))
         return out
 
 
 def collate(samples: list[Sample]) -> Batch:
-    extra = [(s.swapped, s.swapped_key) for s in samples if s.swapped]
+    extra = [(s.swapped, s.swapped_key, row) for row, s in enumerate(samples) if s.swapped]
     return Batch(
         [s.index for s in samples], torch.stack([s.img1 for s in samples]), torch.stack([s.img2 for s in samples]),
         [s.text1 for s in samples], [s.text2 for s in samples], torch.tensor([s.keys for s in samples]),
-        [t for t, _ in extra], torch.tensor([k for _, k in extra], dtype=torch.int64),
+        [t for t, _, _ in extra], torch.tensor([k for _, k, _ in extra], dtype=torch.int64),
+        torch.tensor([r for _, _, r in extra], dtype=torch.int64),
     )
 
 

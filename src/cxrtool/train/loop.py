@@ -192,7 +192,7 @@ class Stepper:
         return Features(img[:n], img[n:], txt[:n], txt[n : 2 * n], txt[2 * n :])
 
     def loss(self, f: Features, batch_keys: torch.Tensor, extra_keys: torch.Tensor,
-             scale_grad: bool = True) -> LossTerms:
+             scale_grad: bool = True, extra_rows: torch.Tensor | None = None) -> LossTerms:
         cfg = self.cfg
         scale = self.model.scale().float()
         return cxr_clip_loss(
@@ -200,6 +200,8 @@ class Stepper:
             keys=batch_keys.to(self.device) if cfg.false_negatives else None,
             extra_texts=f.extra if cfg.side_negatives else None,
             extra_keys=extra_keys.to(self.device) if cfg.side_negatives else None,
+            extra_rows=extra_rows.to(self.device) if cfg.side_negatives and extra_rows is not None else None,
+            side_weight=cfg.side_weight,
         )
 
     def step(self, batch: Batch) -> LossTerms:
@@ -210,7 +212,8 @@ class Stepper:
     def backward(self, batch: Batch) -> LossTerms:
         """Gradients of the whole batch's loss (accumulated over micro-batches if configured)."""
         if self.cfg.accum_steps == 1:
-            terms = self.loss(self.features(batch, self.towers), batch.keys, batch.extra_keys)
+            terms = self.loss(self.features(batch, self.towers), batch.keys, batch.extra_keys,
+                              extra_rows=batch.extra_rows)
             self.scaler.scale(terms.total).backward()
             return terms
         return self._accumulated(batch)
@@ -245,7 +248,8 @@ class Stepper:
             full = Features(*(torch.cat([getattr(p, a) for p in parts]) for a in ("i1", "i2", "t1", "t2", "extra")))
             sync = contextlib.nullcontext() if (not self.ddp or j == len(micro) - 1) else self.towers.no_sync()
             with sync:  # the temperature's gradient is taken once, not once per micro-batch
-                terms = self.loss(full, keys, batch.extra_keys, scale_grad=j == len(micro) - 1)
+                terms = self.loss(full, keys, batch.extra_keys, scale_grad=j == len(micro) - 1,
+                                  extra_rows=batch.extra_rows)
                 self.scaler.scale(terms.total).backward()
         return terms
 
@@ -448,9 +452,10 @@ def _train(manifest: str | Path | list, out_dir: Path, cfg: TrainConfig, progres
 def _summarise(window: list[dict], step: int, epoch: int, batch: int, opt, model: DualEncoder,
                world_batch: int) -> dict:
     n = len(window)
-    mean = {k: sum(w[k] for w in window) / n for k in ("total", "clip", "icl", "tcl", "data_s", "step_s")}
+    mean = {k: sum(w[k] for w in window) / n for k in ("total", "clip", "icl", "tcl", "side", "data_s", "step_s")}
     return {"kind": "step", "step": step, "epoch": epoch, "batch": batch + 1, "loss": round(mean["total"], 5),
             "clip": round(mean["clip"], 5), "icl": round(mean["icl"], 5), "tcl": round(mean["tcl"], 5),
+            "side": round(mean["side"], 5),
             "lr": opt.param_groups[0]["lr"], "scale": round(float(model.scale().detach()), 3),
             "data_s": round(mean["data_s"], 4), "step_s": round(mean["step_s"], 4),
             "samples_per_s": round(world_batch / max(1e-9, mean["data_s"] + mean["step_s"]), 2)}

@@ -20,7 +20,11 @@ Beyond the reference, two options:
   the CLIP and TCL terms. (ICL is instance discrimination between images and is left as is.)
 - **hard negatives** (``extra_texts``): additional text features that are negatives for every
   image (e.g. a study's text with left and right swapped), appended to the image→text logits
-  unless their key belongs to the row's own study.
+  unless their key belongs to the row's own study. With ``extra_rows`` (which local study each
+  one was made from) there is also a focused **side term**: for each such study, both views
+  choose between its own text and the side-swapped one (a two-way cross-entropy), weighted by
+  ``side_weight``. Among a whole batch of negatives one near-duplicate text barely moves the
+  loss; the side term makes "left" versus "right" the whole question.
 """
 
 from __future__ import annotations
@@ -39,9 +43,12 @@ class LossTerms:
     clip: torch.Tensor
     icl: torch.Tensor
     tcl: torch.Tensor
+    side: torch.Tensor | None = None
 
     def floats(self) -> dict[str, float]:
-        return {k: float(getattr(self, k).detach()) for k in ("total", "clip", "icl", "tcl")}
+        out = {k: float(getattr(self, k).detach()) for k in ("total", "clip", "icl", "tcl")}
+        out["side"] = float(self.side.detach()) if self.side is not None else 0.0
+        return out
 
 
 def _world(distributed: bool = True) -> tuple[int, int]:
@@ -126,6 +133,7 @@ def cxr_clip_loss(
     img1: torch.Tensor, img2: torch.Tensor, txt1: torch.Tensor, txt2: torch.Tensor, scale: torch.Tensor,
     icl_weight: float = 1.0, tcl_weight: float = 0.5, keys: torch.Tensor | None = None,
     extra_texts: torch.Tensor | None = None, extra_keys: torch.Tensor | None = None, distributed: bool = True,
+    extra_rows: torch.Tensor | None = None, side_weight: float = 0.0,
 ) -> LossTerms:
     """CXR-CLIP's objective on this rank's studies (n x D features each; see module docstring).
 
@@ -136,6 +144,9 @@ def cxr_clip_loss(
     rank, world = _world(distributed)
     n = img1.shape[0]
     offset = rank * n
+    side = None
+    if extra_rows is not None and side_weight and extra_texts is not None and extra_texts.shape[0]:
+        side = side_term(img1, img2, txt1, extra_texts, extra_rows, scale)
 
     def gather(x: torch.Tensor) -> torch.Tensor:
         return gather_with_grad(x) if world > 1 else x
@@ -174,7 +185,20 @@ def cxr_clip_loss(
     icl = 0.5 * (_ce(img1, all_i2, scale, offset) + _ce(img2, all_i1, scale, offset))
     tcl = 0.5 * (_ce(txt1, all_t2, scale, offset, mask) + _ce(txt2, all_t1, scale, offset, mask))
     total = clip + icl_weight * icl + tcl_weight * tcl
-    return LossTerms(total, clip, icl, tcl)
+    if side is not None:
+        total = total + side_weight * side
+    return LossTerms(total, clip, icl, tcl, side)
+
+
+def side_term(img1: torch.Tensor, img2: torch.Tensor, txt1: torch.Tensor, swapped: torch.Tensor,
+              rows: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """Mean two-way CE: each view of study ``rows[e]`` picks its text over ``swapped[e]``."""
+    own, other = txt1[rows], swapped
+    losses = []
+    for images in (img1[rows], img2[rows]):
+        logits = scale * torch.stack([(images * own).sum(-1), (images * other).sum(-1)], dim=1)
+        losses.append(F.cross_entropy(logits, torch.zeros(len(rows), dtype=torch.long, device=logits.device)))
+    return (losses[0] + losses[1]) / 2
 
 
 def clip_loss(image: torch.Tensor, text: torch.Tensor, scale: torch.Tensor,
