@@ -179,7 +179,9 @@ def test_accumulated_gradients_equal_the_whole_batch(tmp_path, tiny_model):
     assert grads[1][1] == pytest.approx(grads[4][1], rel=1e-5)
     assert grads[1][0].keys() == grads[4][0].keys()
     for name, g in grads[1][0].items():
-        assert torch.allclose(g, grads[4][0][name], rtol=1e-4, atol=1e-6), name
+        # float32 sums in another order (micro-batches pad texts to other lengths): ~1e-5 apart;
+        # a real accumulation bug (a term counted per micro-batch) is off by integer factors
+        assert torch.allclose(g, grads[4][0][name], rtol=1e-3, atol=1e-4), name
 
 
 # ------------------------------------------------------------------------------ whole runs
