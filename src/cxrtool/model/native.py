@@ -64,7 +64,18 @@ def _scalar(t: torch.Tensor | None) -> torch.Tensor | None:
     return None if t is None else t.reshape(())
 
 
-class HFDualEncoder(DualEncoder):
+class _NativeScoring(DualEncoder):
+    """Temperature and bias read from the native model's own parameters (CLIP, SigLIP, open_clip)."""
+
+    def scale(self) -> torch.Tensor:
+        return self.native.logit_scale.exp().reshape(())
+
+    def bias(self) -> torch.Tensor:
+        bias = _scalar(getattr(self.native, "logit_bias", None))
+        return bias if bias is not None else super().bias()
+
+
+class HFDualEncoder(_NativeScoring):
     """A transformers ``CLIPModel`` / ``SiglipModel`` behind the DualEncoder interface."""
 
     def __init__(self, card: ModelCard, native: nn.Module, tokenizer: Any, image_processor: Any = None) -> None:
@@ -81,13 +92,6 @@ class HFDualEncoder(DualEncoder):
         mask = attention_mask if self.card.text.attention_mask else None
         return F.normalize(_pooled(self.native.get_text_features(input_ids=input_ids, attention_mask=mask)), dim=-1)
 
-    def scale(self) -> torch.Tensor:
-        return self.native.logit_scale.exp().reshape(())
-
-    def bias(self) -> torch.Tensor:
-        bias = _scalar(getattr(self.native, "logit_bias", None))
-        return bias if bias is not None else super().bias()
-
     def save_native(self, directory: Path) -> None:
         self.native.save_pretrained(directory)
         self.tokenizer.save_pretrained(directory)
@@ -95,7 +99,7 @@ class HFDualEncoder(DualEncoder):
             self.image_processor.save_pretrained(directory)
 
 
-class OpenClipDualEncoder(DualEncoder):
+class OpenClipDualEncoder(_NativeScoring):
     """An open_clip ``CLIP`` / ``CustomTextCLIP`` (e.g. BiomedCLIP) behind the DualEncoder interface."""
 
     def __init__(self, card: ModelCard, native: nn.Module, tokenizer: Any, config: dict[str, Any]) -> None:
@@ -115,13 +119,6 @@ class OpenClipDualEncoder(DualEncoder):
 
     def text_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.native.encode_text(input_ids), dim=-1)
-
-    def scale(self) -> torch.Tensor:
-        return self.native.logit_scale.exp().reshape(())
-
-    def bias(self) -> torch.Tensor:
-        bias = _scalar(getattr(self.native, "logit_bias", None))
-        return bias if bias is not None else super().bias()
 
     def save_native(self, directory: Path) -> None:
         from safetensors.torch import save_file

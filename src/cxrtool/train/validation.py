@@ -18,7 +18,7 @@ from cxrtool.evaluate.retrieval import retrieval_report
 from cxrtool.evaluate.zero_shot import ZeroShotClassifier, label_prompt_sets
 from cxrtool.model.dual import DualEncoder
 from cxrtool.train.data import StudyDataset, collate
-from cxrtool.train.loss import cxr_clip_loss, text_keys
+from cxrtool.train.loss import cxr_clip_loss
 
 
 def _autocast(device: torch.device, dtype: torch.dtype | None):
@@ -100,5 +100,3 @@ def selection_score(row: dict, select_by: str) -> float:
         return -row["val_recall"].get("recall@10", 0.0)
     return row.get("val_total", math.nan)
 
-
-__all__ = ["validate", "selection_score", "text_keys"]

@@ -39,8 +39,8 @@ from cxrtool import __version__
 from cxrtool.errors import CheckpointMismatchError, ModelError
 from cxrtool.model.card import ImageSpec
 from cxrtool.model.directory import load_model_dir, save_model_dir
-from cxrtool.model.imports.common import ImportReport, check_file, check_out_dir, out_dir_for, place_weights
-from cxrtool.model.imports.safe_pickle import read_checkpoint, sha256_file
+from cxrtool.model.imports.common import ImportReport, place_weights, prepare_import
+from cxrtool.model.imports.safe_pickle import read_checkpoint
 from cxrtool.model.sources import quiet_transformers
 
 if TYPE_CHECKING:
@@ -246,11 +246,7 @@ def import_chexzero(checkpoint: str | Path, out_dir: str | Path | None = None, t
 
     from cxrtool.model.native import wrap_hf_model
 
-    path = Path(checkpoint).expanduser()
-    out = out_dir_for(out_dir, FORMAT, path)
-    check_file(path)
-    check_out_dir(out, overwrite)
-    digest = sha256_file(path)
+    path, out, digest = prepare_import(checkpoint, out_dir, FORMAT, overwrite)
     state = _state_dict(read_checkpoint(path), path.name)
     tok, tok_source = clip_tokenizer(tokenizer)
     config = clip_config(state, tok, path.name)

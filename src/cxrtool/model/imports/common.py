@@ -19,6 +19,7 @@ from torch import nn
 
 from cxrtool.errors import CheckpointMismatchError, ModelError
 from cxrtool.model.card import CARD_FILE
+from cxrtool.model.imports.safe_pickle import sha256_file
 from cxrtool.model.registry import models_home
 
 
@@ -57,6 +58,16 @@ def check_out_dir(out_dir: Path, overwrite: bool) -> None:
 def check_file(path: Path) -> None:
     if not path.is_file():
         raise ModelError(f"{path}: no such checkpoint file", "give the path of the downloaded checkpoint")
+
+
+def prepare_import(checkpoint: str | Path, out_dir: str | Path | None, fmt: str, overwrite: bool
+                   ) -> tuple[Path, Path, str]:
+    """(checkpoint path, output directory, sha256) after the checks every importer makes first."""
+    path = Path(checkpoint).expanduser()
+    out = out_dir_for(out_dir, fmt, path)
+    check_file(path)
+    check_out_dir(out, overwrite)
+    return path, out, sha256_file(path)
 
 
 def place_weights(

@@ -44,12 +44,10 @@ from cxrtool.model.dual import DualEncoder
 from cxrtool.model.imports.common import (
     ImportReport,
     buffers_of,
-    check_file,
-    check_out_dir,
-    out_dir_for,
     place_weights,
+    prepare_import,
 )
-from cxrtool.model.imports.safe_pickle import plain, read_checkpoint, sha256_file
+from cxrtool.model.imports.safe_pickle import plain, read_checkpoint
 from cxrtool.model.sources import quiet_transformers
 
 if TYPE_CHECKING:
@@ -268,11 +266,7 @@ def _source_key(arch: str) -> Callable[[str], str]:
 def import_cxr_clip(checkpoint: str | Path, out_dir: str | Path | None = None, text_encoder: str = DEFAULT_TEXT_ENCODER,
                     overwrite: bool = False) -> ImportReport:
     """Read a CXR-CLIP checkpoint safely, place every weight by name, write and re-verify a model directory."""
-    path = Path(checkpoint).expanduser()
-    out = out_dir_for(out_dir, FORMAT, path)
-    check_file(path)
-    check_out_dir(out, overwrite)
-    digest = sha256_file(path)
+    path, out, digest = prepare_import(checkpoint, out_dir, FORMAT, overwrite)
     state, meta, ignored = _split_payload(read_checkpoint(path), path.name)
     arch = _architecture(state, path.name)
     model = build_cxr_clip_model(state, meta.get("config"), text_encoder, path.name)
