@@ -10,6 +10,9 @@ MiniLM-L6 unless the config unfreezes it) and is scored on the test patients wit
 as ``cxrtool evaluate``: zero-shot AUROC (+ patient-bootstrap 95% CI) for the six issue labels,
 text→image lift@50 (precision@50 ÷ base rate), text→image Recall@K, and laterality.
 
+Configs named ``recipe_*`` start from the default model's own recipe (build_default_model.RECIPE)
+and change one thing each; the others start from ``BASE`` (the 4-epoch trainer ablations).
+
 Usage: python scripts/train_experiments.py [--only NAME,...] [--epochs N] [--shared DIR]
 Results: runs/experiments/<name>/ (model, run folder, summary.json) and runs/experiments/results.md
 """
@@ -23,6 +26,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from build_default_model import RECIPE
 from nih_split import nih_studies
 
 from cxrtool.data.manifest import write_manifest
@@ -49,6 +53,12 @@ CONFIGS: dict[str, dict] = {
     "side_negatives": {"side_negatives": True},
     # laterality levers together: side-keeping image feature, side-swapped hard negatives, flips with swapped text
     "laterality": {"image_feature": "halves", "side_negatives": True, "hflip_prob": 0.5},
+}
+# Ablations of the default model's own recipe (scripts/build_default_model.py RECIPE): each changes one thing.
+RECIPE_CONFIGS: dict[str, dict] = {
+    "recipe_side_weight_1": {"side_weight": 1.0},
+    "recipe_text_top2": {"freeze_text": False, "freeze_text_layers": 4, "text_lr": 5e-5},
+    "recipe_288px": {"input_size": 288},
 }
 
 
@@ -109,13 +119,14 @@ def run_config(name: str, overrides: dict, train_manifest: Path, test_manifest: 
         out.mkdir(parents=True, exist_ok=True)
         summary_path.write_text(json.dumps(summary, indent=2))
         return summary
+    base = {**RECIPE, "changed_only": False} if name.startswith("recipe_") else BASE
     if name == "untrained":
-        cfg = resolve_config(overrides={**BASE, **overrides})
+        cfg = resolve_config(overrides={**base, **overrides})
         model = create_model(cfg.image_model, cfg.text_model, cfg.image_weights, embed_dim=cfg.embed_dim)
         save_model_dir(model, out / "model")
         history = []
     else:
-        cfg = resolve_config(overrides={**BASE, **overrides})
+        cfg = resolve_config(overrides={**base, **overrides})
         resume = (out / "model.run" / "checkpoints" / "last.pt").is_file()
         result = train(train_manifest, out / "model", cfg, run_dir=out / "model.run", resume=resume)
         history = result.history
@@ -156,7 +167,7 @@ def main() -> None:
         BASE["epochs"] = args.epochs
     global RESCORE
     RESCORE = args.rescore
-    configs = {"untrained": {}, **CONFIGS, "default": {}}
+    configs = {"untrained": {}, **CONFIGS, "default": {}, **RECIPE_CONFIGS}
     for item in args.set:
         name, kv = item.split(":", 1)
         key, value = kv.split("=", 1)
