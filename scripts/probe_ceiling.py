@@ -20,10 +20,12 @@ import json
 import logging
 from pathlib import Path
 
+import numpy as np
 from nih_split import nih_studies
 
 from cxrtool.data.manifest import write_manifest
 from cxrtool.evaluate.eval_set import embed_eval_set, eval_set_from_manifest
+from cxrtool.evaluate.probe import fit_probe
 from cxrtool.evaluate.run import EvalOptions, evaluate_model
 from cxrtool.model import load_model
 from cxrtool.model.directory import DEFAULT_MODEL_DIR
@@ -31,6 +33,17 @@ from cxrtool.model.directory import DEFAULT_MODEL_DIR
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "runs" / "probe_ceiling"
 ISSUE_LABELS = ["Atelectasis", "Cardiomegaly", "Edema", "Pleural Effusion", "Pneumonia", "Pneumothorax"]
+LIFT_LABELS = ["Pleural Effusion", "Cardiomegaly", "Pneumothorax"]
+
+
+def probe_lift(es, label: str, k: int = 50) -> float:
+    """lift@k (precision@k ÷ base rate) of the supervised probe's ranking of the test images."""
+    train, test = es.subset(es.splits == "train"), es.subset(es.splits == "test")
+    y_train = np.nan_to_num(train.labels[label]) == 1
+    y_test = np.nan_to_num(test.labels[label]) == 1
+    scores = fit_probe(train.vectors, y_train.astype(int)).predict_proba(test.vectors)[:, 1]
+    top = np.argsort(-scores, kind="mergesort")[:k]
+    return round(float(y_test[top].mean() / y_test.mean()), 2)
 
 
 def main() -> None:
@@ -54,17 +67,20 @@ def main() -> None:
         zero = {r["label"]: r["auroc"]["value"] for r in s["zero_shot"]["labels"]}
         row = {"model": str(model_dir), "zero_shot_mean": s["zero_shot"]["mean_auroc"],
                "probe_mean": round(sum(probe.values()) / len(probe), 4), "zero_shot": zero, "probe": probe,
+               "probe_lift@50": {k: probe_lift(es, k) for k in LIFT_LABELS},
                "train_images": int((es.splits == "train").sum()), "test_images": int((es.splits == "test").sum())}
         rows.append(row)
         logging.info("%s", row)
     (OUT / "results.json").write_text(json.dumps(rows, indent=2))
-    print("| model | zero-shot mean AUROC | supervised linear probe mean AUROC | " + " | ".join(ISSUE_LABELS) + " |")
-    print("|---|---|---|" + "---|" * len(ISSUE_LABELS))
+    print("| model | zero-shot mean AUROC | supervised linear probe mean AUROC | " + " | ".join(ISSUE_LABELS)
+          + " | probe lift@50 " + " / ".join(LIFT_LABELS) + " |")
+    print("|---|---|---|" + "---|" * (len(ISSUE_LABELS) + 1))
     for r in rows:
         cells = " | ".join(f"{r['zero_shot'].get(k, float('nan')):.3f} / {r['probe'].get(k, float('nan')):.3f}"
                            for k in ISSUE_LABELS)
         name = Path(r["model"]).parent.name if Path(r["model"]).name == "model" else Path(r["model"]).name
-        print(f"| {name} | {r['zero_shot_mean']:.3f} | {r['probe_mean']:.3f} | {cells} |")
+        lifts = " / ".join(str(r["probe_lift@50"][k]) for k in LIFT_LABELS)
+        print(f"| {name} | {r['zero_shot_mean']:.3f} | {r['probe_mean']:.3f} | {cells} | {lifts} |")
 
 
 if __name__ == "__main__":
