@@ -57,6 +57,7 @@ CONFIGS: dict[str, dict] = {
 # Ablations of the default model's own recipe (scripts/build_default_model.py RECIPE): each changes one thing.
 RECIPE_CONFIGS: dict[str, dict] = {
     "recipe_side_weight_1": {"side_weight": 1.0},
+    "recipe_side_weight_10": {"side_weight": 10.0},
     "recipe_text_top2": {"freeze_text": False, "freeze_text_layers": 4, "text_lr": 5e-5},
     "recipe_288px": {"input_size": 288},
 }
