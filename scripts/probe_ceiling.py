@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 from nih_split import nih_studies
+from train_experiments import ISSUE_LABELS, LIFT_QUERIES, precision_at
 
 from cxrtool.data.manifest import write_manifest
 from cxrtool.evaluate.eval_set import embed_eval_set, eval_set_from_manifest
@@ -32,8 +33,7 @@ from cxrtool.model.directory import DEFAULT_MODEL_DIR
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "runs" / "probe_ceiling"
-ISSUE_LABELS = ["Atelectasis", "Cardiomegaly", "Edema", "Pleural Effusion", "Pneumonia", "Pneumothorax"]
-LIFT_LABELS = ["Pleural Effusion", "Cardiomegaly", "Pneumothorax"]
+LIFT_LABELS = list(LIFT_QUERIES)
 
 
 def probe_lift(es, label: str, k: int = 50) -> float:
@@ -42,8 +42,7 @@ def probe_lift(es, label: str, k: int = 50) -> float:
     y_train = np.nan_to_num(train.labels[label]) == 1
     y_test = np.nan_to_num(test.labels[label]) == 1
     scores = fit_probe(train.vectors, y_train.astype(int)).predict_proba(test.vectors)[:, 1]
-    top = np.argsort(-scores, kind="mergesort")[:k]
-    return round(float(y_test[top].mean() / y_test.mean()), 2)
+    return round(precision_at(scores, y_test, k) / y_test.mean(), 2)
 
 
 def main() -> None:

@@ -63,6 +63,11 @@ RECIPE_CONFIGS: dict[str, dict] = {
 }
 
 
+def precision_at(scores: np.ndarray, positive: np.ndarray, k: int = 50) -> float:
+    """Fraction of positives among the k best-scored rows (ties kept in row order)."""
+    return float(positive[np.argsort(-scores, kind="mergesort")[:k]].mean())
+
+
 def build_manifests(shared: Path) -> tuple[Path, Path]:
     rest, test = nih_studies(shared)
     OUT.mkdir(parents=True, exist_ok=True)
@@ -88,8 +93,7 @@ def score(model_dir: Path, test_manifest: Path, cache: Path) -> dict:
         # as `cxrtool search` ranks (the query expanded with the bank's sentences), and as typed (--exact)
         for key, vector in (("", model.encode_ensemble(bank.expand_query(query))),
                             ("_exact", model.encode_texts([query])[0])):
-            top = np.argsort(-(es.vectors @ vector), kind="mergesort")[:50]
-            precision = float(positive[top].mean())
+            precision = precision_at(es.vectors @ vector, positive)
             row[f"precision@50{key}"] = round(precision, 4)
             row[f"lift@50{key}"] = round(precision / positive.mean(), 2)
         lifts[label] = row

@@ -15,7 +15,7 @@ CXR-CLIP key                                           cxrtool model
 =====================================================  =====================================================
 
 transformers 5 renamed Swin's attention and MLP weights (:data:`SWIN_RENAMES`), so a plain
-``strict=False`` load of these files silently leaves every Swin attention/MLP weight random. Here
+non-strict ``load_state_dict`` of these files silently leaves every Swin attention/MLP weight random. Here
 each needed weight is looked up by name and any gap refuses the import. The buffers that newer
 transformers recompute instead of storing (BERT ``position_ids``, Swin ``relative_position_index``)
 are dropped only after checking they hold the recomputed values, and are listed in the report.
