@@ -84,6 +84,16 @@ def lateral_labels(es: EvalSet, bank: PromptBank, wanted: Sequence[str] | None =
             and (side_codes(es.sides[n], es.labels.get(n)) != 0).any()]
 
 
+def side_scores(model: DualEncoder, es: EvalSet, name: str,
+                bank: PromptBank | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per row of ``es`` (vectors filled): cosine to the "left X" and "right X" ensembles, and the side codes."""
+    bank = bank or PromptBank.load()
+    prompts = bank.prompts(name)
+    sl = es.vectors @ ensemble_embedding(model, prompts.positive_for(LEFT))
+    sr = es.vectors @ ensemble_embedding(model, prompts.positive_for(RIGHT))
+    return sl, sr, side_codes(es.sides[name], es.labels.get(name))
+
+
 def laterality_report(model: DualEncoder, es: EvalSet, labels: Sequence[str] | None = None,
                       ks: Sequence[int] = LATERALITY_KS, n_resamples: int = N_RESAMPLES, seed: int = 0,
                       bank: PromptBank | None = None) -> dict | None:
@@ -96,9 +106,7 @@ def laterality_report(model: DualEncoder, es: EvalSet, labels: Sequence[str] | N
     for name in names:
         prompts = bank.prompts(name)
         left_prompts, right_prompts = prompts.positive_for(LEFT), prompts.positive_for(RIGHT)
-        sl = es.vectors @ ensemble_embedding(model, left_prompts)
-        sr = es.vectors @ ensemble_embedding(model, right_prompts)
-        codes = side_codes(es.sides[name], es.labels.get(name))
+        sl, sr, codes = side_scores(model, es, name, bank)
         one = codes != 0
         row = {"label": name, "one_sided": int(one.sum()), "left": int((codes == 1).sum()),
                "right": int((codes == -1).sum()), "patients": int(len(set(es.patients[one]))),
