@@ -8,13 +8,14 @@ scripts/build_default_model.py, which excludes the same patients). Run: make sam
 from __future__ import annotations
 
 import csv
-import hashlib
 import shutil
 import sys
 from pathlib import Path
 
 from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+from cxrtool.data.manifest import split_for_patient
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(sys.argv[1]) if len(sys.argv) > 1 else REPO.parent / "shared" / "data"
@@ -45,8 +46,7 @@ HANNOVER_COUNT = 8
 
 
 def held_out(patient_id: str) -> bool:
-    u = int(hashlib.sha256(f"{HOLDOUT_SALT}:{patient_id}".encode()).hexdigest()[:12], 16) / float(16**12)
-    return u < HOLDOUT_FRACTION
+    return split_for_patient(patient_id, validate=0.0, test=HOLDOUT_FRACTION, salt=HOLDOUT_SALT) == "test"
 
 
 def write_structured_report(path: Path) -> None:

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import hashlib
 import json
 import logging
 from pathlib import Path
@@ -41,7 +40,7 @@ from build_sample_data import FINDINGS
 from nih_split import is_test_patient
 from train_experiments import BASE, CONFIGS
 
-from cxrtool.data.manifest import write_manifest
+from cxrtool.data.manifest import split_for_patient, write_manifest
 from cxrtool.data.prompts import PromptBank
 from cxrtool.data.sources.csv_table import read_csv_studies
 from cxrtool.evaluate.bootstrap import bootstrap_ci
@@ -64,8 +63,7 @@ K = 50
 def fold_of(patient: str) -> str:
     if is_test_patient(patient):
         return "test"
-    u = int(hashlib.sha256(f"{CV_SALT}:{patient}".encode()).hexdigest()[:12], 16) / float(16**12)
-    return "a" if u < 0.5 else "b"
+    return "a" if split_for_patient(patient, validate=0.0, test=0.5, salt=CV_SALT) == "test" else "b"
 
 
 def fold_model(recipe: str, fold: str, studies: list) -> Path:

@@ -8,12 +8,11 @@ this split, so the figures in docs/benchmarks.md are on patients no model ever s
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 from build_sample_data import FINDINGS, held_out
 
-from cxrtool.data.manifest import Study
+from cxrtool.data.manifest import Study, split_for_patient
 from cxrtool.data.sources.csv_table import read_csv_studies
 
 EVAL_SALT = "cxrtool-eval-v2"
@@ -21,8 +20,7 @@ EVAL_FRACTION = 0.17
 
 
 def eval_bucket(patient: str) -> bool:
-    u = int(hashlib.sha256(f"{EVAL_SALT}:{patient}".encode()).hexdigest()[:12], 16) / float(16**12)
-    return u < EVAL_FRACTION
+    return split_for_patient(patient, validate=0.0, test=EVAL_FRACTION, salt=EVAL_SALT) == "test"
 
 
 def is_test_patient(patient: str) -> bool:
