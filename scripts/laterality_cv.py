@@ -45,7 +45,13 @@ from cxrtool.data.prompts import PromptBank
 from cxrtool.data.sources.csv_table import read_csv_studies
 from cxrtool.evaluate.bootstrap import bootstrap_ci
 from cxrtool.evaluate.eval_set import embed_eval_set, eval_set_from_manifest
-from cxrtool.evaluate.laterality import lateral_labels, left_right_auroc, side_scores, topk_side_counts
+from cxrtool.evaluate.laterality import (
+    lateral_labels,
+    left_right_auroc,
+    pooled_counts,
+    side_scores,
+    topk_side_counts,
+)
 from cxrtool.model import load_model
 from cxrtool.model.directory import DEFAULT_MODEL_DIR
 from cxrtool.train import resolve_config, train
@@ -107,9 +113,10 @@ def pooled_topk(sl: np.ndarray, sr: np.ndarray, codes: np.ndarray, fold: np.ndar
     """Top-k side accuracy with each fold ranked on its own (as its model would serve it), counts summed."""
     correct = considered = 0
     for f in np.unique(fold):
-        c = topk_side_counts(sl[fold == f], sr[fold == f], codes[fold == f], K)
-        correct += c["left_query"]["correct"] + c["right_query"]["correct"]
-        considered += c["left_query"]["considered"] + c["right_query"]["considered"]
+        mine = fold == f
+        fold_correct, fold_considered = pooled_counts(topk_side_counts(sl[mine], sr[mine], codes[mine], K))
+        correct += fold_correct
+        considered += fold_considered
     return correct / considered if considered else float("nan")
 
 

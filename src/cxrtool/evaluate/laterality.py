@@ -61,11 +61,15 @@ def topk_side_counts(score_left: np.ndarray, score_right: np.ndarray, codes: np.
             "shared": len(set(top_left.tolist()) & set(top_right.tolist()))}
 
 
+def pooled_counts(counts: dict) -> tuple[int, int]:
+    """(correct, considered) over both queries of a :func:`topk_side_counts` result."""
+    return (counts["left_query"]["correct"] + counts["right_query"]["correct"],
+            counts["left_query"]["considered"] + counts["right_query"]["considered"])
+
+
 def topk_side_accuracy(score_left: np.ndarray, score_right: np.ndarray, codes: np.ndarray, k: int) -> float:
     """Pooled fraction of one-sided images in both queries' top k that are on the named side; NaN if none."""
-    c = topk_side_counts(score_left, score_right, codes, k)
-    considered = c["left_query"]["considered"] + c["right_query"]["considered"]
-    correct = c["left_query"]["correct"] + c["right_query"]["correct"]
+    correct, considered = pooled_counts(topk_side_counts(score_left, score_right, codes, k))
     return correct / considered if considered else float("nan")
 
 
@@ -124,10 +128,9 @@ def laterality_report(model: DualEncoder, es: EvalSet, labels: Sequence[str] | N
             counts = topk_side_counts(sl, sr, codes, k)
             ci = bootstrap_ci(lambda a, b, c, k=k: topk_side_accuracy(a, b, c, k), sl, sr, codes,
                               groups=es.patients, n_resamples=n_resamples, seed=seed)
-            considered = counts["left_query"]["considered"] + counts["right_query"]["considered"]
+            correct, considered = pooled_counts(counts)
             row["top_k"].append({"k": int(k), "accuracy": ci.to_dict() if considered else None,
-                                 "correct": counts["left_query"]["correct"] + counts["right_query"]["correct"],
-                                 "considered": considered, **counts})
+                                 "correct": correct, "considered": considered, **counts})
         rows.append(row)
     return {"labels": rows, "chance": CHANCE, "ks": [int(k) for k in ks],
             "rule": "one-sided = side left or right and the finding not negative/uncertain; top-k side accuracy "
