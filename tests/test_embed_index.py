@@ -395,3 +395,24 @@ def test_each_run_appends_its_stage_times_to_the_run_log(small_archive, tmp_path
     assert first.discover_seconds > 0
     assert {(r["path"], r["stage"]) for r in read_errors(ws)} == {
         ("pacs/PAT0009/IM000001", "decode"), ("pacs/PAT0002/STUDY0001/SERIES99/SR000001", "header")}
+
+
+def test_flip_pair_model_embeds_searches_and_is_kept_apart_from_its_single_twin(small_archive, tmp_path,
+                                                                                tiny_model_dir):
+    single = load_model_dir(tiny_model_dir)
+    d = tmp_path / "flip_pair"
+    shutil.copytree(tiny_model_dir, d)
+    card = json.loads((d / "model.json").read_text())
+    (d / "model.json").write_text(json.dumps({**card, "embedding": "flip_pair"}))
+    paired = load_model_dir(d)
+    ws = tmp_path / "ws"
+    embed_archive(small_archive, ws, paired, workers=0, progress=False)
+    ids, vectors, vector_id = read_shard_vectors(ws / "shards")
+    assert vectors.shape[1] == 64 and vector_id == paired.card.vector_id
+    build_index(ws)
+    hits = search("left pleural effusion", k=3, workspace=ws, model=paired, dedupe=None)
+    assert len(hits) == 3 and all(hits[i].score >= hits[i + 1].score for i in range(2))
+    with pytest.raises(WorkspaceError, match="same weights, but its vectors are 'flip_pair'"):
+        search("left pleural effusion", workspace=ws, model=single)  # same weights, other vectors: refused
+    with pytest.raises(WorkspaceError, match="another model"):
+        embed_archive(small_archive, ws, single, workers=0, progress=False)

@@ -179,3 +179,52 @@ def test_halves_feature_keeps_the_side_and_round_trips(tmp_path, tiny_text_dir):
     d = save_model_dir(halves, tmp_path / "m")
     again = load_model(str(d))
     assert np.allclose(again.encode_images([img]), halves.encode_images([img]), atol=1e-6)
+
+
+def _flip_pair_copy(model_dir, tmp_path):
+    """The same weights with a flip_pair card (as `cxrtool train` writes for a model trained with flips)."""
+    d = _copy(model_dir, tmp_path / "flip_pair")
+    card = json.loads((d / "model.json").read_text())
+    (d / "model.json").write_text(json.dumps({**card, "embedding": "flip_pair"}))
+    return load_model_dir(d)
+
+
+def test_flip_pair_scores_are_the_mean_of_the_straight_and_the_mirrored_comparison(tiny_model_dir, tmp_path):
+    single = load_model_dir(tiny_model_dir)
+    paired = _flip_pair_copy(tiny_model_dir, tmp_path)
+    assert paired.card.fingerprint == single.card.fingerprint  # same weights ...
+    assert paired.card.vector_id != single.card.vector_id  # ... but vectors that must not be mixed
+    rng = np.random.default_rng(0)
+    img = rng.random((64, 64)).astype(np.float32)
+    img[:, :24] += 0.5  # not symmetric
+    mirrored = np.ascontiguousarray(img[:, ::-1])
+    texts = ["small left pleural effusion.", "small right pleural effusion.", "cardiomegaly."]
+    pi, pt = paired.encode_images([img, mirrored]), paired.encode_texts(texts)
+    assert pi.shape == (2, 64) and pt.shape == (3, 64) and paired.card.output_dim == 64
+    np.testing.assert_allclose(np.linalg.norm(pi, axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(pt, axis=1), 1.0, atol=1e-5)
+    si, st = single.encode_images([img, mirrored]), single.encode_texts(texts)
+    # cos = mean of image vs text and mirror image vs side-swapped text
+    expect = 0.5 * (si[0] @ st[0] + si[1] @ st[1])
+    assert pi[0] @ pt[0] == pytest.approx(expect, abs=1e-5)
+    # the mirror image with the side-swapped text scores exactly as the original: the side flips with the image
+    assert pi[1] @ pt[1] == pytest.approx(pi[0] @ pt[0], abs=1e-5)
+    assert pi[1] @ pt[0] == pytest.approx(pi[0] @ pt[1], abs=1e-5)
+    # a text that names no side is its own mirror; an unsided score is the flip-averaged one
+    assert np.allclose(pt[2][:32], pt[2][32:])
+    assert pi[0] @ pt[2] == pytest.approx(0.5 * (si[0] @ st[2] + si[1] @ st[2]), abs=1e-5)
+    assert paired.encode_images([]).shape == (0, 64)
+
+
+def test_embedding_mode_is_validated_and_set_by_training_config(tiny_model_dir):
+    from cxrtool.train.config import ConfigError, resolve_config
+
+    card = ModelCard.load(tiny_model_dir).to_dict()
+    with pytest.raises(ModelError, match="unknown embedding"):
+        ModelCard.from_dict({**card, "embedding": "mirror"})
+    assert ModelCard.from_dict(card).embedding == "single"  # cards written before the field: single
+    assert resolve_config(overrides={"hflip_prob": 0.3}).resolved_embedding() == "flip_pair"
+    assert resolve_config(overrides={}).resolved_embedding() == "single"
+    assert resolve_config(overrides={"hflip_prob": 0.3, "embedding": "single"}).resolved_embedding() == "single"
+    with pytest.raises(ConfigError, match="embedding"):
+        resolve_config(overrides={"embedding": "both"})

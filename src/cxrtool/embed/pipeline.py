@@ -187,8 +187,9 @@ def _check_workspace(ws: Workspace, archive: Path, model: DualEncoder, overwrite
     if info.get("archive") != str(archive):
         raise WorkspaceError(f"workspace {ws.root} holds embeddings of another archive ({info.get('archive')})",
                              "use --workspace DIR (or $CXRTOOL_WORKSPACE) for this archive, or --overwrite")
-    if info.get("model_fingerprint") != model.card.fingerprint:
-        raise WorkspaceError(f"workspace {ws.root} was embedded with another model ({info.get('model')})",
+    if info.get("model_fingerprint") != model.card.vector_id:
+        raise WorkspaceError(f"workspace {ws.root} was embedded with another model ({info.get('model')})"
+                             + model.card.mismatch_note(info.get("model_fingerprint", "")),
                              "use --workspace DIR for this model, or --overwrite to start again")
 
 
@@ -270,7 +271,7 @@ def embed_archive(
     todo = [f for f in todo if not f.problem]
     summary.discover_seconds = time.perf_counter() - t_start
     ws.write_json(ws.embed_info, {"archive": str(archive), "model": model.card.provenance.get("name", ""),
-                                  "model_fingerprint": model.card.fingerprint, "embed_dim": model.card.embed_dim})
+                                  "model_fingerprint": model.card.vector_id, "embed_dim": model.card.output_dim})
     workers = default_workers(device) if workers is None else workers
     batch_size = batch_size or default_batch_size(device)
     dataset = _DecodeDataset(todo, model.card.image, header_filter or HeaderFilter(), resolve_key(pseudonym_key),
@@ -299,7 +300,7 @@ def embed_archive(
         if not rows:
             return
         t = time.perf_counter()
-        write_shard(next_shard_path(out_dir), rows, np.concatenate(vecs), model.card.fingerprint,
+        write_shard(next_shard_path(out_dir), rows, np.concatenate(vecs), model.card.vector_id,
                     "float16" if float16 else "float32")
         errors_fh.flush()
         summary.write_seconds += time.perf_counter() - t
@@ -352,7 +353,7 @@ def _append_run_log(ws: Workspace, summary: EmbedSummary, model: DualEncoder, **
     seconds and settings, never per-file rows (those, with archive-relative paths, are in
     errors.jsonl), so the log holds nothing that could name a patient."""
     entry = {"finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "cxrtool_version": __version__,
-             "model": model.card.provenance.get("name", ""), "model_fingerprint": model.card.fingerprint, **settings,
+             "model": model.card.provenance.get("name", ""), "model_fingerprint": model.card.vector_id, **settings,
              **{k: round(v, 3) if isinstance(v, float) else v for k, v in summary.to_dict().items()
                 if k != "failures"}}
     with open(ws.embed_runs, "a") as fh:

@@ -74,8 +74,9 @@ def embed_reports(source: str | Path, workspace: str | Path | None = None, model
     if not isinstance(model, DualEncoder):
         model = load_model(model)
     info = ws.read_json(ws.embed_info)
-    if info and info.get("model_fingerprint") != model.card.fingerprint:
-        raise WorkspaceError(f"the images in {ws.root} were embedded with another model",
+    if info and info.get("model_fingerprint") != model.card.vector_id:
+        raise WorkspaceError(f"the images in {ws.root} were embedded with another model"
+                             + model.card.mismatch_note(info.get("model_fingerprint", "")),
                              "embed reports with the same --model as the images, or use another --workspace")
     shards, _ = ws.collection("reports")
     shards.mkdir(parents=True, exist_ok=True)
@@ -97,7 +98,7 @@ def embed_reports(source: str | Path, workspace: str | Path | None = None, model
         for r in chunk:
             r["id"] = image_id("report:" + r["report_key"])
         vecs = model.encode_texts([r["text"] for r in chunk], batch_size=batch_size)
-        write_shard(next_shard_path(shards), chunk, np.asarray(vecs), model.card.fingerprint,
+        write_shard(next_shard_path(shards), chunk, np.asarray(vecs), model.card.vector_id,
                     kind="report")
         summary.embedded += len(chunk)
     summary.seconds = round(time.perf_counter() - t0, 2)

@@ -56,8 +56,9 @@ def classify_images(model: DualEncoder, inputs: Sequence[str | Path], sets: Sequ
         shards = _shards_dir(item) if item.is_dir() else None
         if shards is not None:
             ids, vecs, fingerprint = read_shard_vectors(shards)
-            if fingerprint and model.card.fingerprint and fingerprint != model.card.fingerprint:
-                raise WorkspaceError(f"{item}: embedded with another model (fingerprints differ)",
+            if fingerprint and model.card.vector_id and fingerprint != model.card.vector_id:
+                raise WorkspaceError(f"{item}: embedded with another model (fingerprints differ)"
+                                     + model.card.mismatch_note(fingerprint),
                                      "pass the --model used by `cxrtool embed`")
             meta = read_shard_metadata(shards, ["id", "path"]).to_pylist()
             by_id = {int(m["id"]): m["path"] for m in meta}

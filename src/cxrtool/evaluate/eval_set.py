@@ -186,16 +186,20 @@ def embed_eval_set(model: DualEncoder, es: EvalSet, cache_dir: Path | None = Non
     """Fill ``es.vectors`` (reusing cached vectors); returns (path, reason) for images that failed to decode
     (their rows are removed from ``es``)."""
     if es.vectors is not None:
-        if es.fingerprint and model.card.fingerprint and es.fingerprint != model.card.fingerprint:
-            raise WorkspaceError("the shards were embedded with another model (fingerprints differ)",
+        if es.fingerprint and model.card.vector_id and es.fingerprint != model.card.vector_id:
+            raise WorkspaceError("the shards were embedded with another model (fingerprints differ)"
+                                 + model.card.mismatch_note(es.fingerprint),
                                  "pass the --model used by `cxrtool embed`, or re-embed")
         return []
-    fp = model.card.fingerprint
-    cache_file = cache_dir / f"image-vectors-{fp[:16]}.npz" if (cache_dir and fp) else None
+    fp = model.card.vector_id
+    # one file per vector id: the weights' fingerprint and, for a flip_pair card, the mode
+    tag = fp.split("+")[0][:16] + "".join(f"-{m}" for m in fp.split("+")[1:])
+    cache_file = cache_dir / f"image-vectors-{tag}.npz" if (cache_dir and fp) else None
     cached: dict[str, np.ndarray] = {}
     if cache_file and cache_file.is_file():
         with np.load(cache_file, allow_pickle=False) as z:
-            cached = dict(zip(z["keys"].tolist(), z["vectors"], strict=True))
+            if z["vectors"].ndim == 2 and z["vectors"].shape[1] == model.card.output_dim:
+                cached = dict(zip(z["keys"].tolist(), z["vectors"], strict=True))
     file_keys = [_file_key(p) for p in es.paths]
     todo = [i for i, k in enumerate(file_keys) if k not in cached]
     failed: list[tuple[str, str]] = []

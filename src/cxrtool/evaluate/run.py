@@ -87,7 +87,7 @@ def evaluate_model(model: DualEncoder, es: EvalSet, options: EvalOptions | None 
         raise ManifestError(f"no label has both positives and negatives in the {split} split",
                             "check the manifest's labels or --labels")
     summary: dict = {
-        "model": {"fingerprint": model.card.fingerprint, "name": model.card.provenance.get("name", ""),
+        "model": {"fingerprint": model.card.vector_id, "name": model.card.provenance.get("name", ""),
                   "family": model.card.family, "scoring": model.card.scoring.rule,
                   "logit_scale": round(float(model.scale().detach()), 4),
                   "logit_bias": round(float(model.bias().detach()), 4)},

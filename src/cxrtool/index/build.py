@@ -334,7 +334,7 @@ def tuning_text_queries(fingerprint: str, model=None) -> np.ndarray | None:
             if recorded is not None and recorded != fingerprint:
                 return None
             model = load_model(model)
-        if model.card.fingerprint != fingerprint:
+        if model.card.vector_id != fingerprint:
             return None
     except Exception as exc:  # no usable model: the text depth falls back to the 4x rule
         log.info("text-query tuning skipped: %s", exc)

@@ -97,9 +97,10 @@ class Index:
         with self._lock:
             if not isinstance(self._model, DualEncoder):
                 self._model = load_model(self._model, device=self._device)
-        if self._model.card.fingerprint != self.info.model_fingerprint:
+        if self._model.card.vector_id != self.info.model_fingerprint:
             raise WorkspaceError(
-                f"the index in {self.workspace.root} was built with another model than the one loaded",
+                f"the index in {self.workspace.root} was built with another model than the one loaded"
+                + self._model.card.mismatch_note(self.info.model_fingerprint),
                 "search with the model used for `cxrtool embed` (--model), or re-embed with --overwrite")
         return self._model
 

@@ -8,6 +8,15 @@ keep the native files their own libraries read, with this card beside them. The 
 which family builds the modules, how an image becomes the tensor the image tower saw in training,
 how text is tokenized and pooled, how image-text similarities become probabilities (``scoring``)
 and which weights (fingerprint) belong to it. Nothing about a model's contract lives anywhere else.
+
+``embedding`` says what a vector is. ``single``: the projection of the image (or text), unit norm.
+``flip_pair`` (for models trained with horizontal flips whose texts' sides were swapped with the
+image): an image's vector is [f(image); f(mirrored image)] / sqrt(2) and a text's is
+[g(text); g(text with left and right swapped)] / sqrt(2), so a dot product is the mean of the
+straight and the mirrored comparison. Evidence that does not flip with the image (the prior that
+one side looks "more left") cancels between the two halves; side evidence, which flips, adds up.
+Vectors are then 2 x ``embed_dim`` wide (:attr:`ModelCard.output_dim`), and :attr:`vector_id`
+(the fingerprint plus the mode) is what shards and indexes must match.
 """
 
 from __future__ import annotations
@@ -36,6 +45,7 @@ INTERPOLATIONS = ("bilinear", "bicubic", "nearest", "area")
 POOLINGS = ("cls", "eos", "mean", "native")  # native: the family's own pooling (hf-*, open_clip)
 PADDINGS = ("longest", "max_length")  # SigLIP was trained on text padded to max_length
 GRAY_RULES = ("replicate",)
+EMBEDDINGS = ("single", "flip_pair")
 IMAGE_BACKENDS = ("timm", "hf")
 # pooled: the tower's pooled vector (timm with num_classes=0; HF pooler_output);
 # first_token: HF last_hidden_state[:, 0] (CXR-CLIP's Swin feature: the first patch token);
@@ -116,6 +126,28 @@ class ModelCard:
     fingerprint: str = ""
     provenance: dict[str, Any] = field(default_factory=dict)
     format: str = CARD_FORMAT
+    embedding: str = "single"  # single | flip_pair (see the module docstring)
+
+    @property
+    def output_dim(self) -> int:
+        """Width of the vectors the model writes (shards, indexes, queries)."""
+        return self.embed_dim * (2 if self.embedding == "flip_pair" else 1)
+
+    def mismatch_note(self, other_vector_id: str) -> str:
+        """'' or, when ``other_vector_id`` has this card's weights in another embedding mode, a note
+        saying so (the likely cause: a card edited, or a model retrained with/without flips)."""
+        if not other_vector_id or other_vector_id == self.vector_id:
+            return ""
+        if other_vector_id.split("+")[0] != self.fingerprint:
+            return ""
+        other = other_vector_id.split("+")[1] if "+" in other_vector_id else "single"
+        return f" (same weights, but its vectors are '{other}' and this model writes '{self.embedding}')"
+
+    @property
+    def vector_id(self) -> str:
+        """What vectors must share to be compared: the weights' fingerprint, plus the embedding mode."""
+        return self.fingerprint if self.embedding == "single" or not self.fingerprint \
+            else f"{self.fingerprint}+{self.embedding}"
 
     def validate(self) -> None:
         if self.format != CARD_FORMAT:
@@ -137,6 +169,8 @@ class ModelCard:
             raise ModelError(f"model card: unknown resize rule {self.image.resize!r}; use one of {RESIZE_RULES}")
         if self.text.pooling not in POOLINGS:
             raise ModelError(f"model card: unknown pooling {self.text.pooling!r}; use one of {POOLINGS}")
+        if self.embedding not in EMBEDDINGS:
+            raise ModelError(f"model card: unknown embedding {self.embedding!r}; use one of {EMBEDDINGS}")
         if self.image.gray_to_channels not in GRAY_RULES:
             raise ModelError(f"model card: unknown gray_to_channels {self.image.gray_to_channels!r}")
         if self.image.backend not in IMAGE_BACKENDS:

@@ -358,12 +358,13 @@ def resolve_model_path(model: str | None) -> Path:
 
 
 def peek_fingerprint(model: str | None) -> str | None:
-    """The fingerprint a model's card records, without loading weights (None: no card to read)."""
+    """The vector id (fingerprint + embedding mode) a model's card records, without loading weights
+    (None: no card to read)."""
     source = resolve_model(model)
     if isinstance(source, str) or not (source / CARD_FILE).is_file():
         return None
     try:
-        return ModelCard.load(source).fingerprint or None
+        return ModelCard.load(source).vector_id or None
     except ModelError:
         return None
 

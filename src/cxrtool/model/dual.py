@@ -1,7 +1,9 @@
 """The dual encoder: a timm (or Hugging Face) image tower and a Hugging Face text tower, projected to one space.
 
 This one module serves training (``image_features``/``text_features`` keep gradients), bulk
-embedding and search (``encode_images``/``encode_texts`` return L2-normalised float32 arrays).
+embedding and search (``encode_images``/``encode_texts`` return L2-normalised float32 arrays, of
+the card's ``output_dim``: a ``flip_pair`` card pairs each vector with its mirror's, see
+:mod:`cxrtool.model.card`).
 Models of the other card families (a native Hugging Face CLIP/SigLIP or open_clip model, see
 :mod:`cxrtool.model.native`) are subclasses that swap the towers and keep every method here, so
 embed, index, search and evaluate see one interface whatever the family.
@@ -18,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cxrtool.constants import LOGIT_SCALE_INIT
+from cxrtool.data.laterality import swap_sides
 from cxrtool.io.decode import DecodedImage, decode_image
 from cxrtool.model.card import ModelCard
 from cxrtool.model.transform import preprocess
@@ -36,6 +39,11 @@ def halves_pool(fmap: torch.Tensor) -> torch.Tensor:
     w = fmap.shape[-1]
     h = (w + 1) // 2
     return torch.cat([fmap[..., :h].mean((2, 3)), fmap[..., w - h :].mean((2, 3))], dim=1)
+
+
+def pair_halves(straight: torch.Tensor, mirrored: torch.Tensor) -> torch.Tensor:
+    """Two NxD unit-vector batches -> Nx2D unit vectors [straight; mirrored] / sqrt(2) (``flip_pair``)."""
+    return torch.cat([straight, mirrored], dim=-1) / np.sqrt(2.0)
 
 
 class DualEncoder(nn.Module):
@@ -114,16 +122,22 @@ class DualEncoder(nn.Module):
     # --------------------------------------------------------------------- inference (numpy out)
     @torch.inference_mode()
     def encode_pixels(self, batch: torch.Tensor) -> np.ndarray:
-        """A preprocessed batch (NxCxSxS) -> Nx D float32 unit vectors."""
+        """A preprocessed batch (NxCxSxS) -> N x ``card.output_dim`` float32 unit vectors."""
         self.eval()
         batch = batch.to(self.device, non_blocking=True)
+        flip_pair = self.card.embedding == "flip_pair"
+        if flip_pair:  # one forward pass over the images and their mirror images
+            batch = torch.cat([batch, batch.flip(-1)])
         if self.device.type == "cuda":
             batch = batch.contiguous(memory_format=torch.channels_last)
             with torch.autocast("cuda", dtype=torch.float16):
                 feats = self.image_features(batch)
         else:
             feats = self.image_features(batch)
-        return F.normalize(feats.float(), dim=-1).cpu().numpy().astype(np.float32)
+        feats = F.normalize(feats.float(), dim=-1)
+        if flip_pair:
+            feats = pair_halves(*feats.chunk(2))
+        return feats.cpu().numpy().astype(np.float32)
 
     def encode_images(self, images: Iterable[ImageLike], batch_size: int = 32) -> np.ndarray:
         """Paths, decoded images or [0, 1] arrays -> NxD L2-normalised float32."""
@@ -136,7 +150,7 @@ class DualEncoder(nn.Module):
         if batch:
             out.append(self.encode_pixels(torch.stack(batch)))
         if not out:
-            return np.zeros((0, self.card.embed_dim), dtype=np.float32)
+            return np.zeros((0, self.card.output_dim), dtype=np.float32)
         return np.concatenate(out)
 
     def encode_ensemble(self, sentences: Sequence[str]) -> np.ndarray:
@@ -144,9 +158,21 @@ class DualEncoder(nn.Module):
         v = self.encode_texts(list(sentences)).mean(axis=0)
         return (v / max(float(np.linalg.norm(v)), 1e-12)).astype(np.float32)
 
-    @torch.inference_mode()
     def encode_texts(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
-        """Strings -> NxD L2-normalised float32."""
+        """Strings -> NxD L2-normalised float32 (``flip_pair``: each text beside its side-swapped twin)."""
+        texts = list(texts)
+        straight = self._encode_texts(texts, batch_size)
+        if self.card.embedding != "flip_pair":
+            return straight
+        swapped = [swap_sides(t) for t in texts]
+        changed = [i for i, (t, w) in enumerate(zip(texts, swapped, strict=True)) if t != w]
+        mirrored = straight.copy()  # a text that names no side is its own mirror: encoded once
+        if changed:
+            mirrored[changed] = self._encode_texts([swapped[i] for i in changed], batch_size)
+        return pair_halves(torch.from_numpy(straight), torch.from_numpy(mirrored)).numpy()
+
+    @torch.inference_mode()
+    def _encode_texts(self, texts: list[str], batch_size: int) -> np.ndarray:
         self.eval()
         out = []
         for i in range(0, len(texts), batch_size):

@@ -53,6 +53,9 @@ class TrainConfig:
     side_negatives: bool = False  # add each lateral text with left/right swapped as a hard negative
     side_weight: float = 1.0  # weight of the two-way "own text vs side-swapped text" term (with side_negatives)
     hflip_prob: float = 0.0  # horizontal flips; the text's sides are swapped with the image
+    # Vectors the model writes: single | flip_pair (image + mirror image, text + side-swapped text;
+    # see model/card.py) | auto (flip_pair when the model trains with flips, else single)
+    embedding: str = "auto"
     max_negatives: int = 3  # negative sentences sampled per label-only training text
     # --- augmentation
     crop_scale: list[float] = field(default_factory=lambda: [0.7, 1.0])
@@ -90,11 +93,20 @@ class TrainConfig:
             raise ConfigError(f"batch_size {self.batch_size} is too small for accum_steps {self.accum_steps}")
         if self.batch_size % self.accum_steps:
             raise ConfigError(f"batch_size {self.batch_size} must be a multiple of accum_steps {self.accum_steps}")
+        if self.embedding not in ("auto", "single", "flip_pair"):
+            raise ConfigError(f"embedding={self.embedding!r}: use auto, single or flip_pair")
         if len(self.crop_scale) != 2:
             raise ConfigError("crop_scale takes two numbers, e.g. [0.7, 1.0]")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def resolved_embedding(self) -> str:
+        """``auto``: flip_pair for a model that learns from flips (it has seen mirrored images with
+        side-swapped texts), single otherwise."""
+        if self.embedding != "auto":
+            return self.embedding
+        return "flip_pair" if self.hflip_prob > 0 else "single"
 
 
 # Fields a resumed run may change (where and how fast it runs, not what it computes).

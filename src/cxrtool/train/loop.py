@@ -70,10 +70,12 @@ def build_model(cfg: TrainConfig) -> DualEncoder:
             raise ModelError(f"{cfg.init_from}: fine-tuning a {model.card.family} model is not supported",
                              "train starts from cxrtool-family models; hub models are used as they are (embed, "
                              "search, classify, evaluate)")
-        return model
-    return create_model(cfg.image_model, cfg.text_model, cfg.image_weights, embed_dim=cfg.embed_dim,
-                        input_size=cfg.input_size, pooling=cfg.pooling, max_length=cfg.max_length,
-                        mean=cfg.mean, std=cfg.std, image_feature=cfg.image_feature)
+    else:
+        model = create_model(cfg.image_model, cfg.text_model, cfg.image_weights, embed_dim=cfg.embed_dim,
+                             input_size=cfg.input_size, pooling=cfg.pooling, max_length=cfg.max_length,
+                             mean=cfg.mean, std=cfg.std, image_feature=cfg.image_feature)
+    model.card.embedding = cfg.resolved_embedding()  # validation during training scores as the export will
+    return model
 
 
 _LAYER_RE = re.compile(r"(?:^|\.)(?:layer|layers|block|blocks)\.(\d+)\.")
