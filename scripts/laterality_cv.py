@@ -20,10 +20,15 @@ left = 1; scores of different models are pooled as they are, which can only lowe
 own AUROC, and the top-50 side accuracy summed over the folds, all with patient-bootstrap 95 % CIs.
 Same prompts and metrics as ``cxrtool evaluate`` (evaluate/laterality.py).
 
-Usage: cd scripts && python laterality_cv.py [--recipe default|before] [--shared DIR]
+Models trained with flips (the default recipe) write ``flip_pair`` vectors (model/card.py: each
+image beside its mirror image, each text beside its side-swapped twin); ``--embedding single``
+scores the same models with plain vectors, to show what the pairing adds.
+
+Usage: cd scripts && python laterality_cv.py [--recipe default|before] [--embedding single|flip_pair] [--shared DIR]
 (default: two 20-minute trainings on 2 CPU cores; before: two of 12 minutes, and the ``full``
 experiment of train_experiments.py must exist)
 Results: runs/laterality_cv/<recipe>/<fold>/ (model, run folder) and runs/laterality_cv/<recipe>/summary.json
+(summary-<embedding>.json with --embedding)
 """
 
 from __future__ import annotations
@@ -61,6 +66,9 @@ OUT = REPO / "runs" / "laterality_cv"
 RECIPES = {  # name: (training config, the model that scores the fixed held-out split)
     "default": ({**RECIPE, "changed_only": False}, DEFAULT_MODEL_DIR),
     "before": ({**BASE, **CONFIGS["full"]}, REPO / "runs" / "experiments" / "full" / "model"),
+    # the default recipe at 288 px input: train_experiments' recipe_288px is its held-out-split model
+    "288px": ({**RECIPE, "changed_only": False, "input_size": 288},
+              REPO / "runs" / "experiments" / "recipe_288px" / "model"),
 }
 CV_SALT = "cxrtool-laterality-cv"
 K = 50
@@ -92,13 +100,17 @@ def fold_model(recipe: str, fold: str, studies: list) -> Path:
     return out / "model"
 
 
-def fold_scores(recipe: str, fold: str, studies: list, bank: PromptBank) -> dict[str, dict[str, np.ndarray]]:
-    """Per lateral finding: left/right cosines, side codes and patients of the fold's held-out rows."""
+def fold_scores(recipe: str, fold: str, studies: list, bank: PromptBank,
+                embedding: str | None = None) -> dict[str, dict[str, np.ndarray]]:
+    """Per lateral finding: left/right cosines, side codes and patients of the fold's held-out rows
+    (``embedding`` overrides the model card's vector mode: single or flip_pair)."""
     out = OUT / recipe / fold
     held = [copy.copy(s) for s in studies if fold_of(s.patient_key) == fold]
     for s in held:
         s.split = "test"
     model = load_model(str(fold_model(recipe, fold, studies)))
+    if embedding:
+        model.card.embedding = embedding
     es = eval_set_from_manifest(write_manifest(held, out / "held_out_manifest.parquet"))
     embed_eval_set(model, es, cache_dir=out / "eval_cache")
     scores = {}
@@ -151,6 +163,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--recipe", choices=sorted(RECIPES), default="default")
     ap.add_argument("--shared", type=Path, default=REPO.parent / "shared" / "data")
+    ap.add_argument("--embedding", choices=["single", "flip_pair"], default=None,
+                    help="score with this vector mode instead of the one in each model's card")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     studies = read_csv_studies(args.shared / "nih_512" / "labels.csv", patient_col="patient_id", view_col="view",
@@ -159,11 +173,12 @@ def main() -> None:
     per_fold = {}
     for fold in ("test", "a", "b"):
         (OUT / args.recipe / fold).mkdir(parents=True, exist_ok=True)
-        per_fold[fold] = fold_scores(args.recipe, fold, studies, bank)
+        per_fold[fold] = fold_scores(args.recipe, fold, studies, bank, args.embedding)
     rows = summarise(per_fold)
-    (OUT / args.recipe / "summary.json").write_text(json.dumps({"recipe": args.recipe, "k": K, "labels": rows},
-                                                               indent=2))
-    print(f"recipe: {args.recipe}")
+    name = f"summary-{args.embedding}.json" if args.embedding else "summary.json"
+    (OUT / args.recipe / name).write_text(json.dumps({"recipe": args.recipe, "embedding": args.embedding or "card",
+                                                      "k": K, "labels": rows}, indent=2))
+    print(f"recipe: {args.recipe}, embedding: {args.embedding or 'as each card says'}")
     print(f"| finding | one-sided (L/R) | left-vs-right AUROC, pooled | by fold: test (the shipped split) / a / b "
           f"| top-{K} side accuracy, pooled |")
     print("|---|---|---|---|---|")

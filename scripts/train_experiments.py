@@ -109,7 +109,10 @@ def run_config(name: str, overrides: dict, train_manifest: Path, test_manifest: 
     if summary_path.is_file():
         summary = json.loads(summary_path.read_text())
         if RESCORE:
-            summary.update(score(out / "model", test_manifest, out / "eval_cache"))
+            from cxrtool.model.directory import DEFAULT_MODEL_DIR
+
+            model_dir = DEFAULT_MODEL_DIR if name == "default" else out / "model"
+            summary.update(score(model_dir, test_manifest, out / "eval_cache"))
             summary_path.write_text(json.dumps(summary, indent=2))
         return summary
     t0 = time.time()
