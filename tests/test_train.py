@@ -286,6 +286,18 @@ def test_cli_run_logs_terms_and_validation_and_writes_a_loadable_model(tmp_path,
     assert model.encode_texts(["pleural effusion"]).shape == (1, model.card.embed_dim)
 
 
+def test_training_with_flips_validates_and_exports_flip_pair_vectors(tmp_path, sample_manifest, tiny_model_dir):
+    settings = _overrides(tiny_model_dir, epochs=1, max_steps=2, hflip_prob=0.5, select_by="auroc")
+    result = train(sample_manifest, tmp_path / "m", resolve_config(overrides=settings), progress=False)
+    assert "val_auroc" in result.history[-1] and "val_recall" in result.history[-1]
+
+    from cxrtool.model import load_model
+
+    model = load_model(str(tmp_path / "m"))
+    assert model.card.embedding == "flip_pair" and model.card.output_dim == 2 * model.card.embed_dim
+    assert model.encode_texts(["left pleural effusion"]).shape == (1, model.card.output_dim)
+
+
 def test_torchrun_two_cpu_processes_train_one_model(tmp_path, sample_manifest, tiny_model_dir):
     torchrun = Path(sys.executable).with_name("torchrun")
     cmd = [str(torchrun), "--nproc_per_node", "2", "--master_port", "29517", "-m", "cxrtool.cli", "train",

@@ -45,7 +45,9 @@ def validate(model: DualEncoder, data: StudyDataset, batch_size: int, device: to
         feats, tfeats = feats.float(), tfeats.float()
         n = len(batch)
         i1, i2, t1, t2 = feats[:n], feats[n:], tfeats[:n], tfeats[n:]
-        image_vectors.append(i1.cpu().numpy())
+        # search-time vectors, as the exported model will write them (flip_pair: with the mirror image's)
+        image_vectors.append(model.encode_pixels(batch.img1) if model.card.embedding == "flip_pair"
+                             else i1.cpu().numpy())
         texts += batch.text1
         indices += batch.indices
         if n < 2:
