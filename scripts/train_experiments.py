@@ -33,6 +33,7 @@ from cxrtool.data.manifest import write_manifest
 from cxrtool.data.prompts import PromptBank
 from cxrtool.evaluate.eval_set import embed_eval_set, eval_set_from_manifest
 from cxrtool.evaluate.run import EvalOptions, evaluate_model
+from cxrtool.index.query import text_query_vector
 from cxrtool.model import load_model
 from cxrtool.model.directory import create_model, save_model_dir
 from cxrtool.train import resolve_config, train
@@ -91,8 +92,8 @@ def score(model_dir: Path, test_manifest: Path, cache: Path) -> dict:
         positive = np.nan_to_num(es.labels[label]).astype(bool)
         row = {"query": query, "positives": int(positive.sum()), "base_rate": round(float(positive.mean()), 4)}
         # as `cxrtool search` ranks (the query expanded with the bank's sentences), and as typed (--exact)
-        for key, vector in (("", model.encode_ensemble(bank.expand_query(query))),
-                            ("_exact", model.encode_texts([query])[0])):
+        for key, vector in (("", text_query_vector(model, query, bank)),
+                            ("_exact", text_query_vector(model, query, bank, expand=False))):
             precision = precision_at(es.vectors @ vector, positive)
             row[f"precision@50{key}"] = round(precision, 4)
             row[f"lift@50{key}"] = round(precision / positive.mean(), 2)

@@ -204,6 +204,7 @@ def test_text_queries_get_their_own_tuned_depth(tmp_path, tiny_model):
 
 
 def test_a_query_naming_a_finding_searches_with_the_banks_sentences(tmp_path, tiny_model):
+    from cxrtool.data.laterality import swap_sides
     from cxrtool.data.prompts import PromptBank
 
     dim = tiny_model.card.embed_dim
@@ -212,7 +213,14 @@ def test_a_query_naming_a_finding_searches_with_the_banks_sentences(tmp_path, ti
     index = Index.open(ws.root, model=tiny_model)
     expanded = index.embed_query("left pleural effusion")
     sentences = PromptBank.load().expand_query("left pleural effusion")
-    assert np.allclose(expanded, tiny_model.encode_ensemble(sentences), atol=1e-6)
+    left = tiny_model.encode_ensemble(sentences)
+    right = tiny_model.encode_ensemble([swap_sides(t) for t in sentences])
+    assert "right" in " ".join(swap_sides(t) for t in sentences) and "right" not in " ".join(sentences)
+    contrasted = 2 * left - right  # the named side's sentences, pushed away from the other side's
+    assert np.allclose(expanded, contrasted / np.linalg.norm(contrasted), atol=1e-5)
+    unsided = index.embed_query("pleural effusion")
+    assert np.allclose(unsided, tiny_model.encode_ensemble(PromptBank.load().expand_query("pleural effusion")),
+                       atol=1e-6)
     typed = index.embed_query("left pleural effusion", expand=False)
     assert np.allclose(typed, tiny_model.encode_texts(["left pleural effusion"])[0], atol=1e-6)
     assert not np.allclose(expanded, typed, atol=1e-3)
@@ -221,3 +229,22 @@ def test_a_query_naming_a_finding_searches_with_the_banks_sentences(tmp_path, ti
     assert a == b
     sentence = "a small left apical pneumothorax is seen"  # not a finding's name: used as typed
     assert np.allclose(index.embed_query(sentence), tiny_model.encode_texts([sentence])[0], atol=1e-6)
+
+
+def test_the_side_contrast_moves_sides_up_the_ranking_but_keeps_their_order(tiny_model):
+    from cxrtool.data.prompts import PromptBank
+    from cxrtool.index.query import text_query_vector
+
+    bank = PromptBank.load()
+    assert bank.query_side("Left-sided pneumothorax") == "left" and bank.query_side("pneumothorax") is None
+    rng = np.random.default_rng(0)
+    images = rng.normal(size=(200, tiny_model.card.output_dim)).astype(np.float32)
+    images /= np.linalg.norm(images, axis=1, keepdims=True)
+    vl = tiny_model.encode_ensemble(bank.expand_query("left pneumothorax"))
+    vr = tiny_model.encode_ensemble(bank.expand_query("right pneumothorax"))
+    ql = text_query_vector(tiny_model, "left pneumothorax", bank)
+    qr = text_query_vector(tiny_model, "right pneumothorax", bank)
+    plain, searched = images @ (vl - vr), images @ ql - images @ qr
+    # the left-minus-right score is the plain ensemble difference times a positive constant
+    scale = float(searched @ plain / (plain @ plain))
+    assert scale > 1 and np.allclose(searched, scale * plain, atol=1e-5)

@@ -94,6 +94,11 @@ class PromptBank:
         return LabelPrompts([f"there is {low}.", f"findings of {low}."],
                             [f"there is no evidence of {low}."], [f"possible {low}."])
 
+    def query_side(self, query: str) -> str | None:
+        """The side a search query names at its start ("left pleural effusion" -> left), else None."""
+        m = _QUERY_SIDE_RE.match(_strip_query(query))
+        return m.group(1) if m else None
+
     def expand_query(self, query: str) -> list[str] | None:
         """A search query that *names* a finding -> the query plus the bank's sentences for it.
 

@@ -3,19 +3,22 @@
 For each finding X that has one-sided images among the evaluated rows (the side of X is left or
 right, and X is not labelled negative or uncertain); sides come from the manifest's ``sides``:
 
-* **top-k side accuracy**: rank every evaluated image by cosine to the "left X" prompt ensemble
-  and take the top k; among those with a one-sided X, count the ones whose X is on the left; do
-  the same for "right X"; pool: (correct left + correct right) / (considered left + considered
-  right). A model deaf to the side word returns the same top k for both queries and scores
-  exactly 0.5, whatever the mix of sides in the data; ``shared`` counts the images both queries
-  put in their top k, the plainest sign of such deafness.
-* **left-vs-right AUROC**: on the images with a one-sided X, score = cos(image, left ensemble) -
-  cos(image, right ensemble), positive = left. The softmax over the pair is monotone in that
-  difference, so it has the same AUROC. Chance is 0.5.
+* **top-k side accuracy**: rank every evaluated image for the query "left X" as ``cxrtool search``
+  ranks it (:func:`cxrtool.index.query.text_query_vector`: the bank's "left X" sentences,
+  contrasted with the same sentences on the right) and take the top k; among those with a
+  one-sided X, count the ones whose X is on the left; do the same for "right X"; pool:
+  (correct left + correct right) / (considered left + considered right). A model deaf to the
+  side word returns the same top k for both queries and scores exactly 0.5, whatever the mix of
+  sides in the data; ``shared`` counts the images both queries put in their top k, the plainest
+  sign of such deafness.
+* **left-vs-right AUROC**: on the images with a one-sided X, score = the "left X" search score -
+  the "right X" search score, positive = left. That is cos(image, left ensemble) - cos(image,
+  right ensemble) times a constant (the side contrast scales it), and the softmax over the pair is
+  monotone in it too, so all three give the same AUROC. Chance is 0.5.
 
 Both carry patient-bootstrap 95 % intervals (``bootstrap.py``); for top-k each resample is ranked
-afresh. Prompt ensembles are the bank's sided templates (``PromptBank`` ``positive_for``), mean of
-the unit sentence vectors, re-normalised, as for zero-shot classification.
+afresh. Prompt ensembles are the bank's sided templates (``PromptBank`` ``positive_for``) with the
+query itself, mean of the unit sentence vectors, re-normalised, as search builds them.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from cxrtool.data.prompts import PromptBank
 from cxrtool.evaluate.bootstrap import N_RESAMPLES, bootstrap_ci
 from cxrtool.evaluate.classification import auroc
 from cxrtool.evaluate.eval_set import EvalSet
-from cxrtool.evaluate.zero_shot import ensemble_embedding
+from cxrtool.index.query import text_query_vector
 from cxrtool.model.dual import DualEncoder
 
 LATERALITY_KS = (10, 50)  # 10: a first results page; 50: enough one-sided images to count on small test sets
@@ -90,11 +93,10 @@ def lateral_labels(es: EvalSet, bank: PromptBank, wanted: Sequence[str] | None =
 
 def side_scores(model: DualEncoder, es: EvalSet, name: str,
                 bank: PromptBank | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per row of ``es`` (vectors filled): cosine to the "left X" and "right X" ensembles, and the side codes."""
+    """Per row of ``es`` (vectors filled): scores for the searches "left X" and "right X", and the side codes."""
     bank = bank or PromptBank.load()
-    prompts = bank.prompts(name)
-    sl = es.vectors @ ensemble_embedding(model, prompts.positive_for(LEFT))
-    sr = es.vectors @ ensemble_embedding(model, prompts.positive_for(RIGHT))
+    sl = es.vectors @ text_query_vector(model, f"{LEFT} {name.lower()}", bank)
+    sr = es.vectors @ text_query_vector(model, f"{RIGHT} {name.lower()}", bank)
     return sl, sr, side_codes(es.sides[name], es.labels.get(name))
 
 

@@ -20,6 +20,7 @@ from cxrtool.data.prompts import PromptBank
 from cxrtool.errors import WorkspaceError
 from cxrtool.index.build import IndexInfo, gpu_available, knn, load_index, to_gpu
 from cxrtool.index.filters import Filters
+from cxrtool.index.query import text_query_vector
 from cxrtool.index.store import RowStore
 from cxrtool.io.decode import DecodedImage
 from cxrtool.model.directory import load_model
@@ -107,8 +108,9 @@ class Index:
     def embed_query(self, query: str | None = None, image: str | Path | DecodedImage | None = None,
                     expand: bool = True) -> np.ndarray:
         """The query's vector: ``image`` is a file or an already decoded image (an upload).
-        A text query that names a finding is expanded with the prompt bank's sentences for it
-        (:meth:`PromptBank.expand_query`) unless ``expand`` is False.
+        A text query that names a finding is expanded with the prompt bank's sentences for it, and
+        one that names a side is contrasted with the other side (:mod:`cxrtool.index.query`),
+        unless ``expand`` is False.
         One query is encoded at a time: the model already uses every core, and a fast tokenizer
         shared between threads fails ("Already borrowed")."""
         if (query is None) == (image is None):
@@ -116,8 +118,7 @@ class Index:
         model = self.model
         with self._encode_lock:
             if query is not None:
-                sentences = PromptBank.load().expand_query(query) if expand else None
-                return model.encode_ensemble(sentences) if sentences else model.encode_texts([query])[0]
+                return text_query_vector(model, query, PromptBank.load(), expand=expand)
             return model.encode_images([image if isinstance(image, DecodedImage) else Path(image)])[0]
 
     # ---------------------------------------------------------------------------------- filters

@@ -1,0 +1,45 @@
+"""A text query -> the vector search ranks by (one home for search, evaluation and the scripts).
+
+A query that names a finding is expanded with the prompt bank's sentences for it (CXR-CLIP's
+prompt ensembles; :meth:`PromptBank.expand_query`). A query that also names a side ("left pleural
+effusion") is contrasted with the same sentences on the other side:
+
+    q = v(left X) + SIDE_CONTRAST * (v(left X) - v(right X)), re-normalised
+
+so an image ranks by how much it looks like X *plus* how much more like "left X" than like
+"right X" it looks. Plain similarity to "left X" is mostly about X: the two sides' sentences are
+close (cosine ~0.96), so "left X" and "right X" return nearly the same images. The contrast
+leaves the left-vs-right order of any two images unchanged (the AUROC of left vs right is the
+same) and moves the side up the ranking. ``SIDE_CONTRAST = 1`` gives both parts equal weight; it
+was not tuned (docs/laterality.md, "Ranking sided queries", has the figures for 0, 1, 2 and 4).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from cxrtool.data.laterality import LEFT, RIGHT, swap_sides
+from cxrtool.data.prompts import PromptBank
+from cxrtool.model.dual import DualEncoder
+
+SIDE_CONTRAST = 1.0
+
+
+def contrast_sides(named: np.ndarray, other: np.ndarray, contrast: float = SIDE_CONTRAST) -> np.ndarray:
+    """The named side's ensemble vector pushed away from the other side's; unit norm."""
+    v = np.asarray(named, np.float32) + contrast * (np.asarray(named, np.float32) - np.asarray(other, np.float32))
+    return (v / max(float(np.linalg.norm(v)), 1e-12)).astype(np.float32)
+
+
+def text_query_vector(model: DualEncoder, query: str, bank: PromptBank | None = None,
+                      expand: bool = True) -> np.ndarray:
+    """``query`` as search ranks it: expanded when it names a finding, side-contrasted when it names a
+    side too; any other text (or ``expand=False``) encoded as typed."""
+    bank = bank or PromptBank.load()
+    sentences = bank.expand_query(query) if expand else None
+    if not sentences:
+        return model.encode_texts([query])[0]
+    vector = model.encode_ensemble(sentences)
+    if bank.query_side(query) in (LEFT, RIGHT):
+        vector = contrast_sides(vector, model.encode_ensemble([swap_sides(s) for s in sentences]))
+    return vector
