@@ -10,8 +10,9 @@ so an image ranks by how much it looks like X *plus* how much more like "left X"
 "right X" it looks. Plain similarity to "left X" is mostly about X: the two sides' sentences are
 close (cosine ~0.96), so "left X" and "right X" return nearly the same images. The contrast
 leaves the left-vs-right order of any two images unchanged (the AUROC of left vs right is the
-same) and moves the side up the ranking. ``SIDE_CONTRAST = 1`` gives both parts equal weight; it
-was not tuned (docs/laterality.md, "Ranking sided queries", has the figures for 0, 1, 2 and 4).
+same) and moves the side up the ranking. ``SIDE_CONTRAST = 1`` gives both parts equal weight, the
+plain choice rather than a tuned one (docs/laterality.md, "Flip-paired vectors and side-contrasted
+queries", has the figures for 0, 1, 2 and 4).
 """
 
 from __future__ import annotations
