@@ -201,6 +201,7 @@ def test_flip_pair_scores_are_the_mean_of_the_straight_and_the_mirrored_comparis
     texts = ["small left pleural effusion.", "small right pleural effusion.", "cardiomegaly."]
     pi, pt = paired.encode_images([img, mirrored]), paired.encode_texts(texts)
     assert pi.shape == (2, 64) and pt.shape == (3, 64) and paired.card.output_dim == 64
+    assert pi.dtype == np.float32 and pt.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(pi, axis=1), 1.0, atol=1e-5)
     np.testing.assert_allclose(np.linalg.norm(pt, axis=1), 1.0, atol=1e-5)
     si, st = single.encode_images([img, mirrored]), single.encode_texts(texts)
