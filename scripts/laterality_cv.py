@@ -66,9 +66,9 @@ OUT = REPO / "runs" / "laterality_cv"
 RECIPES = {  # name: (training config, the model that scores the fixed held-out split)
     "default": ({**RECIPE, "changed_only": False}, DEFAULT_MODEL_DIR),
     "before": ({**BASE, **CONFIGS["full"]}, REPO / "runs" / "experiments" / "full" / "model"),
-    # the default recipe at 288 px input: train_experiments' recipe_288px is its held-out-split model
-    "288px": ({**RECIPE, "changed_only": False, "input_size": 288},
-              REPO / "runs" / "experiments" / "recipe_288px" / "model"),
+    # the previous default (v3): the same recipe at 224 px; a full copy of v3 scores the held-out split
+    "v3_224px": ({**RECIPE, "changed_only": False, "input_size": 224},
+                 REPO / "runs" / "experiments" / "default_v3" / "model"),
 }
 CV_SALT = "cxrtool-laterality-cv"
 K = 50

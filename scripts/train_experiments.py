@@ -56,11 +56,14 @@ CONFIGS: dict[str, dict] = {
     "laterality": {"image_feature": "halves", "side_negatives": True, "hflip_prob": 0.5},
 }
 # Ablations of the default model's own recipe (scripts/build_default_model.py RECIPE): each changes one thing.
+# The side-weight and text runs were made when the recipe was v3's (224 px); recipe_288px was the
+# change that became v4 (the bundled model is that run's model), recipe_224px is v3's resolution.
 RECIPE_CONFIGS: dict[str, dict] = {
-    "recipe_side_weight_1": {"side_weight": 1.0},
-    "recipe_side_weight_10": {"side_weight": 10.0},
-    "recipe_text_top2": {"freeze_text": False, "freeze_text_layers": 4, "text_lr": 5e-5},
+    "recipe_side_weight_1": {"side_weight": 1.0, "input_size": 224},
+    "recipe_side_weight_10": {"side_weight": 10.0, "input_size": 224},
+    "recipe_text_top2": {"freeze_text": False, "freeze_text_layers": 4, "text_lr": 5e-5, "input_size": 224},
     "recipe_288px": {"input_size": 288},
+    "recipe_224px": {"input_size": 224},
 }
 
 
