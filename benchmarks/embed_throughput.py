@@ -46,7 +46,7 @@ def main() -> None:
 def measure(archive: Path, model, device: str, batch_size: int | None = None, workers: int | None = None,
             repeat: int = 3) -> dict:
     """All stage rates for one archive, measured in this one call (see the module docstring)."""
-    batch_size = batch_size or default_batch_size(device)
+    batch_size = batch_size or default_batch_size(device, model)
     files = [f for f in discover_archive(archive) if not f.problem]
 
     # 1. the decode side alone, in this one process: exactly what a pipeline worker does per

@@ -27,7 +27,8 @@ def embed_cmd(
     workspace: Path = typer.Option(None, help="Workspace folder (env CXRTOOL_WORKSPACE; default ./cxrtool_workspace)."),
     model: str = typer.Option(None, help="Model directory or hub name, e.g. google/medsiglip-448 (env "
                               "CXRTOOL_MODEL; default: the bundled model; see `cxrtool models`)."),
-    batch_size: int = typer.Option(None, help="Images per model batch (default: 4 on CPU, 64 on GPU)."),
+    batch_size: int = typer.Option(None, help="Images per model batch (default: 4 on CPU, 2 for a flip_pair "
+                                                "model, 64 on GPU)."),
     workers: int = typer.Option(None, help="Decoding worker processes (default: half the CPUs on CPU, 0 on 2 cores; "
                                           "up to 8 with a GPU)."),
     device: str = typer.Option("auto", help="cpu, cuda, cuda:1 ... or auto."),
