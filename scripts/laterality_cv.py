@@ -24,9 +24,10 @@ Models trained with flips (the default recipe) write ``flip_pair`` vectors (mode
 image beside its mirror image, each text beside its side-swapped twin); ``--embedding single``
 scores the same models with plain vectors, to show what the pairing adds.
 
-Usage: cd scripts && python laterality_cv.py [--recipe default|before] [--embedding single|flip_pair] [--shared DIR]
-(default: two 20-minute trainings on 2 CPU cores; before: two of 12 minutes, and the ``full``
-experiment of train_experiments.py must exist)
+Usage: cd scripts && python laterality_cv.py [--recipe default|v3_224px|before] [--embedding single|flip_pair]
+[--shared DIR] (default, the 288-px recipe: two 40-minute trainings on 2 CPU cores; v3_224px: two of
+20 minutes, and runs/experiments/default_v3/model, a full copy of v3, must exist; before: two of
+12 minutes, and the ``full`` experiment of train_experiments.py must exist)
 Results: runs/laterality_cv/<recipe>/<fold>/ (model, run folder) and runs/laterality_cv/<recipe>/summary.json
 (summary-<embedding>.json with --embedding)
 """
