@@ -86,7 +86,10 @@ def fold_model(recipe: str, fold: str, studies: list) -> Path:
     config, held_out_model = RECIPES[recipe]
     if fold == "test":
         if not (held_out_model / "model.json").is_file():
-            raise SystemExit(f"{held_out_model} is missing: run `python train_experiments.py --only full` first")
+            how = ("save the v3 model of commit f246051 there: `git worktree add /tmp/v3 f246051`, then "
+                   "load_model('/tmp/v3/src/cxrtool/default_model') and save_model_dir(model, that path)"
+                   if recipe == "v3_224px" else "run `python train_experiments.py --only full` first")
+            raise SystemExit(f"{held_out_model} is missing: {how}")
         return held_out_model
     out = OUT / recipe / fold
     if (out / "model" / "model.json").is_file():
