@@ -96,8 +96,7 @@ class PromptBank:
 
     def query_side(self, query: str) -> str | None:
         """The side a search query names at its start ("left pleural effusion" -> left), else None."""
-        m = _QUERY_SIDE_RE.match(_strip_query(query))
-        return m.group(1) if m else None
+        return _split_side(query)[0]
 
     def expand_query(self, query: str) -> list[str] | None:
         """A search query that *names* a finding -> the query plus the bank's sentences for it.
@@ -107,11 +106,7 @@ class PromptBank:
         which ranks far better than one or two words through a sentence encoder. The side is kept
         (sided sentences only). Any other text (a sentence, a description) -> None: used as typed.
         """
-        text = _strip_query(query)
-        side = None
-        m = _QUERY_SIDE_RE.match(text)
-        if m:
-            side, text = m.group(1), m.group(2)
+        side, text = _split_side(query)
         for candidate in (text, text[:-1] if text.endswith("s") else None):
             if candidate and candidate in self._lookup:
                 name = self._lookup[candidate]
@@ -161,6 +156,13 @@ _QUERY_SIDE_RE = re.compile(r"^(left|right|bilateral)(?:[- ]sided)?\s+(.+)$")
 
 def _strip_query(text: str) -> str:
     return re.sub(r"\s+", " ", text.strip().lower().rstrip(".!?")).strip()
+
+
+def _split_side(query: str) -> tuple[str | None, str]:
+    """(side named at the start or None, the rest), normalised: "Left-sided effusion." -> (left, effusion)."""
+    text = _strip_query(query)
+    m = _QUERY_SIDE_RE.match(text)
+    return (m.group(1), m.group(2)) if m else (None, text)
 
 
 @lru_cache(maxsize=8)

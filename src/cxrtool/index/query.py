@@ -28,7 +28,8 @@ SIDE_CONTRAST = 1.0
 
 def contrast_sides(named: np.ndarray, other: np.ndarray, contrast: float = SIDE_CONTRAST) -> np.ndarray:
     """The named side's ensemble vector pushed away from the other side's; unit norm."""
-    v = np.asarray(named, np.float32) + contrast * (np.asarray(named, np.float32) - np.asarray(other, np.float32))
+    named, other = np.asarray(named, np.float32), np.asarray(other, np.float32)
+    v = named + contrast * (named - other)
     return (v / max(float(np.linalg.norm(v)), 1e-12)).astype(np.float32)
 
 
