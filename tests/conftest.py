@@ -26,11 +26,13 @@ def sample_archive() -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_text_dir(tmp_path_factory) -> Path:
+    import torch
     from transformers import AutoTokenizer, BertConfig, BertModel
 
     from cxrtool.model.sources import minilm_dir
 
     d = tmp_path_factory.mktemp("tiny_bert")
+    torch.manual_seed(0)  # the same random text encoder on every machine and run
     tok = AutoTokenizer.from_pretrained(minilm_dir())
     cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                      intermediate_size=64, max_position_embeddings=128)

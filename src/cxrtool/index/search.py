@@ -258,10 +258,12 @@ def search(
     filters: Filters | None = None,
     per_study: bool = False,
     dedupe: float | None = DEDUPE_COSINE,
+    expand: bool = True,
 ) -> list[Hit]:
     """One-shot search (opens the index each call; keep an :class:`Index` for many queries):
-    text->image, image->image (``image=``), image->report (``target="reports"``)."""
+    text->image, image->image (``image=``), image->report (``target="reports"``). ``expand=False``
+    searches with the query text as typed (no prompt-bank sentences, no side contrast)."""
     if (query is None) == (image is None):
         raise WorkspaceError("give either a text query or --image PATH (not both)")
     index = Index.open(workspace, target, model)
-    return index.search(query, image, k=k, filters=filters, per_study=per_study, dedupe=dedupe)
+    return index.search(query, image, k=k, filters=filters, per_study=per_study, dedupe=dedupe, expand=expand)
