@@ -38,6 +38,7 @@ import argparse
 import copy
 import json
 import logging
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -58,6 +59,7 @@ from cxrtool.evaluate.laterality import (
     side_scores,
     topk_side_counts,
 )
+from cxrtool.index.query import SIDE_CONTRAST
 from cxrtool.model import load_model
 from cxrtool.model.directory import DEFAULT_MODEL_DIR
 from cxrtool.train import resolve_config, train
@@ -125,14 +127,20 @@ def fold_scores(recipe: str, fold: str, studies: list, bank: PromptBank,
     return scores
 
 
-def pooled_topk(sl: np.ndarray, sr: np.ndarray, codes: np.ndarray, fold: np.ndarray) -> float:
-    """Top-k side accuracy with each fold ranked on its own (as its model would serve it), counts summed."""
+def pooled_topk_counts(sl: np.ndarray, sr: np.ndarray, codes: np.ndarray, fold: np.ndarray) -> tuple[int, int]:
+    """(correct, considered) in the top k, each fold ranked on its own (as its model would serve it), summed."""
     correct = considered = 0
     for f in np.unique(fold):
         mine = fold == f
         fold_correct, fold_considered = pooled_counts(topk_side_counts(sl[mine], sr[mine], codes[mine], K))
         correct += fold_correct
         considered += fold_considered
+    return correct, considered
+
+
+def pooled_topk(sl: np.ndarray, sr: np.ndarray, codes: np.ndarray, fold: np.ndarray) -> float:
+    """Top-k side accuracy of :func:`pooled_topk_counts`; NaN if no one-sided image is in any top k."""
+    correct, considered = pooled_topk_counts(sl, sr, codes, fold)
     return correct / considered if considered else float("nan")
 
 
@@ -154,7 +162,8 @@ def summarise(per_fold: dict[str, dict]) -> list[dict]:
                 row["auroc_by_fold"][fold] = {"one_sided": int(o.sum()), **bootstrap_ci(
                     left_right_auroc, p["left"][o], p["right"][o], p["codes"][o], groups=p["patients"][o]).to_dict()}
         acc = bootstrap_ci(pooled_topk, cat["left"], cat["right"], cat["codes"], cat["fold"], groups=cat["patients"])
-        row[f"top{K}_accuracy_pooled"] = acc.to_dict()
+        correct, considered = pooled_topk_counts(cat["left"], cat["right"], cat["codes"], cat["fold"])
+        row[f"top{K}_accuracy_pooled"] = {**acc.to_dict(), "correct": correct, "considered": considered}
         rows.append(row)
     return rows
 
@@ -180,16 +189,23 @@ def main() -> None:
         per_fold[fold] = fold_scores(args.recipe, fold, studies, bank, args.embedding)
     rows = summarise(per_fold)
     name = f"summary-{args.embedding}.json" if args.embedding else "summary.json"
+    # what produced the figures: a summary written by a process that imported older query code is
+    # otherwise indistinguishable from a current one (v4's first top-50 figures were such a one)
+    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True).stdout.strip()
     (OUT / args.recipe / name).write_text(json.dumps({"recipe": args.recipe, "embedding": args.embedding or "card",
-                                                      "k": K, "labels": rows}, indent=2))
-    print(f"recipe: {args.recipe}, embedding: {args.embedding or 'as each card says'}")
+                                                      "k": K, "side_contrast": SIDE_CONTRAST, "commit": commit,
+                                                      "labels": rows}, indent=2))
+    print(f"recipe: {args.recipe}, embedding: {args.embedding or 'as each card says'}, "
+          f"side contrast of sided queries: {SIDE_CONTRAST:g}, commit {commit}")
     print(f"| finding | one-sided (L/R) | left-vs-right AUROC, pooled | by fold: test (the shipped split) / a / b "
-          f"| top-{K} side accuracy, pooled |")
+          f"| top-{K} side accuracy, pooled (correct/considered) |")
     print("|---|---|---|---|---|")
     for r in rows:
+        top = r[f"top{K}_accuracy_pooled"]
         folds = " / ".join(f"{fmt(v)} (n={v['one_sided']})" for v in r["auroc_by_fold"].values())
         print(f"| {r['label']} | {r['one_sided']} ({r['left']}/{r['right']}) | {fmt(r['auroc_pooled'])} | {folds} "
-              f"| {fmt(r[f'top{K}_accuracy_pooled'])} |")
+              f"| {fmt(top)} ({top['correct']}/{top['considered']}) |")
 
 
 if __name__ == "__main__":
