@@ -6,7 +6,9 @@ where the radiologist boxes give the side), text tower frozen, with CXR-CLIP's o
 writes only the changed weights into src/cxrtool/default_model/. The held-out test patients of
 scripts/nih_split.py (the sample_data patients and a further hash bucket) are excluded from
 training and model selection, so the demo, the tests and docs/benchmarks.md judge the model on
-patients it never saw.
+patients it never saw. The card's measured sides (``laterality``, which search's side warnings read)
+belong to the weights they were measured on: after a rebuild, run
+``cd scripts && python laterality_cv.py --record`` (docs/laterality.md).
 
 Usage: python scripts/build_default_model.py [SHARED_DATA_DIR]
 """

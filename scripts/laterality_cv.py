@@ -25,7 +25,7 @@ image beside its mirror image, each text beside its side-swapped twin); ``--embe
 scores the same models with plain vectors, to show what the pairing adds.
 
 Usage: cd scripts && python laterality_cv.py [--recipe default|v3_224px|before] [--embedding single|flip_pair]
-[--shared DIR] (default, the 288-px recipe: two 40-minute trainings on 2 CPU cores; v3_224px: two of
+[--shared DIR] [--record] (default, the 288-px recipe: two 40-minute trainings on 2 CPU cores; v3_224px: two of
 20 minutes, and runs/experiments/default_v3/model, a full copy of v3, must exist; before: two of
 12 minutes, and the ``full`` experiment of train_experiments.py must exist)
 Results: runs/laterality_cv/<recipe>/<fold>/ (model, run folder) and runs/laterality_cv/<recipe>/summary.json
@@ -56,6 +56,7 @@ from cxrtool.evaluate.laterality import (
     lateral_labels,
     left_right_auroc,
     pooled_counts,
+    record_in_card,
     side_scores,
     topk_side_counts,
 )
@@ -178,6 +179,9 @@ def main() -> None:
     ap.add_argument("--shared", type=Path, default=REPO.parent / "shared" / "data")
     ap.add_argument("--embedding", choices=["single", "flip_pair"], default=None,
                     help="score with this vector mode instead of the one in each model's card")
+    ap.add_argument("--record", action="store_true",
+                    help="write the pooled left-vs-right AUROCs into the held-out model's card (model.json "
+                         "'laterality'), which search reads to warn about sides the model does not tell")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     studies = read_csv_studies(args.shared / "nih_512" / "labels.csv", patient_col="patient_id", view_col="view",
@@ -196,6 +200,11 @@ def main() -> None:
     (OUT / args.recipe / name).write_text(json.dumps({"recipe": args.recipe, "embedding": args.embedding or "card",
                                                       "k": K, "side_contrast": SIDE_CONTRAST, "commit": commit,
                                                       "labels": rows}, indent=2))
+    if args.record:
+        held_out_model = RECIPES[args.recipe][1]
+        record_in_card(held_out_model, {"labels": [{**r, "auroc_left_vs_right": r["auroc_pooled"]} for r in rows]},
+                       "cross-fitted on NIH ChestX-ray14 boxes, scripts/laterality_cv.py")
+        print(f"recorded in {held_out_model / 'model.json'}")
     print(f"recipe: {args.recipe}, embedding: {args.embedding or 'as each card says'}, "
           f"side contrast of sided queries: {SIDE_CONTRAST:g}, commit {commit}")
     print(f"| finding | one-sided (L/R) | left-vs-right AUROC, pooled | by fold: test (the shipped split) / a / b "

@@ -56,6 +56,18 @@ def test_embed_then_search_with_no_flags(demo_workspace):
 
 
 @pytest.mark.slow
+def test_search_warns_on_stderr_where_the_default_model_does_not_tell_the_side(demo_workspace):
+    """The bundled card records the measured left-vs-right AUROC per finding (nodule 0.34): a
+    "left nodule" search says its sides are unreliable, on stderr so --json stays parseable."""
+    cwd, env = demo_workspace
+    nodule = cli("search", "left nodule", "-k", "3", "--json", cwd=cwd, env=env)
+    assert len(json.loads(nodule.stdout)) == 3
+    assert "side for nodule is not reliable" in " ".join(nodule.stderr.split())
+    effusion = cli("search", "left pleural effusion", "-k", "3", "--json", cwd=cwd, env=env)
+    assert "not reliable" not in effusion.stderr
+
+
+@pytest.mark.slow
 def test_label_queries_beat_base_rate_on_held_out_images(demo_workspace):
     """Precision@5 of the query naming a finding > that finding's base rate, for >= 3 findings.
 

@@ -33,7 +33,7 @@ from cxrtool.data.laterality import (
 )
 from cxrtool.data.manifest import Study, StudyImage, write_manifest
 from cxrtool.data.sources.openi import MESH_PATH, read_openi_studies
-from cxrtool.errors import ManifestError
+from cxrtool.errors import ManifestError, ModelError
 from cxrtool.evaluate.eval_set import eval_set_from_manifest
 from cxrtool.evaluate.laterality import left_right_auroc, side_codes, topk_side_accuracy, topk_side_counts
 
@@ -372,3 +372,53 @@ def test_evaluate_without_sides_has_no_laterality_section(tiny_model_dir, tmp_pa
                               "--bootstrap", "10", "--no-probe", "--json"])
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout)["laterality"] is None
+
+
+def _card_with(laterality: dict):
+    from cxrtool.model.card import ImageSpec, ModelCard, TextSpec
+
+    return ModelCard(image=ImageSpec(timm_name="x", feature_dim=8), text=TextSpec(feature_dim=8), embed_dim=8,
+                     laterality=laterality)
+
+
+def test_side_caveat_warns_only_for_a_sided_query_on_a_finding_the_model_was_measured_not_to_lateralise():
+    from cxrtool.index.query import side_caveat
+
+    card = _card_with({"Nodule": {"auroc": 0.34, "low": 0.19, "high": 0.48, "one_sided": 59, "measured_on": "cv"},
+                       "Pleural Effusion": {"auroc": 0.75, "low": 0.66, "high": 0.84, "one_sided": 100},
+                       "Pneumonia": {"auroc": 0.6, "low": 0.5, "high": 0.7}})
+    note = side_caveat(card, "Left nodules")
+    assert note and "nodule" in note and "0.34 [0.19, 0.48]" in note and "59 one-sided" in note and "(cv)" in note
+    assert side_caveat(card, "right-sided pneumonia")  # an interval reaching 0.5 is not shown better than chance
+    assert side_caveat(card, "left pleural effusion") is None  # measured, and clearly above chance
+    assert side_caveat(card, "nodule") is None  # no side named
+    assert side_caveat(card, "left pneumothorax") is None  # not measured: nothing to say
+    assert side_caveat(card, "left nodule near the hilum, follow up") is None  # free text names no bank finding
+    assert side_caveat(_card_with({}), "left nodule") is None
+
+
+def test_record_in_card_writes_measured_sides_and_new_weights_drop_them(tiny_model, tiny_model_dir, tmp_path):
+    import shutil
+
+    import torch
+
+    from cxrtool.evaluate.laterality import record_in_card
+    from cxrtool.model import load_model, save_model_dir
+    from cxrtool.model.card import ModelCard
+
+    model_dir = tmp_path / "m"
+    shutil.copytree(tiny_model_dir, model_dir)
+    report = {"labels": [{"label": "Nodule", "one_sided": 12, "auroc_left_vs_right":
+                          {"value": 0.41, "low": 0.2, "high": 0.6, "resamples": 100}},
+                         {"label": "Mass", "one_sided": 3, "auroc_left_vs_right": None}]}
+    entries = record_in_card(model_dir, report, "unit test")
+    assert entries == {"Nodule": {"auroc": 0.41, "low": 0.2, "high": 0.6, "one_sided": 12, "measured_on": "unit test"}}
+    model = load_model(str(model_dir))
+    assert model.card.laterality == entries
+    assert save_model_dir(model, tmp_path / "same") and ModelCard.load(tmp_path / "same").laterality == entries
+    with torch.no_grad():
+        model.image_proj.weight.add_(0.01)  # fine-tuned: the measurement was of other weights
+    save_model_dir(model, tmp_path / "tuned")
+    assert ModelCard.load(tmp_path / "tuned").laterality == {}
+    with pytest.raises(ModelError, match="laterality entry"):
+        _card_with({"Nodule": {"auroc": "high"}}).validate()

@@ -64,6 +64,14 @@ def test_text_search_returns_the_library_ranking_with_thumbnails(server, workspa
         assert max(image.size) == 256 and image.mode == "L"
 
 
+def test_a_sided_query_carries_the_models_side_caveat(server, tiny_model, monkeypatch):
+    _, client = server
+    monkeypatch.setattr(tiny_model.card, "laterality", {"Nodule": {"auroc": 0.34, "low": 0.19, "high": 0.48}})
+    assert "not reliable" in search(client, q="left nodule", k=3)["note"]
+    assert search(client, q="nodule", k=3)["note"] is None
+    assert search(client, q="left pleural effusion", k=3)["note"] is None
+
+
 def test_filters_and_per_study_collapse(server):
     _, client = server
     pa = search(client, q="heart", k=50, view="PA", dedupe=0)["images"]

@@ -9,10 +9,11 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from cxrtool.cli.common import out, print_json, run
+from cxrtool.cli.common import console, out, print_json, run
 from cxrtool.errors import WorkspaceError
 from cxrtool.index.filters import Filters
 from cxrtool.index.grid import save_grid
+from cxrtool.index.query import side_caveat
 from cxrtool.index.search import DEDUPE_COSINE, Hit, Index
 from cxrtool.privacy import pseudonym, resolve_key
 
@@ -80,6 +81,9 @@ def search_cmd(
         return hits, index
 
     hits, index = run(go)
+    caveat = side_caveat(index.model.card, query) if query and index.target == "images" else None
+    if caveat:  # on stderr, so --json and --csv stay machine-readable
+        console.print(f"[yellow]note:[/yellow] {caveat}")
     if as_json:
         print_json([h.to_dict() for h in hits])
     elif as_csv:

@@ -106,17 +106,23 @@ class PromptBank:
         which ranks far better than one or two words through a sentence encoder. The side is kept
         (sided sentences only). Any other text (a sentence, a description) -> None: used as typed.
         """
+        side, name = self.query_finding(query)
+        if name is None:
+            return None
+        return [query.strip(), *self.labels[name].positive_for(side)]
+
+    def query_finding(self, query: str) -> tuple[str | None, str | None]:
+        """(side, label) when ``query`` *names* a finding of the bank, side and all ("left pleural
+        effusions" -> (left, Pleural Effusion)); (side, None) for any other text, or for a side
+        named with a finding that has no sides."""
         side, text = _split_side(query)
         for candidate in (text, text[:-1] if text.endswith("s") else None):
             if candidate and candidate in self._lookup:
                 name = self._lookup[candidate]
-                if name == NO_FINDING or name not in self.labels:
-                    return None
-                p = self.labels[name]
-                if side and not p.lateral:
-                    return None
-                return [query.strip(), *p.positive_for(side)]
-        return None
+                if name == NO_FINDING or name not in self.labels or (side and not self.labels[name].lateral):
+                    return side, None
+                return side, name
+        return side, None
 
     def to_text(self, labels: dict[str, int], rng: random.Random | None = None, max_negatives: int = 3,
                 sides: dict[str, str] | None = None) -> str:

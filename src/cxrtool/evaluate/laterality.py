@@ -24,6 +24,7 @@ query itself, mean of the unit sentence vectors, re-normalised, as search builds
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
@@ -33,6 +34,7 @@ from cxrtool.evaluate.bootstrap import N_RESAMPLES, bootstrap_ci
 from cxrtool.evaluate.classification import auroc
 from cxrtool.evaluate.eval_set import EvalSet
 from cxrtool.index.query import text_query_vector
+from cxrtool.model.card import ModelCard
 from cxrtool.model.dual import DualEncoder
 
 LATERALITY_KS = (10, 50)  # 10: a first results page; 50: enough one-sided images to count on small test sets
@@ -137,3 +139,20 @@ def laterality_report(model: DualEncoder, es: EvalSet, labels: Sequence[str] | N
     return {"labels": rows, "chance": CHANCE, "ks": [int(k) for k in ks],
             "rule": "one-sided = side left or right and the finding not negative/uncertain; top-k side accuracy "
                     "pooled over the 'left X' and 'right X' queries; AUROC of cos(left) - cos(right), left = 1"}
+
+
+def record_in_card(model_dir: str | Path, report: dict, measured_on: str) -> dict[str, dict]:
+    """Write a :func:`laterality_report`'s left-vs-right AUROCs into the model directory's card
+    (``ModelCard.laterality``), so search can warn about sides the model does not tell; labels
+    without an AUROC (one side missing) are left as they were. Returns the card's entries."""
+    directory = Path(model_dir)
+    card = ModelCard.load(directory)
+    for row in report["labels"]:
+        ci = row.get("auroc_left_vs_right")
+        if ci:
+            card.laterality[row["label"]] = {"auroc": round(float(ci["value"]), 4), "low": round(float(ci["low"]), 4),
+                                             "high": round(float(ci["high"]), 4),
+                                             "one_sided": int(row["one_sided"]), "measured_on": measured_on}
+    card.validate()
+    card.save(directory)
+    return card.laterality

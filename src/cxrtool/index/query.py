@@ -13,6 +13,11 @@ leaves the left-vs-right order of any two images unchanged (the AUROC of left vs
 same) and moves the side up the ranking. ``SIDE_CONTRAST = 1`` gives both parts equal weight, the
 plain choice rather than a tuned one (docs/laterality.md, "Flip-paired vectors and side-contrasted
 queries", has the figures for 0, 1, 2 and 4).
+
+A sided query is only as good as the model's side for that finding. :func:`side_caveat` reads what
+the model card says was measured and returns a warning when the side was not shown to be better
+than chance (the interval of the left-vs-right AUROC reaches 0.5), e.g. nodules for the default
+model, too small at its resolution to have a side it learned.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import numpy as np
 
 from cxrtool.data.laterality import LEFT, RIGHT, swap_sides
 from cxrtool.data.prompts import PromptBank
+from cxrtool.model.card import ModelCard
 from cxrtool.model.dual import DualEncoder
 
 SIDE_CONTRAST = 1.0
@@ -45,3 +51,17 @@ def text_query_vector(model: DualEncoder, query: str, bank: PromptBank | None = 
     if bank.query_side(query) in (LEFT, RIGHT):
         vector = contrast_sides(vector, model.encode_ensemble([swap_sides(s) for s in sentences]))
     return vector
+
+
+def side_caveat(card: ModelCard, query: str, bank: PromptBank | None = None) -> str | None:
+    """A warning for a query naming a side and a finding whose side this model was measured not to
+    tell (left-vs-right AUROC interval reaching 0.5 in ``card.laterality``); None otherwise."""
+    side, name = (bank or PromptBank.load()).query_finding(query)
+    entry = card.laterality.get(name) if side in (LEFT, RIGHT) and name else None
+    if not entry or entry["low"] > 0.5:
+        return None
+    measured = f", {entry['one_sided']} one-sided images" if entry.get("one_sided") else ""
+    where = f" ({entry['measured_on']})" if entry.get("measured_on") else ""
+    return (f"this model's side for {name.lower()} is not reliable: left-vs-right AUROC {entry['auroc']:.2f} "
+            f"[{entry['low']:.2f}, {entry['high']:.2f}]{measured}{where}; results are ranked for the finding, "
+            f"but treat their side as unknown")

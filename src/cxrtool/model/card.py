@@ -17,6 +17,11 @@ straight and the mirrored comparison. Evidence that does not flip with the image
 one side looks "more left") cancels between the two halves; side evidence, which flips, adds up.
 Vectors are then 2 x ``embed_dim`` wide (:attr:`ModelCard.output_dim`), and :attr:`vector_id`
 (the fingerprint plus the mode) is what shards and indexes must match.
+
+``laterality`` records how well the model was *measured* to tell a finding's side (canonical label
+-> left-vs-right AUROC with its 95 % CI, the number of one-sided images, and what it was measured
+on). Search reads it to warn when a sided query names a finding whose side the model was not
+shown to tell (:func:`cxrtool.index.query.side_caveat`); a finding without an entry is unmeasured.
 """
 
 from __future__ import annotations
@@ -127,6 +132,8 @@ class ModelCard:
     provenance: dict[str, Any] = field(default_factory=dict)
     format: str = CARD_FORMAT
     embedding: str = "single"  # single | flip_pair (see the module docstring)
+    # label -> {"auroc", "low", "high", "one_sided", "measured_on"} (see the module docstring)
+    laterality: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def output_dim(self) -> int:
@@ -181,6 +188,10 @@ class ModelCard:
                              f"{self.image.backend!r} (timm: {', '.join(TIMM_FEATURES)}; hf: pooled, first_token)")
         if len(self.image.mean) != self.image.in_channels or len(self.image.std) != self.image.in_channels:
             raise ModelError("model card: mean/std must have one value per input channel")
+        for label, entry in self.laterality.items():
+            if not isinstance(entry, dict) or not all(isinstance(entry.get(k), (int, float))
+                                                      for k in ("auroc", "low", "high")):
+                raise ModelError(f"model card: laterality entry for {label!r} needs numbers auroc, low and high")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

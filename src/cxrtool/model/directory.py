@@ -178,7 +178,10 @@ def save_model_dir(model: DualEncoder, directory: str | Path, changed_only: bool
     directory = Path(directory)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     card = ModelCard.from_dict(model.card.to_dict())
-    card.fingerprint = fingerprint_state(state)
+    fingerprint = fingerprint_state(state)
+    if card.fingerprint != fingerprint:
+        card.laterality = {}  # measured on other weights (e.g. before fine-tuning): no longer this model's
+    card.fingerprint = fingerprint
     if provenance:
         card.provenance = {**card.provenance, **provenance}
     if card.family != "cxrtool":

@@ -27,6 +27,7 @@ from cxrtool import __version__
 from cxrtool.constants import SERVE_HOST, SERVE_K_MAX, SERVE_MAX_UPLOAD_MB, SERVE_PORT
 from cxrtool.errors import CxrError, DecodeError, UnknownIdError
 from cxrtool.index.filters import Filters
+from cxrtool.index.query import side_caveat
 from cxrtool.index.search import DEDUPE_COSINE, Hit
 from cxrtool.io.decode import decode_bytes
 from cxrtool.model.dual import DualEncoder
@@ -77,6 +78,7 @@ class ReportHit(BaseModel):
 class SearchResult(BaseModel):
     target: Literal["images", "reports"]
     took_ms: float
+    note: str | None = None  # e.g. the model's side for the queried finding is not reliable
     images: list[ImageHit] = []
     reports: list[ReportHit] = []
 
@@ -181,8 +183,9 @@ def create_app(workspace: str | Path | None = None, model: DualEncoder | str | N
                      opts: SearchOptions = Depends(search_options)) -> SearchResult:
         """Search by a text query ``q`` or by an indexed image ``like`` (give one)."""
         like_id = parse_id(like) if like is not None else None
+        note = side_caveat(service.images.model.card, q) if q and opts.target == "images" else None
         return await _run_search(lambda: service.search(q, None, like_id, opts.target, opts.k, opts.filters,
-                                                        opts.per_study, opts.dedupe), opts.target)
+                                                        opts.per_study, opts.dedupe), opts.target, note)
 
     @app.post("/api/search/image", response_model=SearchResult, tags=["search"],
               responses={400: {"model": ErrorBody}, 413: {"model": ErrorBody}},
@@ -203,13 +206,13 @@ def create_app(workspace: str | Path | None = None, model: DualEncoder | str | N
 
         return await _run_search(go, opts.target)
 
-    async def _run_search(fn, target: str) -> SearchResult:
+    async def _run_search(fn, target: str, note: str | None = None) -> SearchResult:
         t0 = time.perf_counter()
         hits = await in_thread(fn)
         took = round((time.perf_counter() - t0) * 1000, 1)
         if target == "reports":
-            return SearchResult(target="reports", took_ms=took, reports=[_report_hit(h) for h in hits])
-        return SearchResult(target="images", took_ms=took, images=[_image_hit(h) for h in hits])
+            return SearchResult(target="reports", took_ms=took, note=note, reports=[_report_hit(h) for h in hits])
+        return SearchResult(target="images", took_ms=took, note=note, images=[_image_hit(h) for h in hits])
 
     @app.get("/api/images/{image_id}", response_model=ImageDetail, tags=["images"],
              responses={400: {"model": ErrorBody}, 404: {"model": ErrorBody}})

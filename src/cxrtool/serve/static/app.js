@@ -93,6 +93,7 @@ async function run() {
     label = "like " + mode.file.name;
   }
   clearError();
+  $("note").hidden = true;
   setStatus("searching " + label + "…", true);
   const started = performance.now();
   try {
@@ -103,6 +104,8 @@ async function run() {
     const noun = n === 1 ? result.target.slice(0, -1) : result.target;
     const seconds = ((performance.now() - started) / 1000).toFixed(2);
     setStatus(`${n} ${noun} ${label} (search ${result.took_ms} ms, ${seconds} s with transfer)`);
+    $("note").textContent = result.note || "";
+    $("note").hidden = !result.note;
   } catch (err) {
     if (err.name === "AbortError") return;
     setStatus("");
