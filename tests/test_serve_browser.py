@@ -107,6 +107,21 @@ def test_a_text_query_shows_thumbnails_and_a_detail_view(page, site):
     assert not dialog.is_visible() and first_id
 
 
+def test_a_side_the_model_does_not_tell_is_noted_above_the_results(page, tiny_model, monkeypatch):
+    monkeypatch.setattr(tiny_model.card, "laterality", {"Nodule": {"auroc": 0.34, "low": 0.19, "high": 0.48,
+                                                                   "one_sided": 59}})
+    page.fill("#q", "left nodule")
+    page.press("#q", "Enter")
+    page.wait_for_function(LOADED)
+    note = page.locator("#note")
+    assert note.is_visible() and "side for nodule is not reliable" in note.inner_text()
+    shot(page, "6-side-note")
+    page.fill("#q", "cardiomegaly")
+    page.press("#q", "Enter")
+    page.wait_for_function("() => document.getElementById('status').textContent.includes('for “cardiomegaly” (search')")
+    assert not note.is_visible()
+
+
 def test_uploading_a_dicom_finds_it_first(page, site):
     page.set_input_files("#file", str(site[2] / UPLOAD_DICOM))
     page.wait_for_function("() => document.getElementById('status').textContent.includes('IM000001.dcm (search')")
