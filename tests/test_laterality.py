@@ -361,6 +361,30 @@ def test_evaluate_reports_laterality_when_the_data_has_sides(tiny_model_dir, sid
     assert bad.exit_code == 2 and "laterality-k" in bad.output
 
 
+def test_evaluate_record_sides_writes_the_measured_aurocs_into_a_model_directory(tiny_model_dir, sided_manifest,
+                                                                                 tmp_path):
+    import shutil
+
+    from cxrtool.model.card import ModelCard
+    from cxrtool.model.directory import DEFAULT_MODEL_DIR
+
+    mine = tmp_path / "mine"
+    shutil.copytree(tiny_model_dir, mine)
+    res = runner.invoke(app, ["evaluate", str(sided_manifest), "--out", str(tmp_path / "eval"), "--model", str(mine),
+                              "--bootstrap", "30", "--no-probe", "--json", "--record-sides"])
+    assert res.exit_code == 0, res.output
+    measured = json.loads(res.stdout)["laterality"]["labels"][0]["auroc_left_vs_right"]
+    entry = ModelCard.load(mine).laterality["Pleural Effusion"]
+    assert (entry["auroc"], entry["low"], entry["one_sided"]) == (round(measured["value"], 4),
+                                                                 round(measured["low"], 4), 6)
+    assert sided_manifest.name in entry["measured_on"]
+    card_before = (DEFAULT_MODEL_DIR / "model.json").read_bytes()
+    bundled = runner.invoke(app, ["evaluate", str(sided_manifest), "--out", str(tmp_path / "eval2"), "--model",
+                                  str(DEFAULT_MODEL_DIR), "--no-probe", "--record-sides"])
+    assert bundled.exit_code == 2 and "model directory of your own" in bundled.output
+    assert (DEFAULT_MODEL_DIR / "model.json").read_bytes() == card_before
+
+
 def test_evaluate_without_sides_has_no_laterality_section(tiny_model_dir, tmp_path):
     study = _study("x", "p1", "test", {}, {"Pleural Effusion": 1})
     study.images = [StudyImage(str(SAMPLE / "archive" / "nih" / p), "PA") for p in

@@ -13,11 +13,12 @@ from cxrtool.errors import ManifestError
 from cxrtool.evaluate.bootstrap import N_RESAMPLES
 from cxrtool.evaluate.classification import THRESHOLD
 from cxrtool.evaluate.eval_set import embed_eval_set, eval_set_from_manifest, eval_set_from_shards
-from cxrtool.evaluate.laterality import LATERALITY_KS
+from cxrtool.evaluate.laterality import LATERALITY_KS, record_in_card
 from cxrtool.evaluate.outputs import to_markdown, write_outputs
 from cxrtool.evaluate.run import EvalOptions, EvalResult, evaluate_model, pick_split
 from cxrtool.evaluate.zero_shot import read_prompt_file
 from cxrtool.model import load_model
+from cxrtool.model.directory import DEFAULT_MODEL_DIR, resolve_model
 
 
 def evaluate_cmd(
@@ -45,6 +46,8 @@ def evaluate_cmd(
     device: str = typer.Option("auto", help="cpu, cuda, cuda:1 ... or auto."),
     batch_size: int = typer.Option(32, help="Images per model batch."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON instead of Markdown."),
+    record_sides: bool = typer.Option(False, "--record-sides", help="Write the left-vs-right AUROCs into the model "
+                                      "directory's model.json, so search warns about sides it does not tell."),
 ) -> None:
     """Measure a model: zero-shot AUROC with bootstrap CIs, accuracy/F1, 5x200-style multi-class accuracy,
     image<->text retrieval, a linear probe, subgroup breakdowns and, where the data has sides (manifest
@@ -61,6 +64,10 @@ def evaluate_cmd(
             ks = tuple(int(k) for k in laterality_k.split(",") if k.strip())
         except ValueError:
             ks = ()
+        target = resolve_model(model) if record_sides else None
+        if record_sides and (not isinstance(target, Path) or target.resolve() == DEFAULT_MODEL_DIR.resolve()):
+            raise ManifestError("--record-sides writes into a model directory of your own, not the bundled model "
+                                "or a hub download", "save a copy (cxrtool.model.save_model_dir) and pass --model DIR")
         if not ks or min(ks) < 1:
             raise ManifestError(f"--laterality-k {laterality_k!r}: expected positive integers",
                                 "e.g. --laterality-k 10,50")
@@ -76,9 +83,15 @@ def evaluate_cmd(
         result = evaluate_model(mdl, es, options, progress=bar)
         result.summary["data"]["input"] = str(manifest or shards)
         result.summary["data"]["undecodable_images"] = len(failed)
+        if record_sides and result.summary.get("laterality"):
+            record_in_card(target, result.summary["laterality"],
+                           f"cxrtool evaluate, {Path(str(manifest or shards)).name}, split {split}")
         return result, write_outputs(result, out_dir), failed
 
     result, paths, failed = run(go)
+    if record_sides:
+        console.print("recorded the measured sides in the model's model.json" if result.summary.get("laterality")
+                      else "no one-sided findings in this data: nothing recorded", highlight=False)
     for path, reason in failed[:10]:
         console.print(f"[yellow]skipped[/] {path}: {reason}", highlight=False)
     if as_json:
