@@ -67,7 +67,7 @@ def evaluate_cmd(
         target = resolve_model(model) if record_sides else None
         if record_sides and (not isinstance(target, Path) or target.resolve() == DEFAULT_MODEL_DIR.resolve()):
             raise ManifestError("--record-sides writes into a model directory of your own, not the bundled model "
-                                "or a hub download", "save a copy (cxrtool.model.save_model_dir) and pass --model DIR")
+                                "or a hub download", "copy the model directory (cp -r) and pass --model COPY")
         if not ks or min(ks) < 1:
             raise ManifestError(f"--laterality-k {laterality_k!r}: expected positive integers",
                                 "e.g. --laterality-k 10,50")
