@@ -35,7 +35,7 @@ from cxrtool.evaluate.eval_set import embed_eval_set, eval_set_from_manifest
 from cxrtool.evaluate.run import EvalOptions, evaluate_model
 from cxrtool.index.query import text_query_vector
 from cxrtool.model import load_model
-from cxrtool.model.directory import create_model, save_model_dir
+from cxrtool.model.directory import DEFAULT_MODEL_DIR, create_model, save_model_dir
 from cxrtool.train import resolve_config, train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -113,16 +113,12 @@ def run_config(name: str, overrides: dict, train_manifest: Path, test_manifest: 
     if summary_path.is_file():
         summary = json.loads(summary_path.read_text())
         if RESCORE:
-            from cxrtool.model.directory import DEFAULT_MODEL_DIR
-
             model_dir = DEFAULT_MODEL_DIR if name == "default" else out / "model"
             summary.update(score(model_dir, test_manifest, out / "eval_cache"))
             summary_path.write_text(json.dumps(summary, indent=2))
         return summary
     t0 = time.time()
     if name == "default":  # the bundled model as built by `make default-model`: scored only
-        from cxrtool.model.directory import DEFAULT_MODEL_DIR
-
         card = json.loads((DEFAULT_MODEL_DIR / "model.json").read_text())
         summary = {"name": name, "overrides": card["provenance"].get("train_config", {}),
                    "train_seconds": sum(h.get("seconds", 0) for h in card["provenance"].get("history", [])),

@@ -64,13 +64,13 @@ def evaluate_cmd(
             ks = tuple(int(k) for k in laterality_k.split(",") if k.strip())
         except ValueError:
             ks = ()
+        if not ks or min(ks) < 1:
+            raise ManifestError(f"--laterality-k {laterality_k!r}: expected positive integers",
+                                "e.g. --laterality-k 10,50")
         target = resolve_model(model) if record_sides else None
         if record_sides and (not isinstance(target, Path) or target.resolve() == DEFAULT_MODEL_DIR.resolve()):
             raise ManifestError("--record-sides writes into a model directory of your own, not the bundled model "
                                 "or a hub download", "copy the model directory (cp -r) and pass --model COPY")
-        if not ks or min(ks) < 1:
-            raise ManifestError(f"--laterality-k {laterality_k!r}: expected positive integers",
-                                "e.g. --laterality-k 10,50")
         es = eval_set_from_manifest(manifest) if manifest else eval_set_from_shards(shards, labels_csv)
         if not probe:
             es = es.subset(pick_split(es, split)[1])

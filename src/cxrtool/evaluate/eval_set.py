@@ -191,10 +191,8 @@ def embed_eval_set(model: DualEncoder, es: EvalSet, cache_dir: Path | None = Non
                                  + model.card.mismatch_note(es.fingerprint),
                                  "pass the --model used by `cxrtool embed`, or re-embed")
         return []
-    fp = model.card.vector_id
-    # one file per vector id: the weights' fingerprint and, for a flip_pair card, the mode
-    tag = fp.split("+")[0][:16] + "".join(f"-{m}" for m in fp.split("+")[1:])
-    cache_file = cache_dir / f"image-vectors-{tag}.npz" if (cache_dir and fp) else None
+    fp = model.card.vector_id  # one cache file per vector id (weights and embedding mode)
+    cache_file = cache_dir / f"image-vectors-{model.card.vector_tag}.npz" if (cache_dir and fp) else None
     cached: dict[str, np.ndarray] = {}
     if cache_file and cache_file.is_file():
         with np.load(cache_file, allow_pickle=False) as z:

@@ -156,6 +156,13 @@ class ModelCard:
         return self.fingerprint if self.embedding == "single" or not self.fingerprint \
             else f"{self.fingerprint}+{self.embedding}"
 
+    @property
+    def vector_tag(self) -> str:
+        """A short form of :attr:`vector_id` for file names: 16 hex digits of the fingerprint, plus
+        ``-flip_pair`` for a flip_pair card."""
+        return self.fingerprint[:16] + ("" if self.embedding == "single" or not self.fingerprint
+                                        else f"-{self.embedding}")
+
     def validate(self) -> None:
         if self.format != CARD_FORMAT:
             raise ModelError(f"unsupported model card format {self.format!r} (expected {CARD_FORMAT})")
