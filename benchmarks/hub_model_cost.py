@@ -58,7 +58,7 @@ def build(kind: str, vision: dict, text: dict, device: str = "cpu"):
 def measure(name: str, batch: int, rounds: int) -> dict:
     from transformers import CLIPImageProcessor, SiglipImageProcessor
 
-    from cxrtool.model.native import wrap_hf_model
+    from cxrtool.model.families.hf import wrap_hf_model
     from cxrtool.model.sources import minilm_dir
 
     kind, vision, text = ARCHS[name]

@@ -23,7 +23,7 @@ from pathlib import Path
 from nih_split import nih_studies
 
 from cxrtool.data.manifest import write_manifest
-from cxrtool.model.directory import DEFAULT_MODEL_DIR
+from cxrtool.model.factory import DEFAULT_MODEL_DIR
 from cxrtool.train import resolve_config, train
 
 REPO = Path(__file__).resolve().parents[1]

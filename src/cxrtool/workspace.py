@@ -18,9 +18,13 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cxrtool.constants import DEFAULT_WORKSPACE, WORKSPACE_ENV
+from cxrtool.errors import WorkspaceError
+
+if TYPE_CHECKING:
+    from cxrtool.model.card import ModelCard
 
 
 @dataclass(frozen=True)
@@ -71,3 +75,14 @@ class Workspace:
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(data, indent=2) + "\n")
         os.replace(tmp, path)
+
+
+def check_same_model(card: ModelCard, recorded: str | None, what: str, hint: str, recorded_name: str = "") -> None:
+    """Refuse vectors that another model made: ``recorded`` is the vector id a workspace, index or
+    shard folder carries (None: nothing recorded, nothing to check), ``what`` names it in the error
+    ("the index in DIR was built"), ``recorded_name`` the model it records, if any. Vectors of other
+    weights, or of the same weights in another embedding mode, live in another space; this is the
+    one place that compares them."""
+    if recorded is not None and recorded != card.vector_id:
+        named = f" ({recorded_name})" if recorded_name else ""
+        raise WorkspaceError(f"{what} with another model{named}" + card.mismatch_note(recorded), hint)

@@ -1,18 +1,27 @@
-"""The model core shared by train, embed, search and evaluation."""
+"""The model core shared by train, embed, search and evaluation.
+
+:mod:`~cxrtool.model.factory` is the front door (name -> directory -> family -> strict weights ->
+fingerprint); :mod:`~cxrtool.model.families` holds one module per family; :mod:`~cxrtool.model.hub`
+the hub names and downloads; :mod:`~cxrtool.model.registry` the listing of `cxrtool models`.
+"""
 
 from cxrtool.model.card import ImageSpec, ModelCard, ScoringSpec, TextSpec
-from cxrtool.model.directory import (
+from cxrtool.model.dual import DualEncoder
+from cxrtool.model.factory import (
     DEFAULT_MODEL_DIR,
-    create_model,
-    fingerprint_state,
+    ModelRef,
     load_model,
     load_model_dir,
+    peek_vector_id,
     resolve_model,
     save_model_dir,
 )
-from cxrtool.model.dual import DualEncoder
-from cxrtool.model.native import HFDualEncoder, OpenClipDualEncoder, wrap_hf_model
-from cxrtool.model.registry import list_models, models_home
+from cxrtool.model.families.cxrtool import create_model
+from cxrtool.model.families.hf import HFDualEncoder, wrap_hf_model
+from cxrtool.model.families.open_clip import OpenClipDualEncoder
+from cxrtool.model.hub import models_home
+from cxrtool.model.registry import list_models
+from cxrtool.model.weights import fingerprint_state
 
 __all__ = [
     "DEFAULT_MODEL_DIR",
@@ -20,6 +29,7 @@ __all__ = [
     "HFDualEncoder",
     "ImageSpec",
     "ModelCard",
+    "ModelRef",
     "OpenClipDualEncoder",
     "ScoringSpec",
     "TextSpec",
@@ -29,6 +39,7 @@ __all__ = [
     "load_model",
     "load_model_dir",
     "models_home",
+    "peek_vector_id",
     "resolve_model",
     "save_model_dir",
     "wrap_hf_model",

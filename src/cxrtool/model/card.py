@@ -3,7 +3,7 @@
 A model directory of the ``cxrtool`` family is ``model.json`` (this card) + ``model.safetensors``
 (weights) + ``text/`` (the text tower's Hugging Face config and tokenizer files), plus ``image/``
 (its config) when the image tower is a Hugging Face model (``image.backend: hf``). Directories of
-the other families (``hf-clip``, ``hf-siglip``, ``open_clip``; see :mod:`cxrtool.model.native`)
+the other families (``hf-clip``, ``hf-siglip``, ``open_clip``; see :mod:`cxrtool.model.families`)
 keep the native files their own libraries read, with this card beside them. The card alone says
 which family builds the modules, how an image becomes the tensor the image tower saw in training,
 how text is tokenized and pooled, how image-text similarities become probabilities (``scoring``)

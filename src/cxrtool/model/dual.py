@@ -5,7 +5,7 @@ embedding and search (``encode_images``/``encode_texts`` return L2-normalised fl
 the card's ``output_dim``: a ``flip_pair`` card pairs each vector with its mirror's, see
 :mod:`cxrtool.model.card`).
 Models of the other card families (a native Hugging Face CLIP/SigLIP or open_clip model, see
-:mod:`cxrtool.model.native`) are subclasses that swap the towers and keep every method here, so
+:mod:`cxrtool.model.families`) are subclasses that swap the towers and keep every method here, so
 embed, index, search and evaluate see one interface whatever the family.
 """
 

@@ -38,7 +38,7 @@ import torch
 from cxrtool import __version__
 from cxrtool.errors import CheckpointMismatchError, ModelError
 from cxrtool.model.card import ImageSpec
-from cxrtool.model.directory import load_model_dir, save_model_dir
+from cxrtool.model.factory import load_model_dir, save_model_dir
 from cxrtool.model.imports.common import ImportReport, place_weights, prepare_import
 from cxrtool.model.imports.safe_pickle import read_checkpoint
 from cxrtool.model.sources import quiet_transformers
@@ -244,7 +244,7 @@ def import_chexzero(checkpoint: str | Path, out_dir: str | Path | None = None, t
     """Read a CheXzero checkpoint safely, convert it to a transformers CLIPModel, write and re-verify it."""
     from transformers import CLIPImageProcessor, CLIPModel
 
-    from cxrtool.model.native import wrap_hf_model
+    from cxrtool.model.families.hf import wrap_hf_model
 
     path, out, digest = prepare_import(checkpoint, out_dir, FORMAT, overwrite)
     state = _state_dict(read_checkpoint(path), path.name)

@@ -19,8 +19,8 @@ from torch import nn
 
 from cxrtool.errors import CheckpointMismatchError, ModelError
 from cxrtool.model.card import CARD_FILE
+from cxrtool.model.hub import models_home
 from cxrtool.model.imports.safe_pickle import sha256_file
-from cxrtool.model.registry import models_home
 
 
 @dataclass

@@ -39,8 +39,8 @@ import torch
 from cxrtool import __version__
 from cxrtool.errors import CheckpointMismatchError, ModelError
 from cxrtool.model.card import ImageSpec, ModelCard, TextSpec
-from cxrtool.model.directory import load_model_dir, save_model_dir
 from cxrtool.model.dual import DualEncoder
+from cxrtool.model.factory import load_model_dir, save_model_dir
 from cxrtool.model.imports.common import (
     ImportReport,
     buffers_of,

@@ -1,0 +1,129 @@
+"""The one front door to a model: name -> directory -> family -> strict weights -> fingerprint check.
+
+``--model`` (or ``$CXRTOOL_MODEL``, or nothing: the bundled default) names a model directory
+(cxrtool, transformers CLIP/SigLIP or open_clip), or a hub name (``google/medsiglip-448``,
+``hf-hub:microsoft/BiomedCLIP-...``) looked for under the models home first, then fetched
+(:mod:`cxrtool.model.hub`). The directory's card (``model.json``, or the one its family derives from
+native configs) picks the family (:mod:`cxrtool.model.families`), which rebuilds the modules and
+places every weight strictly; the result must hash to the card's fingerprint. Each step happens
+here once; saving is the same path backwards.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from cxrtool.constants import MODEL_ENV
+from cxrtool.errors import ModelError
+from cxrtool.model.card import CARD_FILE, ModelCard
+from cxrtool.model.dual import DualEncoder
+from cxrtool.model.families import detect, family_named, unsupported_dir_error
+from cxrtool.model.hub import fetch_hub_model, local_copy, looks_like_hub_name
+from cxrtool.model.weights import FINGERPRINT_HINT, fingerprint_state
+
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "default_model"
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """Where a ``--model`` name points: a local ``directory``, or a ``hub_name`` still to fetch.
+
+    ``hub_name`` is kept when a hub name was found as a local copy too: it names the model in the
+    card's provenance."""
+
+    directory: Path | None
+    hub_name: str = ""
+
+    @property
+    def is_bundled(self) -> bool:
+        return self.directory is not None and self.directory.resolve() == DEFAULT_MODEL_DIR.resolve()
+
+
+def resolve_model(model: str | None) -> ModelRef:
+    """--model / $CXRTOOL_MODEL / the bundled default, without loading anything.
+
+    A hub name (``org/name``, or ``hf-hub:org/name`` for open_clip) is looked for as a folder of the
+    models home first (``<home>/org/name``, where the download hint tells people to put it)."""
+    name = model or os.environ.get(MODEL_ENV) or ""
+    if not name:
+        if not (DEFAULT_MODEL_DIR / CARD_FILE).is_file():
+            raise ModelError("the bundled default model is missing from this installation",
+                             "run `make default-model` or pass --model DIR")
+        return ModelRef(DEFAULT_MODEL_DIR)
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return ModelRef(path)
+    if looks_like_hub_name(name):
+        local = local_copy(name)
+        return ModelRef(local if local.is_dir() else None, name)
+    raise ModelError(f"model {name!r} is neither a directory nor a hub name",
+                     "pass a model directory, or a hub name such as google/medsiglip-448 or "
+                     "hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224 (`cxrtool models` lists them)")
+
+
+def peek_vector_id(model: str | None) -> str | None:
+    """The vector id (fingerprint + embedding mode) a model's card records, without loading weights
+    (None: no card to read)."""
+    ref = resolve_model(model)
+    if ref.directory is None or not (ref.directory / CARD_FILE).is_file():
+        return None
+    try:
+        return ModelCard.load(ref.directory).vector_id or None
+    except ModelError:
+        return None
+
+
+def load_model(model: str | None = None, device: str | torch.device = "cpu") -> DualEncoder:
+    """Load the named model (directory or hub name), $CXRTOOL_MODEL, or the bundled default model."""
+    ref = resolve_model(model)
+    directory = ref.directory if ref.directory is not None else fetch_hub_model(ref.hub_name)
+    return load_model_dir(directory, device=device, name=ref.hub_name)
+
+
+def load_model_dir(directory: str | Path, device: str | torch.device = "cpu", name: str = "") -> DualEncoder:
+    """Rebuild a model from its directory alone; refuse any weight that does not fit exactly.
+
+    A native CLIP/SigLIP/open_clip directory without model.json loads too: its family derives the
+    card from its own configs, and the fingerprint is computed from the weights it holds."""
+    directory = Path(directory)
+    card = None
+    if (directory / CARD_FILE).is_file():
+        card = ModelCard.load(directory)
+        family = family_named(card.family)
+    else:
+        family = detect(directory)
+        if family is None:
+            if (directory / "config.json").is_file():
+                raise unsupported_dir_error(directory)
+            ModelCard.load(directory)  # refused with the "not a model directory" hint
+    model = family.load(directory, card, name)
+    actual = fingerprint_state(model.state_dict())
+    if model.card.fingerprint and actual != model.card.fingerprint:
+        raise ModelError(f"{directory}: weights do not match the card's fingerprint", FINGERPRINT_HINT)
+    model.card.fingerprint = actual
+    return model.to(device).eval()
+
+
+def save_model_dir(model: DualEncoder, directory: str | Path, changed_only: bool = False,
+                   provenance: dict | None = None) -> Path:
+    """Write the model's directory atomically, in its family's layout, with its card beside it.
+
+    The card gets the weights' fingerprint and ``provenance``; laterality figures measured on other
+    weights (e.g. before fine-tuning) are dropped. ``changed_only`` applies to the cxrtool family
+    (see :mod:`cxrtool.model.families.cxrtool`); the native families are saved whole."""
+    directory = Path(directory)
+    card = ModelCard.from_dict(model.card.to_dict())
+    fingerprint = fingerprint_state(model.state_dict())
+    if card.fingerprint != fingerprint:
+        card.laterality = {}  # measured on other weights: no longer this model's
+    card.fingerprint = fingerprint
+    if provenance:
+        card.provenance = {**card.provenance, **provenance}
+    family_named(card.family).save(model, directory, card, changed_only)
+    model.card.fingerprint = card.fingerprint
+    model.card.provenance = card.provenance
+    return directory
