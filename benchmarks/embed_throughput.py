@@ -20,7 +20,8 @@ from pathlib import Path
 import torch
 
 from cxrtool.embed import embed_archive
-from cxrtool.embed.pipeline import _DecodeDataset, default_batch_size, default_workers
+from cxrtool.embed.mapper import ImageDecoder
+from cxrtool.embed.pipeline import default_batch_size, default_workers
 from cxrtool.embed.shards import content_hash
 from cxrtool.io import ArchiveFile, decode_image, discover_archive
 from cxrtool.io.classify import HeaderFilter, read_dicom_header
@@ -51,23 +52,23 @@ def measure(archive: Path, model, device: str, batch_size: int | None = None, wo
 
     # 1. the decode side alone, in this one process: exactly what a pipeline worker does per
     #    file (read the bytes once, content hash, header check, decode at the resolution the model
-    #    needs, preprocess), through the pipeline's own dataset; and the same at full size, for the
+    #    needs, preprocess), through the pipeline's own decoder; and the same at full size, for the
     #    reduced-decoding speed-up
-    dataset = _DecodeDataset(files, model.card.image, HeaderFilter())
+    decode = ImageDecoder(model.card.image, HeaderFilter())
     for f in files:  # page cache: every stage below then reads warm files (else the first one pays the disk)
         f.path.read_bytes()
     per_kind: dict[str, list[float]] = defaultdict(list)
     per_kind_full: dict[str, list[float]] = defaultdict(list)
     tensors = []
     for i in range(0, len(files), max(1, len(files) // 20)):  # warm-up: codec plugins load on first use
-        if dataset[i][2] is None:
+        if decode(files[i])[2] is None:
             _full_size_item(files[i], model.card.image)
     # two separate passes: a full-size decode between reduced ones evicts the caches and made
     # the reduced rate (the bound) look worse than the pipeline achieved
     keys = {}
     for i, f in enumerate(files):
         t = time.perf_counter()
-        x, rec, err = dataset[i]
+        x, rec, err = decode(f)
         reduced = time.perf_counter() - t
         if err is not None:
             continue
@@ -148,7 +149,7 @@ def measure(archive: Path, model, device: str, batch_size: int | None = None, wo
 
 
 def _full_size_item(f: ArchiveFile, spec: ImageSpec) -> torch.Tensor:
-    """A worker's per-file steps (as in ``_DecodeDataset``) with a full-size decode."""
+    """A worker's per-file steps (as in ``ImageDecoder``) with a full-size decode."""
     data = f.path.read_bytes()
     content_hash(data)
     if f.kind == "dicom":

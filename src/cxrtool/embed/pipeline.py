@@ -1,14 +1,13 @@
-"""archive folder -> decode workers -> batched model -> Parquet shards, resumable.
+"""`cxrtool embed`: an archive folder -> Parquet shards in the workspace, resumable.
 
-Resume rule (img2dataset's): a shard is written atomically and only when complete, and the set of
-done files is read back from the shards themselves (plus errors.jsonl for files that failed), so
-a killed run restarts where the last complete shard ended, with no duplicates and no gaps.
-
-Each file is read once: a worker reads its bytes, hashes them, and the header check and the
-decode both parse those bytes. Every file that is not embedded gets one errors.jsonl row
-``{"path", "kind", "stage", "reason"}``: kind "error" | "not_image" | "skipped", stage one of
-``STAGES``. Each finished run appends its summary (counts and per-stage seconds, no per-file
-rows) to ``<workspace>/embed-runs.jsonl``.
+This module only wires the pieces: an :class:`~cxrtool.embed.readers.ArchiveReader`, an
+:class:`~cxrtool.embed.mapper.ImageMapper` around the model, the
+:class:`~cxrtool.embed.writer.ShardWriter` and a distributor (decode workers, optionally one part
+of a partitioned run), run by :class:`~cxrtool.embed.runner.Runner`. What is already done is read
+back from the shards and errors.jsonl, so a killed run resumes with no duplicates and no gaps.
+Every file that is not embedded gets one errors.jsonl row (:mod:`cxrtool.embed.errors_log`). Each
+finished run appends its summary (counts and per-stage seconds, no per-file rows) to
+``<workspace>/embed-runs.jsonl``.
 """
 
 from __future__ import annotations
@@ -21,31 +20,25 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-import numpy as np
-import torch
-from torch.utils.data import DataLoader, Dataset
-
 from cxrtool import __version__
 from cxrtool.constants import SHARD_ROWS
-from cxrtool.embed.shards import content_hash, image_id, next_shard_path, read_shard_metadata, write_shard
-from cxrtool.errors import DecodeError, NotAnImageError, WorkspaceError
-from cxrtool.io.classify import HeaderFilter, read_dicom_header
-from cxrtool.io.decode import decode_image
-from cxrtool.io.discover import ArchiveFile, discover_archive
-from cxrtool.model.card import ImageSpec
-from cxrtool.model.directory import load_model
+from cxrtool.embed.distributors import DecodeWorkers, Distributor, Parts
+from cxrtool.embed.errors_log import STAGES, read_error_paths, read_errors
+from cxrtool.embed.mapper import ImageDecoder, ImageMapper, image_record
+from cxrtool.embed.readers import ArchiveReader
+from cxrtool.embed.runner import Runner
+from cxrtool.embed.shards import read_shard_metadata
+from cxrtool.embed.writer import ShardWriter
+from cxrtool.errors import WorkspaceError
+from cxrtool.io.classify import HeaderFilter
 from cxrtool.model.dual import DualEncoder
-from cxrtool.model.transform import preprocess
+from cxrtool.model.factory import load_model
 from cxrtool.privacy import resolve_key
-from cxrtool.workspace import Workspace
+from cxrtool.workspace import Workspace, check_same_model
 
-MAX_FAILURES_KEPT = 100
-
-# Where a file dropped out, for errors.jsonl: "discover" (unreadable while looking for the DICOM
-# signature, a folder that cannot be listed, a DICOMDIR-referenced file missing), "read" (the
-# bytes could not be read), "header" (unreadable DICOM header, filtered out, duplicate instance),
-# "decode" (the pixels could not be decoded).
-STAGES = ("discover", "read", "header", "decode")
+# Names other modules import from here.
+__all__ = ["STAGES", "EmbedSummary", "default_batch_size", "default_workers", "embed_archive", "image_record",
+           "read_error_paths", "read_errors"]
 
 
 @dataclass
@@ -71,78 +64,6 @@ class EmbedSummary:
         return asdict(self)
 
 
-def image_record(f: ArchiveFile, meta: dict, shape: tuple[int, ...], digest: str, identity: dict | None = None) -> dict:
-    """Shard row metadata for one image, from PHI-safe header fields (+ pseudonyms, if keyed);
-    ``digest`` is the :func:`~cxrtool.embed.shards.content_hash` of the file's bytes."""
-    study = meta.get("StudyInstanceUID") or (str(Path(f.rel).parent) if "/" in f.rel else "")
-    return {
-        "id": image_id(f.rel),
-        "path": f.rel,
-        "study_key": study,
-        "series_uid": meta.get("SeriesInstanceUID"),
-        "sop_uid": meta.get("SOPInstanceUID"),
-        "view": str(meta.get("ViewPosition", "") or "").upper(),
-        "modality": meta.get("Modality", "") or "",
-        "body_part": str(meta.get("BodyPartExamined", "") or "").upper(),
-        "file_format": f.kind,
-        "transfer_syntax": meta.get("TransferSyntaxUID"),
-        "rows": int(meta.get("Rows") or shape[0]),  # the stored size, not the reduced decode's
-        "columns": int(meta.get("Columns") or shape[1]),
-        "content_hash": digest,
-        **(identity or {}),
-    }
-
-
-class _DecodeDataset(Dataset):
-    """Runs in the loader workers: one read of the file's bytes, content hash, header check,
-    decode + the card's eval transform. Errors and skips are returned as data, ``(kind, stage,
-    reason)``, so one bad file never stops the run."""
-
-    def __init__(self, files: list[ArchiveFile], spec: ImageSpec, header_filter: HeaderFilter,
-                 pseudonym_key: str | None = None, keep_study_date: bool = False) -> None:
-        self.files = files
-        self.spec = spec
-        self.filter = header_filter
-        self.pseudonym_key = pseudonym_key
-        self.keep_study_date = keep_study_date
-
-    def __len__(self) -> int:
-        return len(self.files)
-
-    def __getitem__(self, i: int):
-        f = self.files[i]
-        try:
-            data = f.path.read_bytes()
-        except OSError as exc:  # reason without the file name: absolute paths stay out of outputs
-            return None, {"path": f.rel}, ("error", "read",
-                                           f"cannot read the file ({exc.strerror or type(exc).__name__})")
-        identity = None
-        stage = "header"
-        try:
-            digest = content_hash(data)
-            if f.kind == "dicom":
-                header = read_dicom_header(f.path, self.pseudonym_key, self.keep_study_date, data=data)
-                identity = {k: header.get(k) for k in ("patient_key", "accession_key", "study_date")}
-                reason = self.filter.skip_reason(header)
-                if reason:
-                    kind = "not_image" if reason.startswith("not an image") else "skipped"
-                    return None, {"path": f.rel}, (kind, stage, reason)
-            stage = "decode"
-            image = decode_image(f.path, min_side=self.spec.input_size, data=data)
-            record = image_record(f, image.meta, image.pixels.shape, digest, identity)
-            return preprocess(image.pixels, self.spec), record, None
-        except NotAnImageError as exc:
-            return None, {"path": f.rel}, ("not_image", stage, exc.short_reason)
-        except DecodeError as exc:
-            return None, {"path": f.rel}, ("error", stage, exc.short_reason)
-        except Exception as exc:  # a decoder bug must not end a million-file run
-            return None, {"path": f.rel}, ("error", stage, f"{type(exc).__name__}: {exc}")
-
-
-def _collate(items):
-    return items
-
-
 def _done_paths(ws: Workspace, retry_errors: bool) -> set[str]:
     """Paths already embedded or listed with a reason anywhere in the workspace (all parts)."""
     done = set(read_shard_metadata(ws.shards, ["path"]).column("path").to_pylist())
@@ -151,27 +72,11 @@ def _done_paths(ws: Workspace, retry_errors: bool) -> set[str]:
     return done
 
 
-def read_errors(workspace: Workspace | str | Path | None = None) -> list[dict]:
-    """Every errors.jsonl row of the workspace (all parts), as ``{"path", "kind", "stage",
-    "reason"}`` (stage "" in rows written before stages existed). A line cut short by a kill is
-    ignored, so its file is simply done again."""
-    ws = workspace if isinstance(workspace, Workspace) else Workspace.resolve(workspace)
-    rows = []
-    files = [ws.errors, *(sorted(ws.shards.rglob("errors.jsonl")) if ws.shards.is_dir() else [])]
-    for path in (f for f in files if f.is_file()):
-        for line in path.read_text().splitlines():
-            try:
-                row = json.loads(line)
-                rows.append({"path": row["path"], "kind": row.get("kind", ""), "stage": row.get("stage", ""),
-                             "reason": row.get("reason", "")})
-            except (json.JSONDecodeError, KeyError, TypeError):
-                continue
-    return rows
-
-
-def read_error_paths(ws: Workspace) -> set[str]:
-    """Paths listed in the workspace's errors.jsonl files (all parts)."""
-    return {row["path"] for row in read_errors(ws)}
+def _seen_sops(ws: Workspace) -> dict[str, str]:
+    """SOPInstanceUID -> path of the instances already embedded (a second export is skipped)."""
+    table = read_shard_metadata(ws.shards, ["sop_uid", "path"])
+    return {sop: path for sop, path in zip(table.column("sop_uid").to_pylist(), table.column("path").to_pylist(),
+                                           strict=True) if sop}
 
 
 def _check_workspace(ws: Workspace, archive: Path, model: DualEncoder, overwrite: bool, scope: Path) -> None:
@@ -187,14 +92,8 @@ def _check_workspace(ws: Workspace, archive: Path, model: DualEncoder, overwrite
     if info.get("archive") != str(archive):
         raise WorkspaceError(f"workspace {ws.root} holds embeddings of another archive ({info.get('archive')})",
                              "use --workspace DIR (or $CXRTOOL_WORKSPACE) for this archive, or --overwrite")
-    if info.get("model_fingerprint") != model.card.vector_id:
-        raise WorkspaceError(f"workspace {ws.root} was embedded with another model ({info.get('model')})"
-                             + model.card.mismatch_note(info.get("model_fingerprint", "")),
-                             "use --workspace DIR for this model, or --overwrite to start again")
-
-
-def part_dir_name(index: int, total: int) -> str:
-    return f"part-{index:04d}-of-{total:04d}"
+    check_same_model(model.card, info.get("model_fingerprint"), f"workspace {ws.root} was embedded",
+                     "use --workspace DIR for this model, or --overwrite to start again", info.get("model"))
 
 
 def default_workers(device: str = "cpu") -> int:
@@ -245,9 +144,7 @@ def embed_archive(
     """
     if not (num_parts >= 1 and 0 <= part_index < num_parts):
         raise WorkspaceError(f"part {part_index} of {num_parts} is not a valid partition",
-                             "use --num-shards N --shard-index i with 0 <= i < N")
-    from tqdm import tqdm
-
+                             "use --num-parts N --part-index i with 0 <= i < N")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     archive = Path(archive).resolve()
     if not archive.exists():
@@ -256,95 +153,34 @@ def embed_archive(
     if not isinstance(model, DualEncoder):
         model = load_model(model, device=device)
     model.to(device).eval()
-    out_dir = ws.shards if num_parts == 1 else ws.shards / part_dir_name(part_index, num_parts)
-    errors_path = ws.errors if num_parts == 1 else out_dir / "errors.jsonl"
-    _check_workspace(ws, archive, model, overwrite, ws.root if num_parts == 1 else out_dir)
+    workers = default_workers(device) if workers is None else workers
+    distributor: Distributor = DecodeWorkers(workers, pin_memory=device.startswith("cuda"))
+    if num_parts > 1:
+        distributor = Parts(part_index, num_parts, distributor)
+    out_dir = ws.shards / distributor.name if isinstance(distributor, Parts) else ws.shards
+    _check_workspace(ws, archive, model, overwrite, out_dir if num_parts > 1 else ws.root)
     out_dir.mkdir(parents=True, exist_ok=True)
     for stale in out_dir.glob(".shard-*.tmp"):  # half-written by a killed run: never counted
         stale.unlink()
     t_start = time.perf_counter()
-    files = [f for f in discover_archive(archive) if num_parts == 1 or image_id(f.rel) % num_parts == part_index]
-    summary = EmbedSummary(str(archive), str(ws.root), found=len(files))
     done = _done_paths(ws, retry_errors)
-    # SOPInstanceUID -> path: the same DICOM instance exported twice is embedded once
-    seen_sops = {sop: path for sop, path in zip(*(read_shard_metadata(ws.shards, ["sop_uid", "path"]).column(c)
-                                                    .to_pylist() for c in ("sop_uid", "path")), strict=True) if sop}
-    todo = [f for f in files if f.rel not in done]
-    summary.already_done = len(files) - len(todo)
-    problems = [f for f in todo if f.problem]  # found unusable by discovery: errors rows, no decode
-    todo = [f for f in todo if not f.problem]
-    summary.discover_seconds = time.perf_counter() - t_start
+    done_seconds = time.perf_counter() - t_start
+    decoder = ImageDecoder(model.card.image, header_filter or HeaderFilter(), resolve_key(pseudonym_key),
+                           keep_study_date)
+    writer = ShardWriter(out_dir, model.card.vector_id, "float16" if float16 else "float32", shard_rows,
+                         errors_path=ws.errors if num_parts == 1 else out_dir / "errors.jsonl")
     ws.write_json(ws.embed_info, {"archive": str(archive), "model": model.card.provenance.get("name", ""),
                                   "model_fingerprint": model.card.vector_id, "embed_dim": model.card.output_dim})
-    workers = default_workers(device) if workers is None else workers
     batch_size = batch_size or default_batch_size(device, model)
-    dataset = _DecodeDataset(todo, model.card.image, header_filter or HeaderFilter(), resolve_key(pseudonym_key),
-                             keep_study_date)
-    loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers,
-                        collate_fn=_collate, pin_memory=device.startswith("cuda"),
-                        prefetch_factor=4 if workers else None, persistent_workers=False)
-    rows: list[dict] = []
-    vecs: list[np.ndarray] = []
-    errors_fh = open(errors_path, "a")  # noqa: SIM115 - kept open across the loop, closed below
-
-    def log_error(path: str, kind: str, stage: str, reason: str) -> None:
-        errors_fh.write(json.dumps({"path": path, "kind": kind, "stage": stage, "reason": reason}) + "\n")
-        if kind == "not_image":
-            summary.not_images += 1
-        elif kind == "skipped":
-            key = reason.split(" (same instance")[0]
-            summary.skipped[key] = summary.skipped.get(key, 0) + 1
-        else:
-            summary.failed += 1
-            if len(summary.failures) < MAX_FAILURES_KEPT:  # all of them are in errors.jsonl
-                summary.failures.append({"path": path, "stage": stage, "reason": reason})
-
-    def flush() -> None:
-        nonlocal rows, vecs
-        if not rows:
-            return
-        t = time.perf_counter()
-        write_shard(next_shard_path(out_dir), rows, np.concatenate(vecs), model.card.vector_id,
-                    "float16" if float16 else "float32")
-        errors_fh.flush()
-        summary.write_seconds += time.perf_counter() - t
-        summary.shards_written += 1
-        rows, vecs = [], []
-
-    bar = tqdm(total=len(todo), desc="embedding", unit="img", disable=not progress or not todo)
-    try:
-        for f in problems:
-            log_error(f.rel, "error", "discover", f.problem or "")
-        t_wait = time.perf_counter()
-        for batch in loader:
-            summary.wait_seconds += time.perf_counter() - t_wait
-            good = []
-            for i, (x, rec, err) in enumerate(batch):
-                sop = rec.get("sop_uid") if err is None else None
-                if sop and sop in seen_sops:
-                    batch[i] = (None, rec, ("skipped", "header",
-                                            f"duplicate SOPInstanceUID (same instance as {seen_sops[sop]})"))
-                elif err is None:
-                    if sop:
-                        seen_sops[sop] = rec["path"]
-                    good.append((x, rec))
-            for _, rec, err in batch:
-                if err is not None:
-                    log_error(rec["path"], *err)
-            if good:
-                t = time.perf_counter()
-                vecs.append(model.encode_pixels(torch.stack([x for x, _ in good])))
-                summary.model_seconds += time.perf_counter() - t
-                rows.extend(rec for _, rec in good)
-                summary.embedded += len(good)
-            bar.update(len(batch))
-            if len(rows) >= shard_rows:
-                flush()
-            t_wait = time.perf_counter()
-        flush()
-    finally:
-        bar.close()
-        errors_fh.close()
+    runner = Runner(ArchiveReader(archive), ImageMapper(model, decoder, _seen_sops(ws)), writer, distributor,
+                    batch_size, done)
+    stats = runner.run(progress=progress)
+    summary = EmbedSummary(str(archive), str(ws.root), found=stats.found, already_done=stats.already_done,
+                           embedded=writer.written, failed=writer.failed, not_images=writer.not_images,
+                           skipped=writer.skipped, shards_written=writer.shards_written,
+                           discover_seconds=done_seconds + stats.list_seconds,
+                           wait_seconds=stats.read_seconds, model_seconds=stats.map_seconds,
+                           write_seconds=writer.write_seconds, failures=writer.failures)
     summary.seconds = time.perf_counter() - t_start
     summary.images_per_second = summary.embedded / summary.seconds if summary.seconds else 0.0
     _append_run_log(ws, summary, model, device=device, workers=workers, batch_size=batch_size,

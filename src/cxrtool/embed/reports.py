@@ -18,11 +18,12 @@ import numpy as np
 from cxrtool.constants import SHARD_ROWS
 from cxrtool.data.manifest import read_manifest
 from cxrtool.data.sources.common import open_text
-from cxrtool.embed.shards import image_id, next_shard_path, read_shard_metadata, write_shard
-from cxrtool.errors import ManifestError, WorkspaceError
-from cxrtool.model.directory import load_model
+from cxrtool.embed.shards import image_id, read_shard_metadata
+from cxrtool.embed.writer import ShardWriter
+from cxrtool.errors import ManifestError
 from cxrtool.model.dual import DualEncoder
-from cxrtool.workspace import Workspace
+from cxrtool.model.factory import load_model
+from cxrtool.workspace import Workspace, check_same_model
 
 TEXT_FIELDS = ("text", "findings", "impression", "report")
 
@@ -74,10 +75,9 @@ def embed_reports(source: str | Path, workspace: str | Path | None = None, model
     if not isinstance(model, DualEncoder):
         model = load_model(model)
     info = ws.read_json(ws.embed_info)
-    if info and info.get("model_fingerprint") != model.card.vector_id:
-        raise WorkspaceError(f"the images in {ws.root} were embedded with another model"
-                             + model.card.mismatch_note(info.get("model_fingerprint", "")),
-                             "embed reports with the same --model as the images, or use another --workspace")
+    check_same_model(model.card, info.get("model_fingerprint") if info else None,
+                     f"the images in {ws.root} were embedded",
+                     "embed reports with the same --model as the images, or use another --workspace")
     shards, _ = ws.collection("reports")
     shards.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -93,13 +93,17 @@ def embed_reports(source: str | Path, workspace: str | Path | None = None, model
         else:
             done.add(r["report_key"])  # a key listed twice in the bank is embedded once
             todo.append(r)
-    for start in tqdm(range(0, len(todo), shard_rows), desc="reports", disable=not progress or not todo):
-        chunk = todo[start : start + shard_rows]
-        for r in chunk:
-            r["id"] = image_id("report:" + r["report_key"])
-        vecs = model.encode_texts([r["text"] for r in chunk], batch_size=batch_size)
-        write_shard(next_shard_path(shards), chunk, np.asarray(vecs), model.card.vector_id,
-                    kind="report")
-        summary.embedded += len(chunk)
+    writer = ShardWriter(shards, model.card.vector_id, shard_rows=shard_rows, kind="report")
+    try:
+        for start in tqdm(range(0, len(todo), shard_rows), desc="reports", disable=not progress or not todo):
+            chunk = todo[start : start + shard_rows]
+            for r in chunk:
+                r["id"] = image_id("report:" + r["report_key"])
+            writer.write(chunk, np.asarray(model.encode_texts([r["text"] for r in chunk], batch_size=batch_size)))
+        writer.close()
+    except BaseException:
+        writer.abort()
+        raise
+    summary.embedded = writer.written
     summary.seconds = round(time.perf_counter() - t0, 2)
     return summary

@@ -1,0 +1,106 @@
+"""Distributors: where the work of an embed run happens, kept apart from the work itself.
+
+Each has ``select(items)`` (which items this process does) and ``decoded(items, decode,
+batch_size)`` (run the mapper's picklable ``decode`` over them, yielding batches in item order).
+:class:`InProcess` decodes in the calling process, :class:`DecodeWorkers` in a pool of loader
+processes (PyTorch's DataLoader: prefetching, pinned memory on CUDA), and :class:`Parts` splits one
+archive across independent processes (SLURM array tasks, Kubernetes indexed jobs, torchrun ranks)
+with no coordination: each item belongs to exactly one part by a hash of its path. Another engine
+(a Ray cluster) is one more class with these two methods.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, Protocol
+
+from cxrtool.embed.shards import image_id
+from cxrtool.io.discover import ArchiveFile
+
+
+class Distributor(Protocol):
+    workers: int  # decode processes, for the run log
+
+    def select(self, items: Sequence[ArchiveFile]) -> list[ArchiveFile]: ...
+
+    def decoded(self, items: Sequence[ArchiveFile], decode: Callable[[ArchiveFile], Any],
+                batch_size: int) -> Iterator[list[Any]]: ...
+
+
+class InProcess:
+    """Decode in this process, one batch at a time (no extra processes: tests, small archives)."""
+
+    workers = 0
+
+    def select(self, items: Sequence[ArchiveFile]) -> list[ArchiveFile]:
+        return list(items)
+
+    def decoded(self, items: Sequence[ArchiveFile], decode: Callable[[ArchiveFile], Any],
+                batch_size: int) -> Iterator[list[Any]]:
+        for start in range(0, len(items), batch_size):
+            yield [decode(f) for f in items[start : start + batch_size]]
+
+
+class _Decoding:
+    """A map-style dataset over the items; runs in the loader workers."""
+
+    def __init__(self, items: Sequence[ArchiveFile], decode: Callable[[ArchiveFile], Any]) -> None:
+        self.items = items
+        self.decode = decode
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> Any:
+        return self.decode(self.items[i])
+
+
+def _as_list(batch: list[Any]) -> list[Any]:
+    return batch
+
+
+class DecodeWorkers:
+    """Decode in ``workers`` loader processes (0: in the main process, through the same loader),
+    four batches prefetched per worker; ``pin_memory`` for a CUDA model."""
+
+    def __init__(self, workers: int, pin_memory: bool = False) -> None:
+        self.workers = workers
+        self.pin_memory = pin_memory
+
+    def select(self, items: Sequence[ArchiveFile]) -> list[ArchiveFile]:
+        return list(items)
+
+    def decoded(self, items: Sequence[ArchiveFile], decode: Callable[[ArchiveFile], Any],
+                batch_size: int) -> Iterator[list[Any]]:
+        from torch.utils.data import DataLoader
+
+        loader = DataLoader(_Decoding(items, decode), batch_size=batch_size, num_workers=self.workers,
+                            collate_fn=_as_list, pin_memory=self.pin_memory,
+                            prefetch_factor=4 if self.workers else None, persistent_workers=False)
+        yield from loader
+
+
+class Parts:
+    """Part ``index`` of ``total`` of the archive (by a hash of each path), decoded by ``inner``."""
+
+    def __init__(self, index: int, total: int, inner: Distributor) -> None:
+        self.index = index
+        self.total = total
+        self.inner = inner
+        self.workers = inner.workers
+
+    @property
+    def name(self) -> str:
+        """The part's own folder under the workspace's shards (its shards and errors.jsonl)."""
+        return part_dir_name(self.index, self.total)
+
+    def select(self, items: Sequence[ArchiveFile]) -> list[ArchiveFile]:
+        return [f for f in self.inner.select(items) if image_id(f.rel) % self.total == self.index]
+
+    def decoded(self, items: Sequence[ArchiveFile], decode: Callable[[ArchiveFile], Any],
+                batch_size: int) -> Iterator[list[Any]]:
+        return self.inner.decoded(items, decode, batch_size)
+
+
+def part_dir_name(index: int, total: int) -> str:
+    return f"part-{index:04d}-of-{total:04d}"

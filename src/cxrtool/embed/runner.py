@@ -1,0 +1,107 @@
+"""The runner: read -> map -> write, timing each stage (the shape of clip-retrieval's runner).
+
+It knows nothing of archives, models or Parquet: a reader lists work items, the distributor picks
+this process's share and runs the mapper's ``decode`` where it should, the mapper screens and
+encodes, the writer stores rows and failures and knows what earlier runs finished. Any object with
+the methods below plugs in (see ``tests/test_embed_runner.py``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from cxrtool.embed.distributors import Distributor
+
+
+class Reader(Protocol):
+    def items(self) -> Sequence[Any]: ...  # work items with .rel (their key) and .problem
+
+
+class Mapper(Protocol):
+    decode: Callable[[Any], tuple]  # item -> (payload, row, None | (kind, stage, reason)); picklable
+
+    def screen(self, batch: list[tuple]) -> tuple[list[tuple], list[tuple]]: ...
+
+    def encode(self, good: list[tuple]) -> np.ndarray: ...
+
+
+class Writer(Protocol):
+    def write(self, rows: list[dict], vectors: np.ndarray) -> None: ...
+
+    def fail(self, path: str, kind: str, stage: str, reason: str) -> None: ...
+
+    def close(self) -> None: ...
+
+    def abort(self) -> None: ...
+
+
+@dataclass
+class RunStats:
+    found: int = 0  # this process's items (its part, if any)
+    already_done: int = 0
+    done: int = 0  # items that went through (written or failed)
+    list_seconds: float = 0.0  # the reader listing its items (walking an archive, querying a PACS)
+    read_seconds: float = 0.0  # waiting for decoded batches (read, hash, header, decode)
+    map_seconds: float = 0.0  # the model
+    write_seconds: float = 0.0
+
+
+class Runner:
+    """Works through ``reader``'s items that are not in ``done`` (the resume set)."""
+
+    def __init__(self, reader: Reader, mapper: Mapper, writer: Writer, distributor: Distributor,
+                 batch_size: int, done: set[str] | frozenset[str] = frozenset()) -> None:
+        self.reader = reader
+        self.mapper = mapper
+        self.writer = writer
+        self.distributor = distributor
+        self.batch_size = batch_size
+        self.done = done
+
+    def run(self, progress: bool = True) -> RunStats:
+        from tqdm import tqdm
+
+        stats = RunStats()
+        t = time.perf_counter()
+        items = self.distributor.select(self.reader.items())
+        stats.list_seconds = time.perf_counter() - t
+        stats.found = len(items)
+        todo = [f for f in items if f.rel not in self.done]
+        stats.already_done = stats.found - len(todo)
+        problems = [f for f in todo if f.problem]  # found unusable by the reader: failures, no decode
+        todo = [f for f in todo if not f.problem]
+        bar = tqdm(total=len(todo), desc="embedding", unit="img", disable=not progress or not todo)
+        try:
+            for f in problems:
+                self.writer.fail(f.rel, "error", "discover", f.problem or "")
+            stats.done += len(problems)
+            t_wait = time.perf_counter()
+            for batch in self.distributor.decoded(todo, self.mapper.decode, self.batch_size):
+                stats.read_seconds += time.perf_counter() - t_wait
+                good, failed = self.mapper.screen(batch)
+                for _, rec, err in failed:
+                    self.writer.fail(rec["path"], *err)
+                if good:
+                    t = time.perf_counter()
+                    vectors = self.mapper.encode(good)
+                    stats.map_seconds += time.perf_counter() - t
+                    t = time.perf_counter()
+                    self.writer.write([rec for _, rec, _ in good], vectors)
+                    stats.write_seconds += time.perf_counter() - t
+                stats.done += len(batch)
+                bar.update(len(batch))
+                t_wait = time.perf_counter()
+            t = time.perf_counter()
+            self.writer.close()
+            stats.write_seconds += time.perf_counter() - t
+        except BaseException:
+            self.writer.abort()
+            raise
+        finally:
+            bar.close()
+        return stats

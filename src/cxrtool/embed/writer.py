@@ -1,0 +1,93 @@
+"""The one shard writer: rows + vectors -> whole Parquet shards, failures -> errors.jsonl.
+
+Resume rule (img2dataset's): a shard is written atomically and only when complete, and what is
+done is read back from the shards themselves (plus errors.jsonl), so a killed run restarts where
+the last complete shard ended, with no duplicates and no gaps. `embed` and `embed-reports` both
+write through :class:`ShardWriter`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from cxrtool.constants import SHARD_ROWS
+from cxrtool.embed.shards import next_shard_path, write_shard
+
+MAX_FAILURES_KEPT = 100
+
+
+class ShardWriter:
+    """Buffers rows and writes a shard each time ``shard_rows`` are reached (and at ``close``).
+
+    ``errors_path``: where :meth:`fail` appends rows (None: this collection records no failures);
+    it is flushed with each shard, so a shard on disk never lacks the failures that preceded it.
+    Counts for the run summary are kept here."""
+
+    def __init__(self, directory: Path, vector_id: str, dtype: str = "float32", shard_rows: int = SHARD_ROWS,
+                 kind: str = "image", errors_path: Path | None = None) -> None:
+        self.directory = directory
+        self.vector_id = vector_id
+        self.dtype = dtype
+        self.shard_rows = shard_rows
+        self.kind = kind
+        self.rows: list[dict] = []
+        self.vectors: list[np.ndarray] = []
+        self.errors = open(errors_path, "a") if errors_path else None  # noqa: SIM115 - closed in close()
+        self.written = 0
+        self.shards_written = 0
+        self.write_seconds = 0.0
+        self.failed = 0
+        self.not_images = 0
+        self.skipped: dict[str, int] = {}  # reason -> count (filters, duplicates)
+        self.failures: list[dict] = []  # the first MAX_FAILURES_KEPT errors; all are in errors.jsonl
+
+    def write(self, rows: list[dict], vectors: np.ndarray) -> None:
+        self.rows.extend(rows)
+        self.vectors.append(vectors)
+        self.written += len(rows)
+        if len(self.rows) >= self.shard_rows:
+            self.flush()
+
+    def fail(self, path: str, kind: str, stage: str, reason: str) -> None:
+        """One errors.jsonl row; kind "error" | "not_image" | "skipped" (see embed/errors_log.py)."""
+        if self.errors is None:
+            raise ValueError("this writer records no failures")
+        self.errors.write(json.dumps({"path": path, "kind": kind, "stage": stage, "reason": reason}) + "\n")
+        if kind == "not_image":
+            self.not_images += 1
+        elif kind == "skipped":
+            key = reason.split(" (same instance")[0]
+            self.skipped[key] = self.skipped.get(key, 0) + 1
+        else:
+            self.failed += 1
+            if len(self.failures) < MAX_FAILURES_KEPT:
+                self.failures.append({"path": path, "stage": stage, "reason": reason})
+
+    def flush(self) -> None:
+        if not self.rows:
+            return
+        t = time.perf_counter()
+        write_shard(next_shard_path(self.directory), self.rows, np.concatenate(self.vectors), self.vector_id,
+                    self.dtype, kind=self.kind)
+        if self.errors is not None:
+            self.errors.flush()
+        self.write_seconds += time.perf_counter() - t
+        self.shards_written += 1
+        self.rows, self.vectors = [], []
+
+    def close(self) -> None:
+        """Write what is buffered and close (after an exception, :meth:`abort` instead)."""
+        try:
+            self.flush()
+        finally:
+            self.abort()
+
+    def abort(self) -> None:
+        """Close the errors file without writing the buffered rows (they are redone on resume)."""
+        if self.errors is not None:
+            self.errors.close()
+            self.errors = None
