@@ -126,6 +126,37 @@ def test_corrupt_files_raise_decode_error_with_reason(tmp_path):
         decode_image(text)
 
 
+
+def test_header_reader_returns_only_allow_listed_fields_and_keyed_pseudonyms(tmp_path):
+    """The one DICOM header reader: allow-listed fields, no raw identity, and one-line errors."""
+    from cxrtool.io.dicom_header import SAFE_DICOM_FIELDS, UnreadableDicomError, read_dicom_header
+    from cxrtool.privacy import pseudonym
+
+    ds = pydicom.dcmread(SOURCES["RG3_CR_tibia_UNC.dcm"])
+    phi = {"PatientName": "Doe^Jane", "PatientBirthDate": "19700101", "PatientID": "MRN-4242",
+           "AccessionNumber": "ACC-777", "StudyDate": "20240102", "InstitutionName": "St Elsewhere"}
+    for name, value in phi.items():
+        setattr(ds, name, value)
+    path = tmp_path / "phi.dcm"
+    ds.save_as(path)
+    extra = {"TransferSyntaxUID", "has_pixels", "NumberOfFrames", "patient_key", "accession_key", "study_date"}
+    for key in (None, "k"):
+        meta = read_dicom_header(path, key)
+        assert set(meta) <= set(SAFE_DICOM_FIELDS) | extra and meta["has_pixels"]
+        assert not any(v in str(meta.values()) for v in phi.values())
+    assert meta["patient_key"] == pseudonym("MRN-4242", "k") and meta["accession_key"].startswith("acc-")
+    assert read_dicom_header(path, keep_study_date=True)["study_date"] == "20240102"  # only on request
+
+    bad = tmp_path / "bad.dcm"
+    bad.write_bytes(b"x" * 300)
+    with pytest.raises(UnreadableDicomError) as info:
+        read_dicom_header(bad)
+    assert info.value.cause == "InvalidDicomError" and "\n" not in str(info.value)
+    assert info.value.short_reason.startswith("unreadable DICOM header (InvalidDicomError: ")
+    with pytest.raises(DecodeError, match="not a valid DICOM file"):
+        decode_image(bad)
+
+
 def test_sixteen_bit_png_scaled_by_its_bit_depth(tmp_path):
     arr = (np.linspace(0, 4095, 64 * 64).reshape(64, 64)).astype(np.uint16)
     path = tmp_path / "twelve_bit.png"

@@ -17,21 +17,16 @@ from typer.testing import CliRunner
 from cxrtool.cli.main import app
 from cxrtool.data import PromptBank, prepare_csv, prepare_nih, read_manifest
 from cxrtool.data.laterality import (
-    BILATERAL,
     LATERAL_LABELS,
-    LEFT,
-    RIGHT,
     Box,
     box_side,
-    flip_sides,
-    mentions_side,
     parse_bbox_json,
     sides_for_study,
     sides_from_boxes,
     sides_from_text,
-    swap_sides,
 )
 from cxrtool.data.manifest import Study, StudyImage, write_manifest
+from cxrtool.data.sides import BILATERAL, LEFT, RIGHT, flip_sides, mentions_side, swap_sides
 from cxrtool.data.sources.openi import MESH_PATH, read_openi_studies
 from cxrtool.errors import ManifestError, ModelError
 from cxrtool.evaluate.eval_set import eval_set_from_manifest
@@ -178,6 +173,18 @@ def test_flip_sides_swaps_left_and_right_only():
     sides = {"Pleural Effusion": LEFT, "Pneumothorax": RIGHT, "Atelectasis": BILATERAL}
     assert flip_sides(sides) == {"Pleural Effusion": RIGHT, "Pneumothorax": LEFT, "Atelectasis": BILATERAL}
     assert flip_sides(flip_sides(sides)) == sides
+
+
+def test_one_side_vocabulary_for_queries_text_and_flips():
+    """data/sides.py: a query's leading side, side mentions and the mirror swap read the same words."""
+    from cxrtool.data.sides import SIDES, split_query_side
+
+    for side in SIDES:
+        assert split_query_side(f" {side.title()}-sided  Effusion. ") == (side, "effusion")
+        assert split_query_side(f"{side} pleural effusion") == (side, "pleural effusion")
+        assert mentions_side(f"{side} effusion")
+        assert swap_sides(f"{side} effusion") == f"{flip_sides({'x': side})['x']} effusion"
+    assert split_query_side("effusion on the left") == (None, "effusion on the left")
 
 
 # ------------------------------------------------------------------------------------ prompts
@@ -366,7 +373,7 @@ def test_evaluate_record_sides_writes_the_measured_aurocs_into_a_model_directory
     import shutil
 
     from cxrtool.model.card import ModelCard
-    from cxrtool.model.directory import DEFAULT_MODEL_DIR
+    from cxrtool.model.factory import DEFAULT_MODEL_DIR
 
     mine = tmp_path / "mine"
     shutil.copytree(tiny_model_dir, mine)

@@ -284,3 +284,53 @@ def test_dicom_folder_with_reports_keyed_by_study_uid(sample_archive, tmp_path):
     assert any(r["reason"].startswith("report matches no study") for r in rejects)
     blob = (tmp_path / "d.parquet").read_bytes() + Path(s.rejects_file).read_bytes()
     assert str(ds.PatientID).encode() not in blob and b"1.2.3.4.999" not in Path(s.rejects_file).read_bytes()
+
+
+def test_prepare_dicom_reads_headers_only_through_the_allow_listed_reader(sample_archive, tmp_path, monkeypatch):
+    """Names, birth dates, raw patient IDs and accession numbers stay out of the manifest and the
+    rejects; the study uid, view, accession-keyed report and patient key still arrive (as keyed
+    hashes), and every pydicom read is the header reader's."""
+    import sys
+
+    import pydicom
+
+    from cxrtool.data import prepare_dicom_folder
+    from cxrtool.privacy import pseudonym
+
+    phi = {"PatientName": "Doe^Jane", "PatientBirthDate": "19700101", "PatientID": "MRN-4242-XYZ",
+           "AccessionNumber": "ACC-777123", "OtherPatientIDs": "OTHER-555"}
+    pacs = tmp_path / "pacs"
+    (pacs / "a").mkdir(parents=True)
+    ds = pydicom.dcmread(sample_archive / "pacs" / "PAT0001" / "STUDY0001" / "SERIES01" / "IM000001")
+    for name, value in phi.items():
+        setattr(ds, name, value)
+    ds.save_as(pacs / "a" / "IM000001")
+    uid1 = str(ds.StudyInstanceUID)
+    del ds.PatientID  # a second study without a PatientID: its key falls back to the study uid
+    ds.StudyInstanceUID = uid2 = pydicom.uid.generate_uid()
+    ds.AccessionNumber = "ACC-888"
+    ds.save_as(pacs / "a" / "IM000002")
+    reports = tmp_path / "reports.csv"
+    reports.write_text("AccessionNumber,report\n"
+                       "ACC-777123,\"FINDINGS: Small left pleural effusion. IMPRESSION: Effusion.\"\n"
+                       "ACC-000,\"IMPRESSION: orphan report\"\n")
+
+    callers: list[tuple[str, bool]] = []
+    dcmread = pydicom.dcmread
+
+    def spy(*args, **kwargs):
+        callers.append((sys._getframe(1).f_globals["__name__"], bool(kwargs.get("stop_before_pixels"))))
+        return dcmread(*args, **kwargs)
+
+    monkeypatch.setattr(pydicom, "dcmread", spy)
+    s = prepare_dicom_folder(pacs, tmp_path / "d.parquet", reports_csv=reports, match_on="accession",
+                             pseudonym_key="k")
+    assert callers and set(callers) == {("cxrtool.io.dicom_header", True)}
+    studies = {x.study_key: x for x in read_manifest(tmp_path / "d.parquet")}
+    one, two = studies[uid1], studies[uid2]
+    assert one.patient_key == pseudonym(phi["PatientID"], "k") and two.patient_key == pseudonym(uid2, "k")
+    assert one.impression == "Effusion." and one.sides == {"Pleural Effusion": "left"} and one.images[0].view == "PA"
+    assert two.report is None
+    blob = (tmp_path / "d.parquet").read_bytes() + Path(s.rejects_file).read_bytes()
+    for value in [*phi.values(), "Doe", "Jane", "ACC-888", "ACC-000"]:
+        assert value.encode() not in blob, value

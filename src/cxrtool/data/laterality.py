@@ -19,8 +19,9 @@ negation reaches to the end of the sentence unless "but"/"however"/... ends it. 
 mentions of one finding combine by union, as boxes do. The extractor prefers missing a side to
 guessing one: docs/laterality.md lists what it does not handle.
 
-Flips: :func:`swap_sides` and :func:`flip_sides` turn a text and a side map into those of the
-horizontally mirrored image, for a trainer that flips (cxrtool's own augmentation does not).
+The side words themselves (constants, report vocabulary, query side, flips :func:`swap_sides` and
+:func:`flip_sides` for a trainer that mirrors images) live in :mod:`cxrtool.data.sides`; the names
+stay importable from here.
 """
 
 from __future__ import annotations
@@ -30,8 +31,11 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-LEFT, RIGHT, BILATERAL = "left", "right", "bilateral"
-SIDES = (LEFT, RIGHT, BILATERAL)
+from cxrtool.data.sides import BILATERAL, LEFT, RIGHT, SIDE_PATTERNS
+from cxrtool.data.sides import SIDES as SIDES
+from cxrtool.data.sides import flip_sides as flip_sides
+from cxrtool.data.sides import mentions_side as mentions_side
+from cxrtool.data.sides import swap_sides as swap_sides
 
 NIH_BOX_WIDTH = 1024  # NIH boxes are in the original 1,024 x 1,024 pixel grid
 # A box is bilateral when at least this share of its width lies on each side of the midline. On
@@ -62,14 +66,6 @@ FINDING_TERMS = {
 }
 LATERAL_LABELS = tuple(FINDING_TERMS)
 
-_SIDE_TERMS = {
-    BILATERAL: r"bilateral(?:ly)?|bibasilar|bibasal(?:ly)?|biapical|(?:left|right) and (?:left|right)"
-               r"|(?:left|right) (?:greater|more|larger|worse) than (?:left|right)"
-               r"|both (?:lungs?|lung (?:bases|apices|fields)|bases|sides|hemithora(?:x|ces)|apices"
-               r"|(?:upper|lower|mid) (?:lobes|lungs|zones)|costophrenic angles)",
-    LEFT: r"left(?:ward)?|lingula(?:r)?",
-    RIGHT: r"right(?:ward)?|(?<!left )middle lobe",
-}
 _PSEUDO_NEGATION = re.compile(
     r"\b(?:no|without) (?:significant |interval |definite |appreciable )?(?:change|increase|decrease|worsening|"
     r"improvement|enlargement)\b|\bnot (?:significantly )?changed\b|\bnot only\b")
@@ -84,7 +80,6 @@ _BEFORE_WINDOW, _AFTER_WINDOW, _COORDINATED_WINDOW = 5, 6, 3
 _SENTENCE_END = re.compile(r"(?<!\d)[.;!?](?!\d)|\n")
 _TOKEN = re.compile(r"[a-z0-9/]+|[,:]")
 _FINDING_RES = {label: re.compile(rf"\b(?:{pattern})\b") for label, pattern in FINDING_TERMS.items()}
-_SIDE_RES = {side: re.compile(rf"\b(?:{pattern})\b") for side, pattern in _SIDE_TERMS.items()}
 
 
 @dataclass(frozen=True)
@@ -176,7 +171,7 @@ def _sentence_mentions(sentence: str) -> list[tuple[str, str | None, bool]]:
     words = [t.group() for t in tokens]
     starts, ends = [t.start() for t in tokens], [t.end() for t in tokens]
     side_at: dict[int, str] = {}
-    for side, pattern in _SIDE_RES.items():  # bilateral first: "left and right" is one bilateral span
+    for side, pattern in SIDE_PATTERNS.items():  # bilateral first: "left and right" is one bilateral span
         for first, last in _spans(pattern, sentence, starts, ends):
             if not any(i in side_at for i in range(first, last + 1)):
                 side_at.update({i: side for i in range(first, last + 1)})
@@ -244,36 +239,3 @@ def sides_for_study(labels: Mapping[str, int], boxes: Iterable[Box] = (), text: 
     a label the study marks negative (0) keeps no side."""
     sides = {**sides_from_text(text), **sides_from_boxes(boxes, width)}
     return {k: v for k, v in sorted(sides.items()) if labels.get(k) != 0}
-
-
-# ---------------------------------------------------------------------------------------------- flips
-_SWAP_WORDS = re.compile(r"\b(left|right)(wards?)?\b|\b(dextro|levo)(?=[a-z])", re.IGNORECASE)
-_OTHER = {"left": "right", "right": "left", "dextro": "levo", "levo": "dextro"}
-
-
-def _same_case(word: str, like: str) -> str:
-    if like.isupper() and len(like) > 1:
-        return word.upper()
-    return word.capitalize() if like[0].isupper() else word
-
-
-def swap_sides(text: str) -> str:
-    """The text of the horizontally mirrored image: left <-> right (also in "left-sided", "leftward",
-    "dextro-/levoscoliosis"), case kept; "bilateral" and abbreviations ("RLL", "L") are left alone."""
-
-    def swap(m: re.Match) -> str:
-        word = m.group(1) or m.group(3)
-        return _same_case(_OTHER[word.lower()], word) + (m.group(2) or "")
-
-    return _SWAP_WORDS.sub(swap, text)
-
-
-def flip_sides(sides: Mapping[str, str]) -> dict[str, str]:
-    """The side map of the horizontally mirrored image: left <-> right, bilateral unchanged."""
-    return {label: {LEFT: RIGHT, RIGHT: LEFT}.get(side, side) for label, side in sides.items()}
-
-
-def mentions_side(sentence: str) -> bool:
-    """Does the sentence name a side (left, right, bilateral, bibasilar, ...)?"""
-    norm = _normalise(sentence)
-    return any(p.search(norm) for p in _SIDE_RES.values())

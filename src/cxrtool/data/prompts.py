@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import json
 import random
-import re
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
-from cxrtool.data.laterality import BILATERAL, LEFT, RIGHT, mentions_side
 from cxrtool.data.manifest import merge_label
+from cxrtool.data.sides import BILATERAL, LEFT, RIGHT, mentions_side, split_query_side
 from cxrtool.errors import ManifestError
 
 BANK_PATH = Path(__file__).with_name("prompt_bank.json")
@@ -96,7 +95,7 @@ class PromptBank:
 
     def query_side(self, query: str) -> str | None:
         """The side a search query names at its start ("left pleural effusion" -> left), else None."""
-        return _split_side(query)[0]
+        return split_query_side(query)[0]
 
     def expand_query(self, query: str) -> list[str] | None:
         """A search query that *names* a finding -> the query plus the bank's sentences for it.
@@ -115,7 +114,7 @@ class PromptBank:
         """(side, label) when ``query`` *names* a finding of the bank, side and all ("left pleural
         effusions" -> (left, Pleural Effusion)); (side, None) for any other text, or for a side
         named with a finding that has no sides."""
-        side, text = _split_side(query)
+        side, text = split_query_side(query)
         for candidate in (text, text[:-1] if text.endswith("s") else None):
             if candidate and candidate in self._lookup:
                 name = self._lookup[candidate]
@@ -155,20 +154,6 @@ class PromptBank:
                 sentences.append(rng.choice(p.negative))
         rng.shuffle(sentences)
         return " ".join(sentences)
-
-
-_QUERY_SIDE_RE = re.compile(r"^(left|right|bilateral)(?:[- ]sided)?\s+(.+)$")
-
-
-def _strip_query(text: str) -> str:
-    return re.sub(r"\s+", " ", text.strip().lower().rstrip(".!?")).strip()
-
-
-def _split_side(query: str) -> tuple[str | None, str]:
-    """(side named at the start or None, the rest), normalised: "Left-sided effusion." -> (left, effusion)."""
-    text = _strip_query(query)
-    m = _QUERY_SIDE_RE.match(text)
-    return (m.group(1), m.group(2)) if m else (None, text)
 
 
 @lru_cache(maxsize=8)

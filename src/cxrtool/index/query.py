@@ -24,8 +24,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from cxrtool.data.laterality import LEFT, RIGHT, swap_sides
 from cxrtool.data.prompts import PromptBank
+from cxrtool.data.sides import LEFT, RIGHT, swap_sides
 from cxrtool.model.card import ModelCard
 from cxrtool.model.dual import DualEncoder
 

@@ -2,24 +2,20 @@
 
 Real PACS exports mix radiographs with structured reports, presentation states, key-object
 selections, dose reports, encapsulated PDFs, CT/MR series and multi-frame objects. Each file
-gets a keep/skip decision with a one-line reason from its header alone (cheap: no pixels read).
+gets a keep/skip decision with a one-line reason from its header alone (cheap: no pixels read),
+as :func:`cxrtool.io.dicom_header.read_dicom_header` gives it (allow-listed fields only).
 """
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from cxrtool.errors import DecodeError
-from cxrtool.io.decode import dicom_safe_meta
-from cxrtool.privacy import identity_fields
+# The header reader lives in io/dicom_header.py; embed imports it from here.
+from cxrtool.io.dicom_header import read_dicom_header as read_dicom_header
 
 # Modalities of projection radiographs. Secondary captures (OT/SC) only on request.
 RADIOGRAPH_MODALITIES = ("CR", "DX")
-# Media Storage Directory Storage: a DICOMDIR, the index of a DICOM medium (no image of its own).
-MEDIA_DIRECTORY_SOP_CLASS = "1.2.840.10008.1.3.10"
 MEDIA_DIRECTORY_REASON = "DICOMDIR (media directory)"
 
 
@@ -52,33 +48,3 @@ class HeaderFilter:
             return f"view {view} not in {','.join(self.views)}"
         return None
 
-
-def read_dicom_header(path: Path, pseudonym_key: str | None = None, keep_study_date: bool = False,
-                     data: bytes | None = None) -> dict[str, Any]:
-    """PHI-safe header fields plus has_pixels / NumberOfFrames, without reading pixel data; with
-    a key, keyed-hash patient/accession pseudonyms (see :mod:`cxrtool.privacy`). ``data``: the
-    file's bytes if the caller has read them already (``path`` then only names the file in errors).
-
-    A DICOMDIR (media directory) under another name is not an error: it gets
-    ``media_directory=True`` and :meth:`HeaderFilter.skip_reason` skips it.
-    """
-    import io
-
-    import pydicom
-
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            ds = pydicom.dcmread(path if data is None else io.BytesIO(data), stop_before_pixels=True)
-    except Exception as exc:
-        raise DecodeError(path, f"unreadable DICOM header ({type(exc).__name__}: {exc})") from None
-    media_class = getattr(getattr(ds, "file_meta", None), "MediaStorageSOPClassUID", None)
-    if media_class == MEDIA_DIRECTORY_SOP_CLASS or "DirectoryRecordSequence" in ds:
-        return {"media_directory": True, "has_pixels": False, "NumberOfFrames": 1}
-    if "SOPClassUID" not in ds and "Rows" not in ds:
-        raise DecodeError(path, "no readable DICOM attributes (truncated or corrupt file)")
-    meta = dicom_safe_meta(ds)
-    meta["has_pixels"] = "Rows" in ds and "Columns" in ds
-    meta["NumberOfFrames"] = int(getattr(ds, "NumberOfFrames", 1) or 1)
-    meta.update(identity_fields(ds, pseudonym_key, keep_study_date))
-    return meta

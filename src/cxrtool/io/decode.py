@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import io
 import math
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,22 +25,9 @@ import numpy as np
 from cxrtool.constants import DICOM_SUFFIXES, RASTER_SUFFIXES
 from cxrtool.errors import DecodeError, NotAnImageError
 
-# DICOM attributes that are safe to carry into outputs (identifiers of objects, not of people).
-# Patient name, birth date, IDs, dates, institution and free-text fields are never read out.
-SAFE_DICOM_FIELDS = (
-    "SOPInstanceUID",
-    "SOPClassUID",
-    "StudyInstanceUID",
-    "SeriesInstanceUID",
-    "Modality",
-    "ViewPosition",
-    "BodyPartExamined",
-    "PhotometricInterpretation",
-    "BitsStored",
-    "Rows",
-    "Columns",
-    "Manufacturer",
-)
+# The header allow-list lives in io/dicom_header.py; SAFE_DICOM_FIELDS stays importable from here.
+from cxrtool.io.dicom_header import SAFE_DICOM_FIELDS as SAFE_DICOM_FIELDS
+from cxrtool.io.dicom_header import dicom_safe_meta, open_dicom
 
 
 @dataclass
@@ -67,7 +53,7 @@ def is_dicom_file(path: Path) -> bool:
 
 
 def _source(path: Path, data: bytes | None) -> Path | io.BytesIO:
-    """What pydicom/Pillow should open: the bytes the caller already read (one read per file), else the path."""
+    """What Pillow should open: the bytes the caller already read (one read per file), else the path."""
     return path if data is None else io.BytesIO(data)
 
 
@@ -108,17 +94,7 @@ def decode_bytes(data: bytes, name: str = "upload", min_side: int | None = None)
 def decode_dicom(path: Path, min_side: int | None = None, data: bytes | None = None) -> DecodedImage:
     """DICOM -> [0, 1]: modality LUT, VOI LUT/window, MONOCHROME1 inversion, any bit depth.
     ``data``: the file's bytes if already read (see :func:`decode_image`)."""
-    import pydicom
-    from pydicom.errors import InvalidDicomError
-
-    try:
-        with warnings.catch_warnings():  # truncation warnings: the error below says it once
-            warnings.simplefilter("ignore")
-            ds = pydicom.dcmread(_source(path, data))
-    except InvalidDicomError as exc:
-        raise DecodeError(path, f"not a valid DICOM file ({exc})") from None
-    except Exception as exc:  # truncated headers, bad lengths ...
-        raise DecodeError(path, f"unreadable DICOM header ({type(exc).__name__}: {exc})") from None
+    ds = open_dicom(path, data, pixels=True)
     meta = dicom_safe_meta(ds)
     if "PixelData" not in ds:
         if "Rows" in ds and "Columns" in ds:
@@ -249,20 +225,6 @@ def dicom_to_unit(arr: np.ndarray, ds: Any) -> np.ndarray:
     if str(getattr(ds, "PhotometricInterpretation", "")).upper() == "MONOCHROME1":
         x = 1.0 - x
     return x
-
-
-def dicom_safe_meta(ds: Any) -> dict[str, Any]:
-    """The PHI-free subset of a DICOM header that cxrtool keeps (see ``SAFE_DICOM_FIELDS``)."""
-    meta: dict[str, Any] = {}
-    for name in SAFE_DICOM_FIELDS:
-        value = getattr(ds, name, None)
-        if value is None or value == "":
-            continue
-        meta[name] = int(value) if isinstance(value, int) else str(value)
-    ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
-    if ts is not None:
-        meta["TransferSyntaxUID"] = str(ts)
-    return meta
 
 
 # -------------------------------------------------------------------------------------- raster

@@ -12,13 +12,13 @@ reported, so it is never silently missing from a run.
 from __future__ import annotations
 
 import os
-import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from cxrtool.constants import DICOM_SUFFIXES, RASTER_SUFFIXES
 from cxrtool.io.decode import has_dicom_signature
+from cxrtool.io.dicom_header import UnreadableDicomError, open_dicom
 
 DICOMDIR_NAME = "DICOMDIR"
 MISSING_REFERENCE = "referenced by DICOMDIR but missing"
@@ -68,14 +68,10 @@ def classify_file(path: Path) -> str | None:
 
 def dicomdir_references(dicomdir: Path) -> list[Path]:
     """Files referenced by a DICOMDIR's directory records (ReferencedFileID components are
-    relative to the DICOMDIR's folder). Raises on an unreadable DICOMDIR."""
-    import pydicom
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        ds = pydicom.dcmread(dicomdir, stop_before_pixels=True)
+    relative to the DICOMDIR's folder). Raises on an unreadable DICOMDIR (``UnreadableDicomError``
+    when pydicom cannot parse it)."""
     refs = []
-    for record in ds.get("DirectoryRecordSequence", []):
+    for record in open_dicom(dicomdir).get("DirectoryRecordSequence", []):
         ref = record.get("ReferencedFileID")
         if ref:
             parts = [ref] if isinstance(ref, str) else [str(p) for p in ref]
@@ -111,8 +107,9 @@ def discover_archive(root: str | Path) -> Iterator[ArchiveFile]:
             try:
                 refs = dicomdir_references(path)
             except Exception as exc:
+                cause = exc.cause if isinstance(exc, UnreadableDicomError) else type(exc).__name__
                 yield ArchiveFile(path.resolve(), path.relative_to(root).as_posix(), "dicom",
-                                  f"unreadable DICOMDIR ({type(exc).__name__})")
+                                  f"unreadable DICOMDIR ({cause})")
                 continue
             for ref in refs:
                 try:

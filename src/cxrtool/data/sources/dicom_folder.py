@@ -1,16 +1,17 @@
 """A DICOM folder (PACS export) plus a reports CSV keyed by StudyInstanceUID or accession number.
 
-Images are grouped into studies by StudyInstanceUID, with views from ViewPosition. Patients get
-a pseudonymous key: a keyed hash of PatientID (set your own key with ``pseudonym_key`` /
-``--pseudonym-key`` or $CXRTOOL_PSEUDONYM_KEY; the raw PatientID is never written). Objects
-without pixels (SR, presentation states) are listed as rejects, not studies. Sides of findings come
+Images are grouped into studies by StudyInstanceUID, with views from ViewPosition. Headers are read
+only through the allow-listed reader (``io/dicom_header.py``), so no patient name, birth date, raw ID
+or accession number reaches this module. Patients get a pseudonymous key: a keyed hash of PatientID
+(set your own key with ``pseudonym_key`` / ``--pseudonym-key`` or $CXRTOOL_PSEUDONYM_KEY). Reports
+keyed by accession number are matched on the same keyed hash. Objects without pixels (SR,
+presentation states) are listed as rejects, not studies. Sides of findings come
 from the report's findings and impression (``data/laterality.py``).
 """
 
 from __future__ import annotations
 
 import csv
-import warnings
 from pathlib import Path
 
 from cxrtool.data.laterality import sides_for_study
@@ -18,7 +19,8 @@ from cxrtool.data.manifest import Study, StudyImage
 from cxrtool.data.prompts import PromptBank
 from cxrtool.data.sections import parse_report
 from cxrtool.data.sources.common import Reject, hashed_split, open_text
-from cxrtool.errors import ManifestError
+from cxrtool.errors import DecodeError, ManifestError
+from cxrtool.io.dicom_header import UnreadableDicomError, accession_pseudonym, read_dicom_header
 from cxrtool.io.discover import discover_archive
 from cxrtool.privacy import pseudonym, resolve_key
 
@@ -28,8 +30,6 @@ def read_dicom_folder_studies(folder: str | Path, reports_csv: str | Path | None
                               pseudonym_key: str | None = None, validate_fraction: float = 0.1,
                               test_fraction: float = 0.0, bank: PromptBank | None = None,
                               rejects: list[Reject] | None = None) -> list[Study]:
-    import pydicom
-
     folder = Path(folder)
     if not folder.exists():
         raise ManifestError(f"{folder}: not found")
@@ -48,27 +48,29 @@ def read_dicom_folder_studies(folder: str | Path, reports_csv: str | Path | None
                     raise ManifestError(f"{reports_csv}: no column {col!r}; columns are {reader.fieldnames}")
             reports = {r[key_col].strip(): r[report_col] for r in reader if r[key_col].strip()}
             lines = {r: i for i, r in enumerate(reports, start=2)}
+    # the reader gives accession numbers only as keyed hashes: hash the reports' keys the same way
+    by_accession = {accession_pseudonym(k, secret): k for k in reports} if match_on == "accession" else {}
     studies: dict[str, Study] = {}
     matched: set[str] = set()
     for f in discover_archive(folder):
         if f.kind != "dicom":
             continue
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                ds = pydicom.dcmread(f.path, stop_before_pixels=True)
-        except Exception as exc:
-            rejects.append(Reject(f.rel, f"unreadable DICOM header ({type(exc).__name__})", "dropped"))
+            header = read_dicom_header(f.path, secret)
+        except UnreadableDicomError as exc:  # the parser's type only: its message may quote the file
+            rejects.append(Reject(f.rel, f"unreadable DICOM header ({exc.cause})", "dropped"))
             continue
-        if "Rows" not in ds or "StudyInstanceUID" not in ds:
-            rejects.append(Reject(f.rel, f"not an image ({getattr(ds, 'Modality', '') or 'no pixels'})", "dropped"))
+        except DecodeError:  # parsed, but no attributes of an object: nothing to group
+            header = {}
+        uid = header.get("StudyInstanceUID")
+        if not header.get("has_pixels") or not uid:
+            rejects.append(Reject(f.rel, f"not an image ({header.get('Modality') or 'no pixels'})", "dropped"))
             continue
-        uid = str(ds.StudyInstanceUID)
         study = studies.get(uid)
         if study is None:
-            patient = pseudonym(str(getattr(ds, "PatientID", "") or uid), secret)
+            patient = header["patient_key"] or pseudonym(uid, secret)  # no PatientID: the study stands alone
             study = Study(uid, patient, hashed_split(patient, validate_fraction, test_fraction), "dicom-folder", [])
-            lookup = uid if match_on == "study_uid" else str(getattr(ds, "AccessionNumber", "") or "")
+            lookup = uid if match_on == "study_uid" else by_accession.get(header["accession_key"] or "", "")
             if lookup in reports:
                 matched.add(lookup)
                 sections = parse_report(reports[lookup])
@@ -76,7 +78,7 @@ def read_dicom_folder_studies(folder: str | Path, reports_csv: str | Path | None
                 study.text = sections.main_text() or sections.full
                 study.sides = sides_for_study({}, text=sections.observations())
             studies[uid] = study
-        study.images.append(StudyImage(str(f.path), str(getattr(ds, "ViewPosition", "") or "").upper()))
+        study.images.append(StudyImage(str(f.path), str(header.get("ViewPosition", "") or "").upper()))
     for study in studies.values():
         if not study.report:
             reason = "no report in the reports CSV" if reports_csv else "no report text (no reports CSV given)"
