@@ -143,7 +143,7 @@ def test_approximate_indexes_keep_ids(tmp_path, kind):
     rows = [{"id": 10_000 + i, "path": f"img{i}.png", "rows": 1, "columns": 1} for i in range(2000)]
     write_shard(ws.shards / "shard-00000.parquet", rows, vecs, "sha256:x")
     build_index(ws.root, kind)
-    from cxrtool.index.build import load_index
+    from cxrtool.index.open import load_index
 
     index, info, _ = load_index(ws.root)
     assert info.kind == kind
@@ -153,7 +153,7 @@ def test_approximate_indexes_keep_ids(tmp_path, kind):
 
 
 def test_index_is_rebuilt_when_shards_change(small_archive, tmp_path, tiny_model):
-    from cxrtool.index.build import index_is_current
+    from cxrtool.index.info import index_is_current
 
     ws = tmp_path / "ws"
     embed_archive(small_archive, ws, tiny_model, workers=0, shard_rows=4, progress=False)

@@ -16,7 +16,7 @@ from cxrtool.embed.pipeline import embed_archive
 from cxrtool.embed.shards import write_shard
 from cxrtool.errors import WorkspaceError
 from cxrtool.index import Filters, Index, build_index, choose_index_kind
-from cxrtool.index.build import estimate_bytes
+from cxrtool.index.kinds import estimate_bytes
 from cxrtool.workspace import Workspace
 
 from .conftest import SAMPLE
@@ -248,3 +248,21 @@ def test_the_side_contrast_moves_sides_up_the_ranking_but_keeps_their_order(tiny
     # the left-minus-right score is the plain ensemble difference times a positive constant
     scale = float(searched @ plain / (plain @ plain))
     assert scale > 1 and np.allclose(searched, scale * plain, atol=1e-5)
+
+
+def test_a_stale_index_opened_by_model_name_loads_the_model_once(tmp_path, tiny_model_dir, monkeypatch):
+    """The rebuild's text-query tuning and the search share one load of a model given by name."""
+    import cxrtool.model
+
+    fingerprint = cxrtool.model.peek_vector_id(str(tiny_model_dir))
+    ws, _, _ = make_workspace(tmp_path / "ws", [(0, 2_000)], dim=32, fingerprint=fingerprint)
+    build_index(ws.root, "hnsw")
+    write_shard(ws.shards / "shard-00001.parquet", rows_for(9_000, 50, np.random.default_rng(1)),
+                clustered(50, 32, np.random.default_rng(1)), fingerprint)  # the index is stale now
+    loads = []
+    real = cxrtool.model.load_model
+    monkeypatch.setattr(cxrtool.model, "load_model", lambda *a, **kw: loads.append(a) or real(*a, **kw))
+    index = Index.open(ws.root, model=str(tiny_model_dir))
+    assert index.info.count == 2_050 and index.info.text_queries > 0  # rebuilt, tuned with the model
+    assert len(index.search("pleural effusion", k=3)) == 3
+    assert len(loads) == 1

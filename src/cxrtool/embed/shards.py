@@ -26,6 +26,10 @@ No patient names, birth dates, raw patient IDs or accession numbers are ever wri
 ``cxrtool.io.decode.SAFE_DICOM_FIELDS`` and ``cxrtool.privacy``). File metadata records the
 model's vector id under ``model_fingerprint`` (the weights' fingerprint, plus ``+flip_pair`` for a
 model that writes flip-paired vectors: ``ModelCard.vector_id``) and the embedding dtype.
+
+Shards are written by :func:`write_shard` and read only by :func:`read_shard` (through
+:func:`read_shard_metadata`, :func:`read_shard_vectors` and :func:`read_collection`), so index,
+search, evaluation and ``cxrtool validate`` read them one way.
 """
 
 from __future__ import annotations
@@ -38,6 +42,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import xxhash
+
+from cxrtool.errors import WorkspaceError
 
 SHARD_SCHEMA_VERSION = "cxrtool-shard/1"
 META_COLUMNS = ["id", "path", "study_key", "series_uid", "sop_uid", "view", "modality", "body_part",
@@ -136,6 +142,26 @@ def shard_paths(directory: Path, recursive: bool = True) -> list[Path]:
     return sorted(directory.rglob("shard-*.parquet") if recursive else directory.glob("shard-*.parquet"))
 
 
+def shard_state(directory: Path) -> dict[str, int]:
+    """Shard file (relative to ``directory``) -> size in bytes: what an index records it holds."""
+    return {p.relative_to(directory).as_posix(): p.stat().st_size for p in shard_paths(directory)}
+
+
+def read_shard(path: Path, columns: list[str] | None = None, vectors: bool = True
+               ) -> tuple[pa.Table, np.ndarray | None, str]:
+    """One shard as (its ``columns``, default all, without the embedding; float32 vectors [N, D], or
+    None with ``vectors=False``; the model fingerprint it records). Every shard read goes through
+    here: index, search, classify, evaluation and validate."""
+    wanted = [*columns, "embedding"] if columns is not None and vectors else columns
+    table = pq.read_table(path, columns=wanted)
+    fingerprint = (table.schema.metadata or {}).get(b"model_fingerprint", b"").decode()
+    if not vectors:
+        return table, None, fingerprint
+    emb = table.column("embedding").combine_chunks()
+    vecs = emb.flatten().to_numpy(zero_copy_only=False).astype(np.float32).reshape(-1, emb.type.list_size)
+    return table.drop_columns(["embedding"]), vecs, fingerprint
+
+
 def read_shard_metadata(directory: Path, columns: list[str] | None = None, recursive: bool = True,
                         kind: str = "image") -> pa.Table:
     """All shards' metadata columns (no vectors) as one table."""
@@ -144,20 +170,39 @@ def read_shard_metadata(directory: Path, columns: list[str] | None = None, recur
     cols = columns or (REPORT_META_COLUMNS if kind == "report" else META_COLUMNS)
     if not paths:
         return pa.table({c: pa.array([], type=schema.field(c).type) for c in cols})
-    return pa.concat_tables([pq.read_table(p, columns=cols) for p in paths])
+    return pa.concat_tables([read_shard(p, cols, vectors=False)[0] for p in paths])
 
 
 def read_shard_vectors(directory: Path) -> tuple[np.ndarray, np.ndarray, str]:
     """(ids int64[N], vectors float32[N, D], fingerprint) over all shards."""
     ids, vecs, fingerprint = [], [], ""
     for p in shard_paths(directory):
-        table = pq.read_table(p, columns=["id", "embedding"])
-        meta = table.schema.metadata or {}
-        fingerprint = meta.get(b"model_fingerprint", b"").decode()
+        table, shard_vecs, fingerprint = read_shard(p, ["id"])
         ids.append(table.column("id").to_numpy())
-        emb = table.column("embedding").combine_chunks()
-        dim = emb.type.list_size
-        vecs.append(emb.flatten().to_numpy(zero_copy_only=False).astype(np.float32).reshape(-1, dim))
+        vecs.append(shard_vecs)
     if not ids:
         return np.zeros(0, np.int64), np.zeros((0, 0), np.float32), ""
     return np.concatenate(ids), np.concatenate(vecs).astype(np.float32), fingerprint
+
+
+def read_collection(shards: Path, names: list[str], fingerprint: str | None = None, progress: bool = False
+                    ) -> tuple[pa.Table, np.ndarray, str]:
+    """(metadata rows, float32 vectors, model fingerprint) of the named shards under ``shards``;
+    refuses shards embedded with different models (their vectors live in different spaces)."""
+    from tqdm import tqdm
+
+    tables, vectors = [], []
+    for name in tqdm(names, desc="index: reading shards", unit="shard", disable=not progress or len(names) < 8):
+        table, vecs, got = read_shard(shards / name)
+        if fingerprint is None:
+            fingerprint = got
+        elif got != fingerprint:
+            raise WorkspaceError(
+                f"{shards / name} was embedded with another model ({got or 'unknown'}) than the rest "
+                f"({fingerprint or 'unknown'}); vectors of two models cannot share one index",
+                "embed each model into its own --workspace, or re-embed with --overwrite")
+        vectors.append(vecs)
+        tables.append(table.replace_schema_metadata(None))
+    if not tables:
+        return pa.table({"id": pa.array([], pa.int64())}), np.zeros((0, 0), np.float32), fingerprint or ""
+    return pa.concat_tables(tables, promote_options="default"), np.concatenate(vectors), fingerprint or ""

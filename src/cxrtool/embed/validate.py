@@ -7,10 +7,8 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import pyarrow.parquet as pq
-
 from cxrtool.embed.pipeline import read_error_paths
-from cxrtool.embed.shards import shard_paths
+from cxrtool.embed.shards import read_shard, shard_paths
 from cxrtool.io.discover import discover_archive
 from cxrtool.workspace import Workspace
 
@@ -41,9 +39,9 @@ def validate_workspace(archive: str | Path, workspace: str | Path | None = None,
     rows: list[str] = []
     fingerprints = set()
     for p in shard_paths(ws.shards):
-        table = pq.read_table(p, columns=["path"])
+        table, _, fingerprint = read_shard(p, ["path"], vectors=False)
         rows.extend(table.column("path").to_pylist())
-        fingerprints.add((table.schema.metadata or {}).get(b"model_fingerprint", b"").decode())
+        fingerprints.add(fingerprint)
     errors = read_error_paths(ws)
     embedded = set(rows)
     dups = sorted(p for p, n in Counter(rows).items() if n > 1)

@@ -13,19 +13,24 @@ import threading
 from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from cxrtool.data.prompts import PromptBank
 from cxrtool.errors import WorkspaceError
-from cxrtool.index.build import IndexInfo, gpu_available, knn, load_index, to_gpu
+from cxrtool.index.faiss_query import gpu_available, knn, to_gpu
 from cxrtool.index.filters import Filters
+from cxrtool.index.info import IndexInfo
+from cxrtool.index.lazy_model import LazyModel
+from cxrtool.index.open import load_index
 from cxrtool.index.query import text_query_vector
 from cxrtool.index.store import RowStore
 from cxrtool.io.decode import DecodedImage
-from cxrtool.model.directory import load_model
-from cxrtool.model.dual import DualEncoder
-from cxrtool.workspace import Workspace
+from cxrtool.workspace import Workspace, check_same_model
+
+if TYPE_CHECKING:
+    from cxrtool.model.dual import DualEncoder
 
 EXACT_SUBSET_MAX = 20_000  # filtered sets up to this size are ranked exactly (a few ms)
 # Near-duplicates: the default model (v4) puts one radiograph re-encoded in 7 transfer syntaxes at
@@ -69,25 +74,26 @@ class Index:
     """A searchable collection (images or reports) of a workspace."""
 
     def __init__(self, ws: Workspace, index, info: IndexInfo, store: RowStore, target: str,
-                 model: DualEncoder | str | None = None, device: str = "cpu") -> None:
+                 model: LazyModel | DualEncoder | str | None = None, device: str = "cpu") -> None:
         self.workspace, self.index, self.info, self.store, self.target = ws, index, info, store, target
-        self._model = model
-        self._device = device
+        self._model = LazyModel.of(model, device)
         self._selectors: OrderedDict[tuple, tuple[np.ndarray, object, np.ndarray | None]] = OrderedDict()
         self._gpu_index = to_gpu(index) if device.startswith("cuda") and gpu_available() else None
-        self._lock = threading.Lock()  # the lazy model load and the filter cache (the web page searches from threads)
+        self._lock = threading.Lock()  # the filter cache (the web page searches from threads)
         self._encode_lock = threading.Lock()
 
     @classmethod
     def open(cls, workspace: str | Path | None = None, target: str = "images", model: DualEncoder | str | None = None,
              device: str = "cpu", rebuild_if_stale: bool = True, progress: bool = False) -> Index:
         """Open (building or updating first, if needed) the index of ``target`` in ``workspace``.
-        ``model`` is loaded lazily, on the first text or image query."""
+        ``model`` is loaded lazily, on the first text or image query, and once: a rebuild of a
+        stale index (its text-query tuning) and the searches share it."""
         if target not in ("images", "reports"):
             raise WorkspaceError(f"unknown search target {target!r}", "use images or reports")
         ws = Workspace.resolve(workspace)
-        index, info, store = load_index(ws.root, rebuild_if_stale, target, model, progress)
-        return cls(ws, index, info, store, target, model, device)
+        lazy = LazyModel.of(model, device)
+        index, info, store = load_index(ws.root, rebuild_if_stale, target, lazy, progress)
+        return cls(ws, index, info, store, target, lazy, device)
 
     def __len__(self) -> int:
         return len(self.store)
@@ -95,15 +101,10 @@ class Index:
     # ------------------------------------------------------------------------------------ model
     @property
     def model(self) -> DualEncoder:
-        with self._lock:
-            if not isinstance(self._model, DualEncoder):
-                self._model = load_model(self._model, device=self._device)
-        if self._model.card.vector_id != self.info.model_fingerprint:
-            raise WorkspaceError(
-                f"the index in {self.workspace.root} was built with another model than the one loaded"
-                + self._model.card.mismatch_note(self.info.model_fingerprint),
-                "search with the model used for `cxrtool embed` (--model), or re-embed with --overwrite")
-        return self._model
+        model = self._model.get()
+        check_same_model(model.card, self.info.model_fingerprint, f"the index in {self.workspace.root} was built",
+                         "search with the model used for `cxrtool embed` (--model), or re-embed with --overwrite")
+        return model
 
     def embed_query(self, query: str | None = None, image: str | Path | DecodedImage | None = None,
                     expand: bool = True) -> np.ndarray:

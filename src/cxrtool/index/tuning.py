@@ -1,0 +1,117 @@
+"""Recall measurement and search-depth tuning of a built index.
+
+The search depth (nprobe / efSearch) is tuned until recall@10 on *held-out* queries (leave-one-out:
+a query never counts itself) reaches the target, and separately for text queries (the prompt
+bank's sentences embedded by the shards' model), which sit apart from the images they match.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from cxrtool.index.faiss_query import knn
+from cxrtool.index.info import IndexInfo
+from cxrtool.index.lazy_model import LazyModel
+from cxrtool.index.store import RowStore
+
+if TYPE_CHECKING:
+    from cxrtool.model.dual import DualEncoder
+
+log = logging.getLogger(__name__)
+
+RECALL_K = 10
+RECALL_QUERIES = 500
+
+
+def _exact_neighbours(vectors: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
+    import faiss
+
+    flat = faiss.IndexFlatIP(vectors.shape[1])
+    flat.add(vectors)
+    return flat.search(queries, k)[1]
+
+
+def recall_curve(index, store: RowStore, vectors: np.ndarray, info: IndexInfo, depths: list[tuple[int, int]],
+                 queries: np.ndarray | None = None, seed: int = 1) -> Iterator[tuple[int, int, float]]:
+    """Yield recall@10 for each (nprobe, efSearch) in ``depths`` (lazily: a caller may stop early).
+
+    Without ``queries``, on leave-one-out queries: stored vectors whose own id is removed from
+    both the exact and the approximate answers, so each stands for a new image rather than a
+    self-match (autofaiss measures with self-matches, which flatters the index). With ``queries``
+    (e.g. text embeddings), on those as given."""
+    n = len(vectors)
+    k = min(RECALL_K, n - 1)
+    if queries is None:
+        qpos = np.random.default_rng(seed).choice(n, size=min(RECALL_QUERIES, max(1, n // 10)), replace=False)
+        queries = vectors[qpos]
+    else:
+        qpos = np.full(len(queries), -1)
+    truth = _exact_neighbours(vectors, np.ascontiguousarray(queries, dtype=np.float32), k + 1)
+    truth_sets = [set(row[row != p][:k].tolist()) for row, p in zip(truth, qpos, strict=True)]
+    for nprobe, ef in depths:
+        _, pos = knn(index, store, queries, k + 1, info, nprobe=nprobe, ef_search=ef)
+        hits = sum(len(t & set(row[row != p][:k].tolist())) for t, row, p in zip(truth_sets, pos, qpos, strict=True))
+        yield nprobe, ef, hits / (k * len(queries))
+
+
+def search_depths(index, kind: str) -> list[tuple[int, int]]:
+    """The (nprobe, efSearch) ladder tried for ``kind``, shallowest first."""
+    import faiss
+
+    if kind == "hnsw":
+        return [(0, ef) for ef in (16, 32, 64, 128, 256, 512, 1024)]
+    nlist = faiss.extract_index_ivf(index).nlist
+    depths = [(p, 0) for p in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048) if p < nlist]
+    return depths + [(min(nlist, 2048), 0)]
+
+
+def tune(index, store: RowStore, vectors: np.ndarray, info: IndexInfo, text_queries: np.ndarray | None) -> None:
+    """Smallest search depths whose recall@10 reaches the target (else the deepest tried): for
+    held-out image queries, and for text queries when given."""
+    info.recall_queries = min(RECALL_QUERIES, max(1, len(vectors) // 10))
+    if info.kind == "flat" or len(vectors) < 3:
+        info.recall_at_10, info.recall_queries, info.text_recall_at_10 = 1.0, 0, None
+        return
+    depths = search_depths(index, info.kind)
+    for nprobe, ef, recall in recall_curve(index, store, vectors, info, depths):
+        info.nprobe, info.ef_search, info.recall_at_10 = nprobe, ef, round(recall, 4)
+        if recall >= info.recall_target:
+            break
+    start = depths.index((info.nprobe, info.ef_search))
+    if text_queries is None or not len(text_queries):
+        deeper = depths[min(start + 2, len(depths) - 1)]  # 4x: what text queries needed in our benchmark
+        info.text_nprobe, info.text_ef_search, info.text_recall_at_10, info.text_queries = *deeper, None, 0
+        return
+    info.text_queries = len(text_queries)
+    for nprobe, ef, recall in recall_curve(index, store, vectors, info, depths[start:], queries=text_queries):
+        info.text_nprobe, info.text_ef_search, info.text_recall_at_10 = nprobe, ef, round(recall, 4)
+        if recall >= info.recall_target:
+            break
+
+
+def tuning_text_queries(fingerprint: str, model: LazyModel | DualEncoder | str | Path | None = None
+                        ) -> np.ndarray | None:
+    """Embeddings of the prompt bank's sentences by the shards' model, to tune text-query depth;
+    None when that model is not at hand (``model`` given or the default; fingerprints must match).
+    A :class:`LazyModel` keeps what it loads, for the caller's later use."""
+    from cxrtool.data.prompts import PromptBank
+
+    lazy = LazyModel.of(model)
+    try:
+        recorded = lazy.vector_id()  # a card to read: refuse a mismatch before loading weights
+        if recorded is not None and recorded != fingerprint:
+            return None
+        encoder = lazy.get()
+        if encoder.card.vector_id != fingerprint:
+            return None
+    except Exception as exc:  # no usable model: the text depth falls back to the 4x rule
+        log.info("text-query tuning skipped: %s", exc)
+        return None
+    bank = PromptBank.load()
+    sentences = sorted({t for p in bank.labels.values() for t in (*p.positive, *p.uncertain)})
+    return encoder.encode_texts(sentences)
