@@ -10,6 +10,7 @@ from cxrtool.model.dual import DualEncoder
 from cxrtool.model.factory import (
     DEFAULT_MODEL_DIR,
     ModelRef,
+    fingerprint_state,
     load_model,
     load_model_dir,
     peek_vector_id,
@@ -21,7 +22,6 @@ from cxrtool.model.families.hf import HFDualEncoder, wrap_hf_model
 from cxrtool.model.families.open_clip import OpenClipDualEncoder
 from cxrtool.model.hub import models_home
 from cxrtool.model.registry import list_models
-from cxrtool.model.weights import fingerprint_state
 
 __all__ = [
     "DEFAULT_MODEL_DIR",

@@ -11,6 +11,7 @@ here once; saving is the same path backwards.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,10 +23,11 @@ from cxrtool.errors import ModelError
 from cxrtool.model.card import CARD_FILE, ModelCard
 from cxrtool.model.dual import DualEncoder
 from cxrtool.model.families import detect, family_named, unsupported_dir_error
-from cxrtool.model.hub import fetch_hub_model, local_copy, looks_like_hub_name
-from cxrtool.model.weights import FINGERPRINT_HINT, fingerprint_state
+from cxrtool.model.hub import locate
 
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "default_model"
+FINGERPRINT_HINT = ("the weights file or a base-weight package changed since the model was saved; "
+                    "reinstall the package versions named in the card or re-export the model")
 
 
 @dataclass(frozen=True)
@@ -43,11 +45,22 @@ class ModelRef:
         return self.directory is not None and self.directory.resolve() == DEFAULT_MODEL_DIR.resolve()
 
 
-def resolve_model(model: str | None) -> ModelRef:
-    """--model / $CXRTOOL_MODEL / the bundled default, without loading anything.
+def fingerprint_state(state: dict[str, torch.Tensor]) -> str:
+    """sha256 over names, dtypes, shapes and bytes of every tensor, in sorted name order."""
+    h = hashlib.sha256()
+    for name in sorted(state):
+        t = state[name].detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy() if t.numel() else b"")  # no copy of large models
+    return "sha256:" + h.hexdigest()
+
+
+def resolve_model(model: str | None, fetch: bool = False) -> ModelRef:
+    """--model / $CXRTOOL_MODEL / the bundled default, without loading weights.
 
     A hub name (``org/name``, or ``hf-hub:org/name`` for open_clip) is looked for as a folder of the
-    models home first (``<home>/org/name``, where the download hint tells people to put it)."""
+    models home first (``<home>/org/name``, where the download hint tells people to put it); with
+    ``fetch``, then in the Hugging Face cache or the hub (else its ``directory`` is None)."""
     name = model or os.environ.get(MODEL_ENV) or ""
     if not name:
         if not (DEFAULT_MODEL_DIR / CARD_FILE).is_file():
@@ -57,12 +70,7 @@ def resolve_model(model: str | None) -> ModelRef:
     path = Path(name).expanduser()
     if path.is_dir():
         return ModelRef(path)
-    if looks_like_hub_name(name):
-        local = local_copy(name)
-        return ModelRef(local if local.is_dir() else None, name)
-    raise ModelError(f"model {name!r} is neither a directory nor a hub name",
-                     "pass a model directory, or a hub name such as google/medsiglip-448 or "
-                     "hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224 (`cxrtool models` lists them)")
+    return ModelRef(locate(name, fetch), name)
 
 
 def peek_vector_id(model: str | None) -> str | None:
@@ -79,9 +87,8 @@ def peek_vector_id(model: str | None) -> str | None:
 
 def load_model(model: str | None = None, device: str | torch.device = "cpu") -> DualEncoder:
     """Load the named model (directory or hub name), $CXRTOOL_MODEL, or the bundled default model."""
-    ref = resolve_model(model)
-    directory = ref.directory if ref.directory is not None else fetch_hub_model(ref.hub_name)
-    return load_model_dir(directory, device=device, name=ref.hub_name)
+    ref = resolve_model(model, fetch=True)
+    return load_model_dir(ref.directory, device=device, name=ref.hub_name)
 
 
 def load_model_dir(directory: str | Path, device: str | torch.device = "cpu", name: str = "") -> DualEncoder:

@@ -42,6 +42,20 @@ def local_copy(name: str) -> Path:
     return models_home() / name.removeprefix(HUB_PREFIX)
 
 
+def locate(name: str, fetch: bool = False) -> Path | None:
+    """The directory of hub model ``name``: its copy under the models home, else (``fetch``) the
+    Hugging Face cache's or a download's snapshot; None when not fetching and there is no copy.
+    A name that is not a hub name is refused here, with what ``--model`` takes."""
+    if not looks_like_hub_name(name):
+        raise ModelError(f"model {name!r} is neither a directory nor a hub name",
+                         "pass a model directory, or a hub name such as google/medsiglip-448 or hf-hub:"
+                         "microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224 (`cxrtool models` lists them)")
+    local = local_copy(name)
+    if local.is_dir():
+        return local
+    return fetch_hub_model(name) if fetch else None
+
+
 def hub_download_hint(name: str, target: Path) -> str:
     repo = name.removeprefix(HUB_PREFIX)
     return (f"download it where the hub is reachable: `hf download {repo} --local-dir {target}` (gated models: accept "

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from cxrtool.errors import ModelError
+from cxrtool.errors import ModelError, WeightMismatchError
 from cxrtool.model.card import CARD_FILE, ModelCard
 from cxrtool.model.dual import DualEncoder
 
@@ -53,6 +53,21 @@ class Family:
     load: Callable[[Path, ModelCard | None, str], DualEncoder]
     save: Callable[[DualEncoder, Path, ModelCard, bool], None]
     describe: Callable[[Path, str], ModelSummary | None]
+
+
+def load_exact(module: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """Place ``state`` into ``module`` or refuse by name: missing, unexpected or wrong-shaped tensors."""
+    expected = module.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise WeightMismatchError(missing, unexpected, source)
+    wrong = [k for k in expected if tuple(expected[k].shape) != tuple(state[k].shape)]
+    if wrong:
+        k = wrong[0]
+        raise ModelError(f"{source}: weight {k} has shape {tuple(state[k].shape)}, "
+                         f"the card's architecture needs {tuple(expected[k].shape)}")
+    module.load_state_dict(state, strict=True)
 
 
 def size_of(value: Any) -> int | None:

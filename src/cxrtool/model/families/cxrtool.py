@@ -20,10 +20,9 @@ from cxrtool.constants import DEFAULT_EMBED_DIM
 from cxrtool.errors import ModelError
 from cxrtool.model.card import IMAGE_DIR, TEXT_DIR, WEIGHTS_FILE, ImageSpec, ModelCard, TextSpec
 from cxrtool.model.dual import DualEncoder
-from cxrtool.model.families.base import Family, describe_card, write_model_files
+from cxrtool.model.families.base import Family, describe_card, load_exact, write_model_files
 from cxrtool.model.hf_image import build_hf_image_tower
 from cxrtool.model.sources import MINILM_PACKAGE, SOURCE_NORMALISATION, load_source, minilm_dir, quiet_transformers
-from cxrtool.model.weights import load_exact
 
 CXRTOOL = "cxrtool"
 
