@@ -20,7 +20,7 @@ from pathlib import Path
 
 from cxrtool.embed.shards import content_hash
 from cxrtool.io import decode_image, discover_archive
-from cxrtool.io.classify import read_dicom_header
+from cxrtool.io.dicom_header import read_dicom_header
 
 MIN_SIDE = 224
 

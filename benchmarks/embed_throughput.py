@@ -24,8 +24,9 @@ from cxrtool.embed.mapper import ImageDecoder
 from cxrtool.embed.pipeline import default_batch_size, default_workers
 from cxrtool.embed.shards import content_hash
 from cxrtool.io import ArchiveFile, decode_image, discover_archive
-from cxrtool.io.classify import HeaderFilter, read_dicom_header
+from cxrtool.io.classify import HeaderFilter
 from cxrtool.io.decode import DecodeError
+from cxrtool.io.dicom_header import read_dicom_header
 from cxrtool.model import load_model
 from cxrtool.model.card import ImageSpec
 from cxrtool.model.transform import preprocess

@@ -61,8 +61,7 @@ from cxrtool.evaluate.laterality import (
     topk_side_counts,
 )
 from cxrtool.index.query import SIDE_CONTRAST
-from cxrtool.model import load_model
-from cxrtool.model.directory import DEFAULT_MODEL_DIR
+from cxrtool.model import DEFAULT_MODEL_DIR, load_model
 from cxrtool.train import resolve_config, train
 
 REPO = Path(__file__).resolve().parents[1]

@@ -25,11 +25,9 @@ from nih_split import nih_studies
 from train_experiments import ISSUE_LABELS, LIFT_QUERIES, precision_at
 
 from cxrtool.data.manifest import write_manifest
-from cxrtool.evaluate.eval_set import embed_eval_set, eval_set_from_manifest
+from cxrtool.evaluate import EvalOptions, run_evaluation
 from cxrtool.evaluate.probe import fit_probe
-from cxrtool.evaluate.run import EvalOptions, evaluate_model
-from cxrtool.model import load_model
-from cxrtool.model.directory import DEFAULT_MODEL_DIR
+from cxrtool.model import DEFAULT_MODEL_DIR, load_model
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "runs" / "probe_ceiling"
@@ -58,10 +56,10 @@ def main() -> None:
     manifest = write_manifest(rest + test, OUT / "manifest.parquet")
     rows = []
     for model_dir in args.models:
-        model = load_model(str(model_dir))
-        es = eval_set_from_manifest(manifest)
-        embed_eval_set(model, es, cache_dir=OUT / "cache" / model.card.fingerprint.replace(":", "_"))
-        s = evaluate_model(model, es, EvalOptions(split="test", labels=ISSUE_LABELS, probe_fractions=(1.0,))).summary
+        model = load_model(str(model_dir))  # loaded first: its fingerprint names the cache folder
+        ev = run_evaluation(manifest, model=model, cache_dir=OUT / "cache" / model.card.fingerprint.replace(":", "_"),
+                            options=EvalOptions(split="test", labels=ISSUE_LABELS, probe_fractions=(1.0,)))
+        es, s = ev.eval_set, ev.summary
         probe = {r["label"]: r["auroc"] for r in s["linear_probe"]["rows"] if r.get("auroc") is not None}
         zero = {r["label"]: r["auroc"]["value"] for r in s["zero_shot"]["labels"]}
         row = {"model": str(model_dir), "zero_shot_mean": s["zero_shot"]["mean_auroc"],

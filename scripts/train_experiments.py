@@ -31,11 +31,9 @@ from nih_split import nih_studies
 
 from cxrtool.data.manifest import write_manifest
 from cxrtool.data.prompts import PromptBank
-from cxrtool.evaluate.eval_set import embed_eval_set, eval_set_from_manifest
-from cxrtool.evaluate.run import EvalOptions, evaluate_model
+from cxrtool.evaluate import EvalOptions, run_evaluation
 from cxrtool.index.query import text_query_vector
-from cxrtool.model import load_model
-from cxrtool.model.directory import DEFAULT_MODEL_DIR, create_model, save_model_dir
+from cxrtool.model import DEFAULT_MODEL_DIR, create_model, save_model_dir
 from cxrtool.train import resolve_config, train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -83,11 +81,10 @@ def build_manifests(shared: Path) -> tuple[Path, Path]:
 
 
 def score(model_dir: Path, test_manifest: Path, cache: Path) -> dict:
-    model = load_model(str(model_dir))
-    es = eval_set_from_manifest(test_manifest)
-    embed_eval_set(model, es, cache_dir=cache)
-    result = evaluate_model(model, es, EvalOptions(split="test", labels=ISSUE_LABELS, probe_fractions=()))
-    s = result.summary
+    """`cxrtool evaluate`'s figures (the same chain) plus lift@50 of searches naming a finding."""
+    ev = run_evaluation(test_manifest, model=model_dir, cache_dir=cache,
+                        options=EvalOptions(split="test", labels=ISSUE_LABELS, probe_fractions=()))
+    model, es, s = ev.model, ev.eval_set, ev.summary
     rows = {r["label"]: r["auroc"] for r in s["zero_shot"]["labels"]}
     lifts = {}
     bank = PromptBank.load()

@@ -324,3 +324,24 @@ def test_evaluate_reads_shards_with_a_labels_csv(tiny_model, tiny_model_dir, tmp
 def test_evaluate_cli_needs_a_manifest_or_shards():
     res = runner.invoke(app, ["evaluate"])
     assert res.exit_code == 2 and "MANIFEST" in res.output
+
+
+def test_run_evaluation_is_the_chain_the_cli_and_the_scripts_share(tiny_model_dir, small_manifest, tmp_path):
+    """The library call the scripts make gives the command's figures; without out_dir it writes only its cache."""
+    from cxrtool.errors import ManifestError
+    from cxrtool.evaluate import EvalOptions, run_evaluation
+    from cxrtool.model import load_model
+
+    options = EvalOptions(n_resamples=30, probe_fractions=())
+    ev = run_evaluation(small_manifest, model=str(tiny_model_dir), options=options, cache_dir=tmp_path / "cache")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "manifest.parquet"] and ev.outputs == {}
+    assert set(ev.eval_set.splits) == {"test"} and len(ev.eval_set) == ev.summary["data"]["images"]
+    assert ev.eval_set.vectors.shape[0] == len(ev.eval_set) and ev.eval_set.vector_id == ev.model.card.vector_id
+    again = run_evaluation(small_manifest, model=load_model(str(tiny_model_dir)), options=options)
+    assert again.summary["zero_shot"] == ev.summary["zero_shot"]
+    res = runner.invoke(app, ["evaluate", str(small_manifest), "-o", str(tmp_path / "out"), "--model",
+                              str(tiny_model_dir), "--bootstrap", "30", "--no-probe", "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["zero_shot"] == ev.summary["zero_shot"]
+    with pytest.raises(ManifestError, match="MANIFEST"):
+        run_evaluation(small_manifest, shards=tmp_path)

@@ -43,3 +43,38 @@ THUMB_SIDE = 256
 DETAIL_SIDE = 1024
 # In-memory cache of rendered images: a 256-px JPEG thumbnail is ~10-20 kB, a 1,024-px PNG ~0.5 MB.
 SERVE_MEMORY_CACHE_MB = 64
+
+# --- Option defaults the CLI shows in --help. They live here (a module that imports nothing) so that
+# `cxrtool --help` loads no torch, scikit-learn or faiss. The library modules named beside each one
+# re-export it or hold an equal value (tests/test_cli_imports.py checks they agree).
+
+# Zero-shot (cxrtool.evaluate.classification.THRESHOLD): probability at or above which a finding
+# counts as present (accuracy, F1, classify's "top findings"). The softmax over positive vs
+# negative prompt sets: "more like present than absent".
+THRESHOLD = 0.5
+# Bootstrap resamples for 95 % CIs (cxrtool.evaluate.bootstrap.N_RESAMPLES): CheXzero's protocol,
+# 1,000 samples, percentile interval.
+N_RESAMPLES = 1000
+# Laterality top-k (cxrtool.evaluate.laterality.LATERALITY_KS): 10, a first results page; 50,
+# enough one-sided images to count on small test sets.
+LATERALITY_KS = (10, 50)
+
+# Near-duplicates: the default model (v4) puts one radiograph re-encoded in 7 transfer syntaxes at
+# cosine 0.969-1.000 to its copies (reduced-resolution JPEG 2000 decoding is the farthest), while
+# different studies of one patient in the sample archive reach 0.69 and different patients 0.68
+# (v3 had 0.980-1.000, 0.77, 0.67). Weaker models crowd more: pass dedupe=None to keep all.
+# (cxrtool.index.search.DEDUPE_COSINE)
+DEDUPE_COSINE = 0.95
+# FAISS index kinds `cxrtool index --kind` accepts (cxrtool.index.build.KINDS).
+INDEX_KINDS = ("auto", "flat", "hnsw", "ivf", "ivfpq")
+# Where a file dropped out of `embed`, for errors.jsonl (cxrtool.embed.errors_log.STAGES).
+ERROR_STAGES = ("discover", "read", "header", "decode")
+# Manifest fields `embed-reports` can embed (cxrtool.embed.reports.TEXT_FIELDS).
+REPORT_TEXT_FIELDS = ("text", "findings", "impression", "report")
+# Modalities of projection radiographs; secondary captures (OT/SC) only on request
+# (cxrtool.io.classify.RADIOGRAPH_MODALITIES).
+RADIOGRAPH_MODALITIES = ("CR", "DX")
+# Names of the training presets (the settings themselves: cxrtool.train.config.PRESETS).
+TRAIN_PRESETS = ("cxr-clip-r50", "cxr-clip-swint")
+# CXR-CLIP's text tower (cxrtool.model.imports.cxr_clip.DEFAULT_TEXT_ENCODER).
+CXR_CLIP_TEXT_ENCODER = "emilyalsentzer/Bio_ClinicalBERT"

@@ -5,16 +5,15 @@ from __future__ import annotations
 import csv
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
-from rich.table import Table
-from tqdm import tqdm
 
-from cxrtool.cli.common import console, out, pick_device, print_json, run
-from cxrtool.evaluate.classification import THRESHOLD
-from cxrtool.evaluate.classify import Classification, classify_images
-from cxrtool.evaluate.zero_shot import label_prompt_sets, read_prompt_file
-from cxrtool.model import load_model
+from cxrtool.cli.common import DEVICE_HELP, MODEL_HELP, console, out, pick_device, print_json, run
+from cxrtool.constants import THRESHOLD
+
+if TYPE_CHECKING:
+    from cxrtool.evaluate.classify import Classification
 
 WIDE = 6  # more labels than this: the table shows each image's top findings instead of every column
 
@@ -26,10 +25,10 @@ def classify_cmd(
                                "of --prompts). Synonyms work: effusion = Pleural Effusion."),
     prompts: Path = typer.Option(None, help='JSON of your own sentences: {"labels": {"Edema": {"positive": [...], '
                                  '"negative": [...]}}}.'),
-    model: str = typer.Option(None, help="Model directory or hub name, e.g. google/medsiglip-448 (env "
-                              "CXRTOOL_MODEL; default: the bundled model; see `cxrtool models`)."),
-    device: str = typer.Option("auto", help="cpu, cuda, cuda:1 ... or auto."),
-    batch_size: int = typer.Option(16, help="Images per model batch."),
+    model: str = typer.Option(None, help=MODEL_HELP),
+    device: str = typer.Option("auto", help=DEVICE_HELP),
+    batch_size: int = typer.Option(16, help="Images per model batch (16: classify is usually given a few files; "
+                                   "evaluate, which embeds a whole split once and caches it, uses 32)."),
     as_json: bool = typer.Option(False, "--json", help="Print results as JSON."),
     as_csv: bool = typer.Option(False, "--csv", help="Print results as CSV (path + one column per label)."),
 ) -> None:
@@ -39,12 +38,13 @@ def classify_cmd(
     diagnosis."""
 
     def go() -> Classification:
-        custom = read_prompt_file(prompts) if prompts else None
+        from tqdm import tqdm
+
+        from cxrtool.evaluate.classify import run_classification
+
         names = [s.strip() for s in labels.split(",") if s.strip()] if labels else None
-        mdl = load_model(model, device=pick_device(device))
-        sets = label_prompt_sets(names, custom=custom)
         with tqdm(desc="classifying", unit="img", disable=as_json or as_csv, file=sys.stderr) as bar:
-            return classify_images(mdl, paths, sets, batch_size=batch_size, progress=bar.update)
+            return run_classification(paths, names, prompts, model, pick_device(device), batch_size, bar.update)
 
     result = run(go)
     rows = result.rows()
@@ -64,6 +64,8 @@ def classify_cmd(
 
 
 def _print_table(result: Classification) -> None:
+    from rich.table import Table
+
     table = Table(title=f"zero-shot probabilities ({len(result.paths)} images, {result.scoring} scoring)")
     table.add_column("path", overflow="fold", ratio=1, min_width=20)
     wide = len(result.labels) > WIDE

@@ -1,4 +1,8 @@
-"""What every subcommand shares: error rendering, JSON output, device choice."""
+"""What every subcommand shares: error rendering, JSON output, device choice, option wording.
+
+Light on purpose: every command module imports it at start-up, and `cxrtool --help` must not pay
+for torch or scikit-learn (library imports go inside the command functions).
+"""
 
 from __future__ import annotations
 
@@ -19,6 +23,12 @@ T = TypeVar("T")
 
 DEBUG = {"on": bool(os.environ.get("CXRTOOL_DEBUG"))}
 
+# Help texts of options several commands share, worded once so the commands agree.
+WORKSPACE_HELP = "Workspace folder (env CXRTOOL_WORKSPACE; default ./cxrtool_workspace)."
+MODEL_HELP = ("Model directory or hub name, e.g. google/medsiglip-448 (env CXRTOOL_MODEL; default: the bundled "
+              "model; see `cxrtool models`).")
+DEVICE_HELP = "cpu, cuda, cuda:1 ... or auto."
+
 
 def run(fn: Callable[[], T]) -> T:
     """Call library code; turn its typed errors into one readable line + hint and exit code 2."""
@@ -38,6 +48,15 @@ def run(fn: Callable[[], T]) -> T:
 
 def print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
+def renamed(value: T, old_value: T | None, old: str, new: str) -> T:
+    """The value of an option that was renamed: ``old_value`` (given under the old name ``old``) wins,
+    with a one-line note on stderr, so scripts written for the old name keep working."""
+    if old_value is None:
+        return value
+    console.print(f"note: {old} is deprecated; use {new}", highlight=False, markup=False)
+    return old_value
 
 
 def pick_device(device: str) -> str:

@@ -6,10 +6,8 @@ from pathlib import Path
 
 import typer
 
-from cxrtool.cli.common import out, pick_device, print_json, run
-from cxrtool.constants import SHARD_ROWS
-from cxrtool.embed.pipeline import embed_archive
-from cxrtool.io.classify import RADIOGRAPH_MODALITIES, HeaderFilter
+from cxrtool.cli.common import DEVICE_HELP, MODEL_HELP, WORKSPACE_HELP, out, pick_device, print_json, renamed, run
+from cxrtool.constants import RADIOGRAPH_MODALITIES, SHARD_ROWS
 
 # Exit status: 0 all usable files embedded (or already done); 1 finished, but some files failed
 # (see errors.jsonl); 2 a usage/configuration error (one line + hint); 3 no images found.
@@ -24,14 +22,13 @@ def _names(value: str | None) -> tuple[str, ...] | None:
 
 def embed_cmd(
     archive: Path = typer.Argument(..., help="Folder of DICOM (with or without extension), PNG or JPEG files."),
-    workspace: Path = typer.Option(None, help="Workspace folder (env CXRTOOL_WORKSPACE; default ./cxrtool_workspace)."),
-    model: str = typer.Option(None, help="Model directory or hub name, e.g. google/medsiglip-448 (env "
-                              "CXRTOOL_MODEL; default: the bundled model; see `cxrtool models`)."),
+    workspace: Path = typer.Option(None, help=WORKSPACE_HELP),
+    model: str = typer.Option(None, help=MODEL_HELP),
     batch_size: int = typer.Option(None, help="Images per model batch (default: 4 on CPU, 2 for a flip_pair "
                                                 "model, 64 on GPU)."),
     workers: int = typer.Option(None, help="Decoding worker processes (default: half the CPUs on CPU, 0 on 2 cores; "
                                           "up to 8 with a GPU)."),
-    device: str = typer.Option("auto", help="cpu, cuda, cuda:1 ... or auto."),
+    device: str = typer.Option("auto", help=DEVICE_HELP),
     shard_rows: int = typer.Option(SHARD_ROWS, help="Rows per Parquet shard (the unit of resume)."),
     overwrite: bool = typer.Option(False, help="Discard what the workspace holds and start again."),
     retry_errors: bool = typer.Option(False, help="Try files that failed in an earlier run again."),
@@ -44,8 +41,11 @@ def embed_cmd(
                                       help="Secret: store PatientID / AccessionNumber as keyed hashes (else omitted)."),
     keep_study_date: bool = typer.Option(False, help="Store StudyDate (a date is identifying: off by default)."),
     float16: bool = typer.Option(False, help="Store vectors as float16 (half the disk; search reads them as float32)."),
-    num_shards: int = typer.Option(1, help="Split the archive into N parts for independent processes (by path hash)."),
-    shard_index: int = typer.Option(0, help="Which part (0..N-1) this process embeds; check the union with validate."),
+    num_parts: int = typer.Option(1, help="Split the archive into N parts for independent processes (by path hash); "
+                                  "each part writes its own folder under shards/."),
+    part_index: int = typer.Option(0, help="Which part (0..N-1) this process embeds; check the union with validate."),
+    num_shards: int = typer.Option(None, "--num-shards", hidden=True, help="Old name of --num-parts."),
+    shard_index: int = typer.Option(None, "--shard-index", hidden=True, help="Old name of --part-index."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
     """Embed every image of an archive into Parquet shards; re-running resumes where it stopped.
@@ -53,12 +53,17 @@ def embed_cmd(
     Exit status: 0 done; 1 done but some files failed (listed in errors.jsonl); 2 usage error;
     3 no images found.
     """
+    from cxrtool.embed.pipeline import embed_archive
+    from cxrtool.io.classify import HeaderFilter
+
+    num_parts = renamed(num_parts, num_shards, "--num-shards", "--num-parts")
+    part_index = renamed(part_index, shard_index, "--shard-index", "--part-index")
     filters = HeaderFilter(_names(modality), _names(body_part), _names(view), multiframe)
     s = run(lambda: embed_archive(archive, workspace, model, batch_size=batch_size, workers=workers,
                                   device=pick_device(device), overwrite=overwrite, retry_errors=retry_errors,
                                   header_filter=filters, shard_rows=shard_rows, pseudonym_key=pseudonym_key,
-                                  keep_study_date=keep_study_date, float16=float16, num_parts=num_shards,
-                                  part_index=shard_index, progress=not as_json))
+                                  keep_study_date=keep_study_date, float16=float16, num_parts=num_parts,
+                                  part_index=part_index, progress=not as_json))
     code = EXIT_NOTHING if s.found == 0 else EXIT_FAILURES if s.failed else 0
     if as_json:
         print_json(s.to_dict())

@@ -8,18 +8,17 @@ from collections import Counter
 from pathlib import Path
 
 import typer
-from rich.table import Table
 
-from cxrtool.cli.common import out, print_json, run
-from cxrtool.embed.pipeline import STAGES, read_errors
+from cxrtool.cli.common import WORKSPACE_HELP, out, print_json, run
+from cxrtool.constants import ERROR_STAGES
 
 COLUMNS = ("path", "kind", "stage", "reason")
 
 
 def errors_cmd(
-    workspace: Path = typer.Option(None, help="Workspace folder (env CXRTOOL_WORKSPACE; default ./cxrtool_workspace)."),
+    workspace: Path = typer.Option(None, help=WORKSPACE_HELP),
     kind: str = typer.Option(None, help="Only rows of this kind: error, not_image or skipped."),
-    stage: str = typer.Option(None, help=f"Only rows of this stage: {', '.join(STAGES)}."),
+    stage: str = typer.Option(None, help=f"Only rows of this stage: {', '.join(ERROR_STAGES)}."),
     limit: int = typer.Option(50, help="Rows shown in the table (CSV and JSON print all)."),
     as_json: bool = typer.Option(False, "--json", help="Print all rows as JSON."),
     as_csv: bool = typer.Option(False, "--csv", help="Print all rows as CSV (path,kind,stage,reason)."),
@@ -30,6 +29,10 @@ def errors_cmd(
 
     Exit status 0, also when there are no rows.
     """
+    from rich.table import Table
+
+    from cxrtool.embed.pipeline import read_errors
+
     rows = [r for r in run(lambda: read_errors(workspace))
             if (kind is None or r["kind"] == kind) and (stage is None or r["stage"] == stage)]
     if as_json:

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from cxrtool.cli.common import out, print_json, run
-from cxrtool.model.imports import ImportReport, import_chexzero, import_cxr_clip
-from cxrtool.model.imports.cxr_clip import DEFAULT_TEXT_ENCODER
+from cxrtool.constants import CXR_CLIP_TEXT_ENCODER
+
+if TYPE_CHECKING:
+    from cxrtool.model.imports import ImportReport
 
 app = typer.Typer(
     help="Import released CXR-CLIP / CheXzero checkpoints as cxrtool model directories. The file is read "
@@ -51,13 +54,15 @@ def cxr_clip_cmd(
     checkpoint: Path = typer.Argument(..., help="A released CXR-CLIP file: r50_{m,mc,mcc}.tar or "
                                       "swint_{m,mc,mcc}.tar."),
     out_dir: Path = OUT,
-    text_encoder: str = typer.Option(DEFAULT_TEXT_ENCODER, "--text-encoder",
+    text_encoder: str = typer.Option(CXR_CLIP_TEXT_ENCODER, "--text-encoder",
                                      help="Hub name or local folder with the text tower's config.json + vocab.txt "
                                           "(its weights come from the checkpoint)."),
     overwrite: bool = OVERWRITE,
     as_json: bool = JSON,
 ) -> None:
     """Import a CXR-CLIP checkpoint (ResNet-50 or Swin-T image tower, Bio_ClinicalBERT text tower)."""
+    from cxrtool.model.imports import import_cxr_clip
+
     _render(run(lambda: import_cxr_clip(checkpoint, out_dir, text_encoder=text_encoder, overwrite=overwrite)),
             as_json)
 
@@ -74,4 +79,6 @@ def chexzero_cmd(
     as_json: bool = JSON,
 ) -> None:
     """Import a CheXzero checkpoint as a transformers CLIPModel (hf-clip family) with CheXzero's preprocessing."""
+    from cxrtool.model.imports import import_chexzero
+
     _render(run(lambda: import_chexzero(checkpoint, out_dir, tokenizer=tokenizer, overwrite=overwrite)), as_json)

@@ -6,13 +6,14 @@ from pathlib import Path
 
 import typer
 
-from cxrtool.cli.common import out, print_json, run
-from cxrtool.index.build import KINDS, build_index
+from cxrtool.cli.common import WORKSPACE_HELP, out, print_json, run
+from cxrtool.constants import INDEX_KINDS
 
 
 def index_cmd(
-    workspace: Path = typer.Option(None, help="Workspace folder (env CXRTOOL_WORKSPACE; default ./cxrtool_workspace)."),
-    kind: str = typer.Option("auto", help=f"Index type: {', '.join(KINDS)} (auto picks by size and memory budget)."),
+    workspace: Path = typer.Option(None, help=WORKSPACE_HELP),
+    kind: str = typer.Option("auto", help=f"Index type: {', '.join(INDEX_KINDS)} (auto picks by size and memory "
+                             "budget)."),
     target: str = typer.Option("images", help="Collection to index: images or reports."),
     rebuild: bool = typer.Option(False, help="Build from scratch instead of adding new shards to the index."),
     memory_budget_gb: float = typer.Option(None, "--memory-budget-gb", help="RAM the index may use (default: half)."),
@@ -25,6 +26,8 @@ def index_cmd(
 ) -> None:
     """Build the FAISS index over the workspace's shards, or add new shards to it (search also
     does this when the index is missing or behind the shards)."""
+    from cxrtool.index.build import build_index
+
     budget = int(memory_budget_gb * (1 << 30)) if memory_budget_gb else None
     info = run(lambda: build_index(workspace, kind, target, rebuild=rebuild, memory_budget=budget,
                                    recall_target=recall_target, opq=opq, device=device, model=model,

@@ -3,11 +3,14 @@ public hub models cxrtool loads by name."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import typer
-from rich.table import Table
 
 from cxrtool.cli.common import out, print_json, run
-from cxrtool.model.registry import ModelSummary, list_models
+
+if TYPE_CHECKING:
+    from cxrtool.model.registry import ModelSummary
 
 
 def models_cmd(
@@ -16,6 +19,8 @@ def models_cmd(
     """List the models --model accepts: the bundled default, directories under the models home
     ($CXRTOOL_MODELS, default ~/.cache/cxrtool/models; a hub name org/name is looked for there as
     <home>/org/name first) and the hub models cxrtool knows (details and licences: docs/models.md)."""
+    from cxrtool.model.registry import ModelSummary, list_models
+
     listing = run(list_models)
     if as_json:
         print_json({k: ([m.to_dict() for m in v] if isinstance(v, list) else v.to_dict() if isinstance(v, ModelSummary)
@@ -28,6 +33,8 @@ def models_cmd(
 
 
 def _print(title: str, rows: list[ModelSummary], local: bool) -> None:
+    from rich.table import Table
+
     table = Table(title=title, title_justify="left")
     table.add_column("name", no_wrap=True)
     for col in ("family", "dim", "input", "scoring", "where" if local else "params", "note" if local else "licence"):

@@ -3,33 +3,30 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
-from rich.table import Table
 
 from cxrtool.cli.common import out, print_json, run
-from cxrtool.data.prepare import (
-    PrepareSummary,
-    prepare_chexpert,
-    prepare_csv,
-    prepare_dicom_folder,
-    prepare_mimic,
-    prepare_nih,
-    prepare_openi,
-)
+
+if TYPE_CHECKING:
+    from cxrtool.data.prepare import PrepareSummary
 
 app = typer.Typer(help="Turn a dataset into a study-level Parquet manifest (labels become report-like text).",
                   no_args_is_help=True)
 
 OUT = typer.Option(Path("manifest.parquet"), "--out", "-o", help="Manifest to write (rejects go beside it).")
 VALIDATE = typer.Option(0.1, help="Fraction of patients for validation (hashed split).")
-TEST = typer.Option(0.0, help="Fraction of patients for test (hashed split).")
+TEST = typer.Option(0.0, help="Fraction of patients for test (hashed split; default 0: `cxrtool evaluate` then "
+                   "scores the validate split).")
 JSON = typer.Option(False, "--json", help="Print the summary as JSON.")
 STATS = typer.Option(False, "--stats", help="Also print per-split label counts.")
 NO_CHECK = typer.Option(False, "--no-check-files", help="Do not check that image files exist.")
 
 
 def _render(s: PrepareSummary, as_json: bool, stats: bool) -> None:
+    from rich.table import Table
+
     if as_json:
         print_json(s.to_dict())
         return
@@ -73,6 +70,8 @@ def csv_cmd(
     deterministic prompt text (e.g. 'cardiomegaly. pleural effusion.'); training draws fresh
     random prompts.
     """
+    from cxrtool.data.prepare import prepare_csv
+
     s = run(lambda: prepare_csv(
         csv_path, out_path, check_files=not no_check_files, image_col=image_col, patient_col=patient_col,
         study_col=study_col, view_col=view_col, report_col=report_col,
@@ -93,6 +92,8 @@ def nih_cmd(
     stats: bool = STATS, as_json: bool = JSON,
 ) -> None:
     """NIH ChestX-ray14: one study per image, '|'-separated findings -> labels and prompt text."""
+    from cxrtool.data.prepare import prepare_nih
+
     s = run(lambda: prepare_nih(csv_path, out_path, check_files=not no_check_files, image_root=image_root,
                                 split_dir=split_lists, bbox_list=bbox_list, validate_fraction=validate,
                                 test_fraction=test))
@@ -109,6 +110,8 @@ def chexpert_cmd(
     stats: bool = STATS, as_json: bool = JSON,
 ) -> None:
     """CheXpert: rows grouped into patient/study, 1 / 0 / -1 / blank labels kept as such."""
+    from cxrtool.data.prepare import prepare_chexpert
+
     s = run(lambda: prepare_chexpert(csv_path, out_path, check_files=not no_check_files, image_root=image_root,
                                      hashed=hashed_split, validate_fraction=validate, test_fraction=test))
     _render(s, as_json, stats)
@@ -124,6 +127,8 @@ def openi_cmd(
     stats: bool = STATS, as_json: bool = JSON,
 ) -> None:
     """OpenI / Indiana reports: findings + impression sections, MeSH headings -> labels."""
+    from cxrtool.data.prepare import prepare_openi
+
     s = run(lambda: prepare_openi(source, out_path, check_files=not no_check_files, image_root=image_root,
                                   metadata=metadata, validate_fraction=validate, test_fraction=test))
     _render(s, as_json, stats)
@@ -140,6 +145,8 @@ def mimic_cmd(
     stats: bool = STATS, as_json: bool = JSON,
 ) -> None:
     """MIMIC-CXR: official split, views from metadata, findings/impression from the report tree."""
+    from cxrtool.data.prepare import prepare_mimic
+
     s = run(lambda: prepare_mimic(root, out_path, check_files=not no_check_files, reports_dir=reports,
                                   image_ext=image_ext, labeler=labeler, validate_fraction=validate,
                                   test_fraction=test))
@@ -160,6 +167,8 @@ def dicom_cmd(
     stats: bool = STATS, as_json: bool = JSON,
 ) -> None:
     """A PACS export: studies by StudyInstanceUID, pseudonymous patient keys, reports joined from a CSV."""
+    from cxrtool.data.prepare import prepare_dicom_folder
+
     s = run(lambda: prepare_dicom_folder(folder, out_path, reports_csv=reports_csv, match_on=match_on,
                                          key_col=key_col, report_col=report_col, pseudonym_key=pseudonym_key,
                                          validate_fraction=validate, test_fraction=test))

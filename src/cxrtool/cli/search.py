@@ -5,17 +5,17 @@ from __future__ import annotations
 import csv
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
-from rich.table import Table
 
-from cxrtool.cli.common import console, out, print_json, run
+from cxrtool.cli.common import WORKSPACE_HELP, console, out, print_json, run
+from cxrtool.constants import DEDUPE_COSINE
 from cxrtool.errors import WorkspaceError
-from cxrtool.index.filters import Filters
-from cxrtool.index.grid import save_grid
-from cxrtool.index.query import side_caveat
-from cxrtool.index.search import DEDUPE_COSINE, Hit, Index
 from cxrtool.privacy import pseudonym, resolve_key
+
+if TYPE_CHECKING:
+    from cxrtool.index.search import Hit, Index
 
 CSV_FIELDS = ["rank", "score", "id", "path", "study_key", "view", "modality", "body_part", "study_date",
               "patient_key", "views_in_study", "text"]
@@ -52,11 +52,12 @@ def search_cmd(
     path: str = typer.Option(None, "--path", help="Only archive paths matching this glob, e.g. 'site-a/*'."),
     per_study: bool = typer.Option(False, "--per-study", help="One result per study (its best view)."),
     dedupe: float = typer.Option(DEDUPE_COSINE, help="Hide results with cosine >= this to a better one "
-                                 "(same-content copies always); 0 turns it off."),
+                                 "(same-content copies always); 0 turns it off. The default model puts an image "
+                                 "re-encoded at 0.969-1.000 to its copies, different studies at 0.69 or less."),
     exact: bool = typer.Option(False, "--exact", help="Use the query as typed; by default a query naming a finding "
                                                       "('cardiomegaly', 'left pleural effusion') is searched with "
                                                       "the prompt bank's sentences for it."),
-    workspace: Path = typer.Option(None, help="Workspace folder (env CXRTOOL_WORKSPACE; default ./cxrtool_workspace)."),
+    workspace: Path = typer.Option(None, help=WORKSPACE_HELP),
     model: str = typer.Option(None, help="Model directory or hub name (must be the one used by `embed`)."),
     target: str = typer.Option("images", help="What to rank: images or reports (same as --reports).", hidden=True),
     as_json: bool = typer.Option(False, "--json", help="Print results as JSON."),
@@ -65,8 +66,13 @@ def search_cmd(
 ) -> None:
     """Rank the workspace's images (or reports) by similarity to a text query or an example image,
     optionally restricted by metadata before ranking."""
+    from cxrtool.index.query import side_caveat
 
     def go() -> tuple[list[Hit], Index]:
+        from cxrtool.index.filters import Filters
+        from cxrtool.index.grid import save_grid
+        from cxrtool.index.search import Index
+
         filters = Filters(views=tuple(view or ()), modalities=tuple(modality or ()), body_parts=tuple(body_part or ()),
                           date_from=date_from, date_to=date_to, patient_keys=_patient_keys(patient or []),
                           path_glob=path)
@@ -97,6 +103,8 @@ def search_cmd(
 
 
 def _print_table(hits: list[Hit], query: str | None, image: Path | None, reports: bool, per_study: bool) -> None:
+    from rich.table import Table
+
     title = f'"{query}"' if query is not None else f"images like {image}"
     if not hits:
         out.print(f"no results for {title} (check the filters)")

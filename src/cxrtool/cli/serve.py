@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from cxrtool.cli.common import console, pick_device, run
+from cxrtool.cli.common import WORKSPACE_HELP, console, pick_device, run
 from cxrtool.constants import SERVE_HOST, SERVE_MAX_UPLOAD_MB, SERVE_PORT
 
 
@@ -14,8 +14,8 @@ def serve_cmd(
     host: str = typer.Option(SERVE_HOST, help="Address to listen on. Anything but loopback lets other machines in "
                              "(a warning is printed)."),
     port: int = typer.Option(SERVE_PORT, help="Port to listen on."),
-    workspace: Path = typer.Option(None, help="Workspace folder (env CXRTOOL_WORKSPACE; default ./cxrtool_workspace)."),
-    model: str = typer.Option(None, help="Model directory (must be the one used by `embed`)."),
+    workspace: Path = typer.Option(None, help=WORKSPACE_HELP),
+    model: str = typer.Option(None, help="Model directory or hub name (must be the one used by `embed`)."),
     archive: Path = typer.Option(None, help="Where the archive is now, if it moved since `embed` (thumbnails are "
                                  "rendered from its files)."),
     device: str = typer.Option("auto", help="auto, cpu or cuda (query encoding and, with faiss-gpu, search)."),

@@ -6,13 +6,12 @@ from pathlib import Path
 
 import typer
 
-from cxrtool.cli.common import out, print_json, run
-from cxrtool.embed.validate import validate_workspace
+from cxrtool.cli.common import WORKSPACE_HELP, out, print_json, run
 
 
 def validate_cmd(
     archive: Path = typer.Argument(..., help="The archive folder that was embedded."),
-    workspace: Path = typer.Option(None, help="Workspace folder (env CXRTOOL_WORKSPACE; default ./cxrtool_workspace)."),
+    workspace: Path = typer.Option(None, help=WORKSPACE_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
     """Check that every archive file is embedded exactly once or listed with a reason.
@@ -20,6 +19,8 @@ def validate_cmd(
     Covers all parts of a partitioned run and checks that one model made every shard. Exit
     status 0 if so, 1 if not.
     """
+    from cxrtool.embed.validate import validate_workspace
+
     r = run(lambda: validate_workspace(archive, workspace))
     if as_json:
         print_json(r.to_dict())

@@ -16,8 +16,9 @@ import torch
 
 from cxrtool.embed.shards import content_hash, image_id
 from cxrtool.errors import DecodeError, NotAnImageError
-from cxrtool.io.classify import HeaderFilter, read_dicom_header
+from cxrtool.io.classify import HeaderFilter
 from cxrtool.io.decode import decode_image
+from cxrtool.io.dicom_header import read_dicom_header
 from cxrtool.io.discover import ArchiveFile
 from cxrtool.model.card import ImageSpec
 from cxrtool.model.dual import DualEncoder

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cxrtool.constants import SHARD_ROWS
+from cxrtool.constants import REPORT_TEXT_FIELDS, SHARD_ROWS
 from cxrtool.data.manifest import read_manifest
 from cxrtool.data.sources.common import open_text
 from cxrtool.embed.shards import image_id, read_shard_metadata
@@ -25,7 +25,7 @@ from cxrtool.model.dual import DualEncoder
 from cxrtool.model.factory import load_model
 from cxrtool.workspace import Workspace, check_same_model
 
-TEXT_FIELDS = ("text", "findings", "impression", "report")
+TEXT_FIELDS = REPORT_TEXT_FIELDS  # manifest fields a report bank can embed
 
 
 @dataclass
@@ -57,7 +57,7 @@ def read_report_bank(source: Path, text_field: str = "text", key_col: str | None
         text_col = text_col or next((c for c in ("report", "text", "impression", "findings") if c in fields), None)
         if key_col not in fields or text_col not in fields:
             raise ManifestError(f"{source}: need a key and a text column; columns are {', '.join(fields)}",
-                                "pass --key-col NAME --text-col NAME")
+                                "pass --key-col NAME --report-col NAME")
         return [{"report_key": r[key_col].strip(), "study_key": r[key_col].strip(), "source": source.name,
                  "text": (r[text_col] or "").strip()} for r in reader]
 

@@ -14,7 +14,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-N_RESAMPLES = 1000  # CheXzero's protocol: 1,000-sample bootstrap, 95 % percentile interval
+from cxrtool.constants import N_RESAMPLES
+
 LEVEL = 0.95
 
 

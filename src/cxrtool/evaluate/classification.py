@@ -12,9 +12,8 @@ import warnings
 import numpy as np
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score, roc_auc_score, roc_curve
 
+from cxrtool.constants import THRESHOLD
 from cxrtool.evaluate.bootstrap import Interval, bootstrap_ci
-
-THRESHOLD = 0.5  # softmax over positive vs negative prompt sets: "more like present than absent"
 
 
 def auroc(scores: np.ndarray, positive: np.ndarray) -> float:

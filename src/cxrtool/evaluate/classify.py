@@ -15,10 +15,11 @@ from pathlib import Path
 import numpy as np
 
 from cxrtool.embed.shards import read_shard_metadata, read_shard_vectors, shard_paths
-from cxrtool.errors import CxrError, ManifestError, WorkspaceError
+from cxrtool.errors import CxrError, ManifestError
 from cxrtool.evaluate.zero_shot import LabelPromptSet, ZeroShotClassifier
 from cxrtool.io.discover import discover_archive
 from cxrtool.model.dual import DualEncoder
+from cxrtool.workspace import check_same_model
 
 
 @dataclass
@@ -55,11 +56,10 @@ def classify_images(model: DualEncoder, inputs: Sequence[str | Path], sets: Sequ
             raise ManifestError(f"{item}: no such file or folder")
         shards = _shards_dir(item) if item.is_dir() else None
         if shards is not None:
-            ids, vecs, fingerprint = read_shard_vectors(shards)
-            if fingerprint and model.card.vector_id and fingerprint != model.card.vector_id:
-                raise WorkspaceError(f"{item}: embedded with another model (fingerprints differ)"
-                                     + model.card.mismatch_note(fingerprint),
-                                     "pass the --model used by `cxrtool embed`")
+            ids, vecs, vector_id = read_shard_vectors(shards)
+            # shards or a model that record no vector id leave nothing to compare
+            check_same_model(model.card, vector_id if vector_id and model.card.vector_id else None,
+                             f"{item}: embedded", "pass the --model used by `cxrtool embed`")
             meta = read_shard_metadata(shards, ["id", "path"]).to_pylist()
             by_id = {int(m["id"]): m["path"] for m in meta}
             result.paths += [by_id.get(int(i), str(i)) for i in ids]
@@ -88,3 +88,19 @@ def classify_images(model: DualEncoder, inputs: Sequence[str | Path], sets: Sequ
     else:
         result.probabilities = np.zeros((0, len(clf.labels)))
     return result
+
+
+def run_classification(inputs: Sequence[str | Path], labels: Sequence[str] | None = None,
+                       prompts_file: str | Path | None = None, model: str | Path | DualEncoder | None = None,
+                       device: str = "cpu", batch_size: int = 16,
+                       progress: Callable[[int], None] | None = None) -> Classification:
+    """`cxrtool classify` as one call: the prompt sets of ``labels`` (default: every label of the bank,
+    or of ``prompts_file``), the model (a name as --model takes it, or a loaded one), then
+    :func:`classify_images`."""
+    from cxrtool.evaluate.zero_shot import label_prompt_sets, read_prompt_file
+    from cxrtool.model import load_model
+
+    custom = read_prompt_file(prompts_file) if prompts_file else None
+    mdl = model if isinstance(model, DualEncoder) else load_model(None if model is None else str(model), device)
+    sets = label_prompt_sets(None if labels is None else list(labels), custom=custom)
+    return classify_images(mdl, inputs, sets, batch_size=batch_size, progress=progress)

@@ -12,8 +12,8 @@ Two inputs give the same :class:`EvalSet`:
 Labels: 1 present, 0 absent, -1 uncertain, NaN not mentioned; names are mapped to the prompt
 bank's (``effusion`` -> ``Pleural Effusion``), two columns naming one label merged (1 > -1 > 0).
 Sides: per label, the patient's side of the finding (left / right / bilateral, '' unknown).
-Image vectors are cached per model fingerprint under a cache folder, keyed by path, size and
-modification time, so a re-run embeds only what changed.
+Image vectors are cached per vector id (model fingerprint + embedding mode) under a cache folder,
+keyed by path, size and modification time, so a re-run embeds only what changed.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from cxrtool.embed.shards import read_shard_metadata, read_shard_vectors
 from cxrtool.errors import CxrError, ManifestError, WorkspaceError
 from cxrtool.evaluate.subgroups import age_band, normalise_sex
 from cxrtool.model.dual import DualEncoder
+from cxrtool.workspace import check_same_model
 
 RESERVED_COLUMNS = {"path", "patient_id", "patient", "split", "text", "report", "sex", "age", "view", "study_key",
                     "bbox_json"}
@@ -51,8 +52,17 @@ class EvalSet:
     texts: list[str]
     attributes: dict[str, list[str]] = field(default_factory=dict)
     vectors: np.ndarray | None = None
-    fingerprint: str = ""
+    vector_id: str = ""  # the vector id (model fingerprint + embedding mode) of ``vectors``
     sides: dict[str, np.ndarray] = field(default_factory=dict)  # label -> 'left'/'right'/'bilateral'/'' per row
+
+    @property
+    def fingerprint(self) -> str:
+        """Old name of :attr:`vector_id`, kept for callers written before the rename."""
+        return self.vector_id
+
+    @fingerprint.setter
+    def fingerprint(self, value: str) -> None:
+        self.vector_id = value
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -62,7 +72,7 @@ class EvalSet:
         return EvalSet([self.keys[i] for i in idx], [self.paths[i] for i in idx], self.patients[idx],
                        self.splits[idx], {k: v[idx] for k, v in self.labels.items()}, [self.texts[i] for i in idx],
                        {k: [v[i] for i in idx] for k, v in self.attributes.items()},
-                       None if self.vectors is None else self.vectors[idx], self.fingerprint,
+                       None if self.vectors is None else self.vectors[idx], self.vector_id,
                        {k: v[idx] for k, v in self.sides.items()})
 
 
@@ -130,7 +140,7 @@ def eval_set_from_shards(workspace: str | Path, labels_csv: str | Path, bank: Pr
     bank = bank or PromptBank.load()
     shards = Path(workspace) / "shards" if (Path(workspace) / "shards").is_dir() else Path(workspace)
     meta = read_shard_metadata(shards, ["id", "path", "view"]).to_pylist()
-    ids, vectors, fingerprint = read_shard_vectors(shards)
+    ids, vectors, vector_id = read_shard_vectors(shards)
     if not meta:
         raise WorkspaceError(f"{workspace}: no shards", "run `cxrtool embed ARCHIVE` first")
     by_id = {int(i): n for n, i in enumerate(ids)}
@@ -170,7 +180,7 @@ def eval_set_from_shards(workspace: str | Path, labels_csv: str | Path, bank: Pr
         raise ManifestError(f"{labels_csv}: no 'path' matches a shard row", "paths must be archive-relative")
     return EvalSet(keys, list(keys), np.array(pats, dtype=object), np.array(splits, dtype=object),
                    _label_matrix(labels, bank), texts, {"sex": sex, "age_band": age, "view": view},
-                   vectors[vec_rows], fingerprint, _side_matrix(sides, bank))
+                   vectors[vec_rows], vector_id, _side_matrix(sides, bank))
 
 
 def _file_key(path: str) -> str:
@@ -186,13 +196,12 @@ def embed_eval_set(model: DualEncoder, es: EvalSet, cache_dir: Path | None = Non
     """Fill ``es.vectors`` (reusing cached vectors); returns (path, reason) for images that failed to decode
     (their rows are removed from ``es``)."""
     if es.vectors is not None:
-        if es.fingerprint and model.card.vector_id and es.fingerprint != model.card.vector_id:
-            raise WorkspaceError("the shards were embedded with another model (fingerprints differ)"
-                                 + model.card.mismatch_note(es.fingerprint),
-                                 "pass the --model used by `cxrtool embed`, or re-embed")
+        # shards or a model that record no vector id leave nothing to compare
+        check_same_model(model.card, es.vector_id if es.vector_id and model.card.vector_id else None,
+                         "the shards were embedded", "pass the --model used by `cxrtool embed`, or re-embed")
         return []
-    fp = model.card.vector_id  # one cache file per vector id (weights and embedding mode)
-    cache_file = cache_dir / f"image-vectors-{model.card.vector_tag}.npz" if (cache_dir and fp) else None
+    vector_id = model.card.vector_id  # one cache file per vector id (weights and embedding mode)
+    cache_file = cache_dir / f"image-vectors-{model.card.vector_tag}.npz" if (cache_dir and vector_id) else None
     cached: dict[str, np.ndarray] = {}
     if cache_file and cache_file.is_file():
         with np.load(cache_file, allow_pickle=False) as z:
@@ -227,5 +236,5 @@ def embed_eval_set(model: DualEncoder, es: EvalSet, cache_dir: Path | None = Non
     if not good.all():
         es.__dict__.update(es.subset(good).__dict__)
     es.vectors = vectors
-    es.fingerprint = fp
+    es.vector_id = vector_id
     return failed

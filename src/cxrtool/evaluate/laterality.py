@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cxrtool.constants import LATERALITY_KS
 from cxrtool.data.laterality import LEFT, RIGHT
 from cxrtool.data.prompts import PromptBank
 from cxrtool.evaluate.bootstrap import N_RESAMPLES, bootstrap_ci
@@ -37,7 +38,6 @@ from cxrtool.index.query import text_query_vector
 from cxrtool.model.card import ModelCard
 from cxrtool.model.dual import DualEncoder
 
-LATERALITY_KS = (10, 50)  # 10: a first results page; 50: enough one-sided images to count on small test sets
 CHANCE = 0.5
 
 

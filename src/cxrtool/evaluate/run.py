@@ -86,7 +86,7 @@ def evaluate_model(model: DualEncoder, es: EvalSet, options: EvalOptions | None 
     if not labels:
         raise ManifestError(f"no label has both positives and negatives in the {split} split",
                             "check the manifest's labels or --labels")
-    summary: dict = {
+    summary: dict = {  # "fingerprint" holds the vector id; the key stays for readers of earlier summary.json files
         "model": {"fingerprint": model.card.vector_id, "name": model.card.provenance.get("name", ""),
                   "family": model.card.family, "scoring": model.card.scoring.rule,
                   "logit_scale": round(float(model.scale().detach()), 4),

@@ -7,7 +7,9 @@ from __future__ import annotations
 import math
 import os
 
-KINDS = ("auto", "flat", "hnsw", "ivf", "ivfpq")
+from cxrtool.constants import INDEX_KINDS
+
+KINDS = INDEX_KINDS  # what `cxrtool index --kind` accepts
 HNSW_M = 32
 GPU_MAX_PQ_BYTES = 48  # FAISS GPU IVFPQ limit on code size (REFERENCE §3)
 # PQ candidates re-ranked exactly. On 1M crowded X-ray-like vectors (64-byte codes), re-ranking 100

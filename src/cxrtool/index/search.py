@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from cxrtool.constants import DEDUPE_COSINE  # near-duplicate threshold (why: see constants)
 from cxrtool.data.prompts import PromptBank
 from cxrtool.errors import WorkspaceError
 from cxrtool.index.faiss_query import gpu_available, knn, to_gpu
@@ -33,11 +34,6 @@ if TYPE_CHECKING:
     from cxrtool.model.dual import DualEncoder
 
 EXACT_SUBSET_MAX = 20_000  # filtered sets up to this size are ranked exactly (a few ms)
-# Near-duplicates: the default model (v4) puts one radiograph re-encoded in 7 transfer syntaxes at
-# cosine 0.969-1.000 to its copies (reduced-resolution JPEG 2000 decoding is the farthest), while
-# different studies of one patient in the sample archive reach 0.69 and different patients 0.68
-# (v3 had 0.980-1.000, 0.77, 0.67). Weaker models crowd more: pass dedupe=None to keep all.
-DEDUPE_COSINE = 0.95
 
 
 @dataclass

@@ -11,11 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-# The header reader lives in io/dicom_header.py; embed imports it from here.
-from cxrtool.io.dicom_header import read_dicom_header as read_dicom_header
+from cxrtool.constants import RADIOGRAPH_MODALITIES
 
-# Modalities of projection radiographs. Secondary captures (OT/SC) only on request.
-RADIOGRAPH_MODALITIES = ("CR", "DX")
 MEDIA_DIRECTORY_REASON = "DICOMDIR (media directory)"
 
 

@@ -31,9 +31,9 @@ from torch.utils.data import DataLoader
 from cxrtool.data.manifest import read_manifest
 from cxrtool.data.prompts import PromptBank
 from cxrtool.errors import CxrError, ManifestError, ModelError
+from cxrtool.model.dual import DualEncoder
 from cxrtool.model.factory import load_model_dir, save_model_dir
 from cxrtool.model.families.cxrtool import create_model
-from cxrtool.model.dual import DualEncoder
 from cxrtool.train.checkpoint import BEST, LAST, atomic_save, load_checkpoint, restore_rng_states, rng_states
 from cxrtool.train.config import TrainConfig, config_differences
 from cxrtool.train.data import Batch, EpochBatches, StudyDataset, collate

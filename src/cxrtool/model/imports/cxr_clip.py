@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from cxrtool import __version__
+from cxrtool.constants import CXR_CLIP_TEXT_ENCODER
 from cxrtool.errors import CheckpointMismatchError, ModelError
 from cxrtool.model.card import ImageSpec, ModelCard, TextSpec
 from cxrtool.model.dual import DualEncoder
@@ -54,7 +55,7 @@ if TYPE_CHECKING:
     from transformers import PretrainedConfig, PreTrainedTokenizerBase, SwinConfig
 
 FORMAT = "cxr-clip"
-DEFAULT_TEXT_ENCODER = "emilyalsentzer/Bio_ClinicalBERT"
+DEFAULT_TEXT_ENCODER = CXR_CLIP_TEXT_ENCODER
 # kakaobrain/cxr-clip: LICENSE file is CC BY-NC-SA 4.0 (the README says CC BY-NC 4.0).
 LICENCE = "CC BY-NC-SA 4.0 (non-commercial; kakaobrain/cxr-clip). cxrtool never bundles these weights."
 
