@@ -27,7 +27,7 @@ def validate_cmd(
     else:
         out.print(f"{r.files} files: {r.embedded} embedded, {r.listed_in_errors} listed in errors.jsonl; "
                   f"{len(r.duplicates)} duplicated, {len(r.missing)} missing, {len(r.unexpected)} not in the archive, "
-                  f"{len(r.fingerprints)} model(s)")
+                  f"{len(r.vector_ids)} model(s)")
         for name, paths in (("duplicated", r.duplicates), ("missing", r.missing), ("not in archive", r.unexpected)):
             for p in paths[:5]:
                 out.print(f"  {name}: {p}", highlight=False)

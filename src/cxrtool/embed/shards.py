@@ -55,7 +55,7 @@ def _embedding_field(dim: int, dtype: str) -> pa.Field:
     return pa.field("embedding", pa.list_(pa.float16() if dtype == "float16" else pa.float32(), dim))
 
 
-def shard_schema(dim: int, fingerprint: str, dtype: str = "float32") -> pa.Schema:
+def shard_schema(dim: int, vector_id: str, dtype: str = "float32") -> pa.Schema:
     return pa.schema(
         [
             pa.field("id", pa.int64(), nullable=False),
@@ -76,7 +76,7 @@ def shard_schema(dim: int, fingerprint: str, dtype: str = "float32") -> pa.Schem
             pa.field("study_date", pa.string()),
             _embedding_field(dim, dtype),
         ],
-        metadata={"cxrtool": SHARD_SCHEMA_VERSION, "model_fingerprint": fingerprint, "embedding_dtype": dtype},
+        metadata={"cxrtool": SHARD_SCHEMA_VERSION, "model_fingerprint": vector_id, "embedding_dtype": dtype},
     )
 
 
@@ -96,7 +96,7 @@ REPORT_SHARD_SCHEMA_VERSION = "cxrtool-report-shard/1"
 REPORT_META_COLUMNS = ["id", "report_key", "study_key", "source", "text"]
 
 
-def report_shard_schema(dim: int, fingerprint: str, dtype: str = "float32") -> pa.Schema:
+def report_shard_schema(dim: int, vector_id: str, dtype: str = "float32") -> pa.Schema:
     return pa.schema(
         [
             pa.field("id", pa.int64(), nullable=False),
@@ -106,17 +106,17 @@ def report_shard_schema(dim: int, fingerprint: str, dtype: str = "float32") -> p
             pa.field("text", pa.string()),
             _embedding_field(dim, dtype),
         ],
-        metadata={"cxrtool": REPORT_SHARD_SCHEMA_VERSION, "model_fingerprint": fingerprint, "embedding_dtype": dtype},
+        metadata={"cxrtool": REPORT_SHARD_SCHEMA_VERSION, "model_fingerprint": vector_id, "embedding_dtype": dtype},
     )
 
 
-def write_shard(path: Path, rows: list[dict], vectors: np.ndarray, fingerprint: str, dtype: str = "float32",
+def write_shard(path: Path, rows: list[dict], vectors: np.ndarray, vector_id: str, dtype: str = "float32",
                 kind: str = "image") -> None:
     """Write one shard atomically (temp file + rename): a shard exists whole or not at all."""
     if kind == "report":
-        schema, columns = report_shard_schema(vectors.shape[1], fingerprint, dtype), REPORT_META_COLUMNS
+        schema, columns = report_shard_schema(vectors.shape[1], vector_id, dtype), REPORT_META_COLUMNS
     else:
-        schema, columns = shard_schema(vectors.shape[1], fingerprint, dtype), META_COLUMNS
+        schema, columns = shard_schema(vectors.shape[1], vector_id, dtype), META_COLUMNS
     cols = {name: [r.get(name) for r in rows] for name in columns}
     np_type, pa_type = (np.float16, pa.float16()) if dtype == "float16" else (np.float32, pa.float32())
     flat = pa.array(np.ascontiguousarray(vectors, dtype=np_type).reshape(-1), type=pa_type)
@@ -150,16 +150,16 @@ def shard_state(directory: Path) -> dict[str, int]:
 def read_shard(path: Path, columns: list[str] | None = None, vectors: bool = True
                ) -> tuple[pa.Table, np.ndarray | None, str]:
     """One shard as (its ``columns``, default all, without the embedding; float32 vectors [N, D], or
-    None with ``vectors=False``; the model fingerprint it records). Every shard read goes through
+    None with ``vectors=False``; the vector id it records). Every shard read goes through
     here: index, search, classify, evaluation and validate."""
     wanted = [*columns, "embedding"] if columns is not None and vectors else columns
     table = pq.read_table(path, columns=wanted)
-    fingerprint = (table.schema.metadata or {}).get(b"model_fingerprint", b"").decode()
+    vector_id = (table.schema.metadata or {}).get(b"model_fingerprint", b"").decode()
     if not vectors:
-        return table, None, fingerprint
+        return table, None, vector_id
     emb = table.column("embedding").combine_chunks()
     vecs = emb.flatten().to_numpy(zero_copy_only=False).astype(np.float32).reshape(-1, emb.type.list_size)
-    return table.drop_columns(["embedding"]), vecs, fingerprint
+    return table.drop_columns(["embedding"]), vecs, vector_id
 
 
 def read_shard_metadata(directory: Path, columns: list[str] | None = None, recursive: bool = True,
@@ -174,35 +174,35 @@ def read_shard_metadata(directory: Path, columns: list[str] | None = None, recur
 
 
 def read_shard_vectors(directory: Path) -> tuple[np.ndarray, np.ndarray, str]:
-    """(ids int64[N], vectors float32[N, D], fingerprint) over all shards."""
-    ids, vecs, fingerprint = [], [], ""
+    """(ids int64[N], vectors float32[N, D], vector_id) over all shards."""
+    ids, vecs, vector_id = [], [], ""
     for p in shard_paths(directory):
-        table, shard_vecs, fingerprint = read_shard(p, ["id"])
+        table, shard_vecs, vector_id = read_shard(p, ["id"])
         ids.append(table.column("id").to_numpy())
         vecs.append(shard_vecs)
     if not ids:
         return np.zeros(0, np.int64), np.zeros((0, 0), np.float32), ""
-    return np.concatenate(ids), np.concatenate(vecs).astype(np.float32), fingerprint
+    return np.concatenate(ids), np.concatenate(vecs).astype(np.float32), vector_id
 
 
-def read_collection(shards: Path, names: list[str], fingerprint: str | None = None, progress: bool = False
+def read_collection(shards: Path, names: list[str], vector_id: str | None = None, progress: bool = False
                     ) -> tuple[pa.Table, np.ndarray, str]:
-    """(metadata rows, float32 vectors, model fingerprint) of the named shards under ``shards``;
+    """(metadata rows, float32 vectors, vector id) of the named shards under ``shards``;
     refuses shards embedded with different models (their vectors live in different spaces)."""
     from tqdm import tqdm
 
     tables, vectors = [], []
     for name in tqdm(names, desc="index: reading shards", unit="shard", disable=not progress or len(names) < 8):
         table, vecs, got = read_shard(shards / name)
-        if fingerprint is None:
-            fingerprint = got
-        elif got != fingerprint:
+        if vector_id is None:
+            vector_id = got
+        elif got != vector_id:
             raise WorkspaceError(
                 f"{shards / name} was embedded with another model ({got or 'unknown'}) than the rest "
-                f"({fingerprint or 'unknown'}); vectors of two models cannot share one index",
+                f"({vector_id or 'unknown'}); vectors of two models cannot share one index",
                 "embed each model into its own --workspace, or re-embed with --overwrite")
         vectors.append(vecs)
         tables.append(table.replace_schema_metadata(None))
     if not tables:
-        return pa.table({"id": pa.array([], pa.int64())}), np.zeros((0, 0), np.float32), fingerprint or ""
-    return pa.concat_tables(tables, promote_options="default"), np.concatenate(vectors), fingerprint or ""
+        return pa.table({"id": pa.array([], pa.int64())}), np.zeros((0, 0), np.float32), vector_id or ""
+    return pa.concat_tables(tables, promote_options="default"), np.concatenate(vectors), vector_id or ""

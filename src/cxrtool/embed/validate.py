@@ -23,11 +23,11 @@ class ValidationReport:
     duplicates: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)  # in the archive, neither embedded nor listed
     unexpected: list[str] = field(default_factory=list)  # embedded but no longer in the archive
-    fingerprints: list[str] = field(default_factory=list)
+    vector_ids: list[str] = field(default_factory=list)  # more than one: shards of several models
 
     @property
     def ok(self) -> bool:
-        return not (self.duplicates or self.missing or self.unexpected) and len(self.fingerprints) <= 1
+        return not (self.duplicates or self.missing or self.unexpected) and len(self.vector_ids) <= 1
 
     def to_dict(self) -> dict:
         return {**asdict(self), "ok": self.ok}
@@ -37,14 +37,14 @@ def validate_workspace(archive: str | Path, workspace: str | Path | None = None,
     ws = Workspace.resolve(workspace)
     files = {f.rel for f in discover_archive(Path(archive))}
     rows: list[str] = []
-    fingerprints = set()
+    vector_ids = set()
     for p in shard_paths(ws.shards):
-        table, _, fingerprint = read_shard(p, ["path"], vectors=False)
+        table, _, vector_id = read_shard(p, ["path"], vectors=False)
         rows.extend(table.column("path").to_pylist())
-        fingerprints.add(fingerprint)
+        vector_ids.add(vector_id)
     errors = read_error_paths(ws)
     embedded = set(rows)
     dups = sorted(p for p, n in Counter(rows).items() if n > 1)
     return ValidationReport(
         str(Path(archive).resolve()), str(ws.root), len(files), len(embedded), len(errors - embedded),
-        dups[:limit], sorted(files - embedded - errors)[:limit], sorted(embedded - files)[:limit], sorted(fingerprints))
+        dups[:limit], sorted(files - embedded - errors)[:limit], sorted(embedded - files)[:limit], sorted(vector_ids))

@@ -122,7 +122,7 @@ def _build(index_dir: Path, shards: Path, state: dict[str, int], kind: str, memo
     import faiss
 
     t0 = time.perf_counter()
-    rows, vecs, fingerprint = read_collection(shards, sorted(state), progress=progress)
+    rows, vecs, vector_id = read_collection(shards, sorted(state), progress=progress)
     ids = rows.column("id").to_numpy()
     if len(np.unique(ids)) != len(ids):
         raise WorkspaceError(f"{shards}: the same id appears in two shards",
@@ -134,7 +134,7 @@ def _build(index_dir: Path, shards: Path, state: dict[str, int], kind: str, memo
     factory = factory_string(kind, n, dim, opq=opq, gpu=use_gpu)
     index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
     _training_effort(index)
-    info = IndexInfo(kind, factory, int(n), int(dim), fingerprint, state, parts=[0], recall_target=recall_target,
+    info = IndexInfo(kind, factory, int(n), int(dim), vector_id, state, parts=[0], recall_target=recall_target,
                      memory_budget_bytes=int(budget), device="cuda" if use_gpu else "cpu",
                      rerank=PQ_RERANK if kind == "ivfpq" else 0,
                      built_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
@@ -180,7 +180,7 @@ def _add_shards(index_dir: Path, shards: Path, info: IndexInfo, state: dict[str,
 
     t0 = time.perf_counter()
     new = sorted(set(state) - set(info.shards))
-    rows, vecs, _ = read_collection(shards, new, fingerprint=info.model_fingerprint, progress=progress)
+    rows, vecs, _ = read_collection(shards, new, vector_id=info.model_fingerprint, progress=progress)
     store = RowStore(index_dir, info.parts)
     ids = rows.column("id").to_numpy()
     clash = (store.positions(ids) >= 0).sum() + (len(ids) - len(np.unique(ids)))

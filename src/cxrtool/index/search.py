@@ -119,10 +119,6 @@ class Index:
             return model.encode_images([image if isinstance(image, DecodedImage) else Path(image)])[0]
 
     # ---------------------------------------------------------------------------------- filters
-    def matching(self, filters: Filters | None) -> np.ndarray | None:
-        """Positions matching ``filters`` (None: no filter)."""
-        return self._filter_state(filters)[0] if filters and not filters.is_empty() else None
-
     def _filter_state(self, filters: Filters) -> tuple[np.ndarray, object, np.ndarray | None]:
         """(matching positions, FAISS selector or None, their vectors for exact ranking or None),
         cached for the last few filters: a page or a script repeats them query after query."""

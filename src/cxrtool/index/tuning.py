@@ -94,20 +94,20 @@ def tune(index, store: RowStore, vectors: np.ndarray, info: IndexInfo, text_quer
             break
 
 
-def tuning_text_queries(fingerprint: str, model: LazyModel | DualEncoder | str | Path | None = None
+def tuning_text_queries(vector_id: str, model: LazyModel | DualEncoder | str | Path | None = None
                         ) -> np.ndarray | None:
     """Embeddings of the prompt bank's sentences by the shards' model, to tune text-query depth;
-    None when that model is not at hand (``model`` given or the default; fingerprints must match).
+    None when that model is not at hand (``model`` given or the default; vector ids must match).
     A :class:`LazyModel` keeps what it loads, for the caller's later use."""
     from cxrtool.data.prompts import PromptBank
 
     lazy = LazyModel.of(model)
     try:
         recorded = lazy.vector_id()  # a card to read: refuse a mismatch before loading weights
-        if recorded is not None and recorded != fingerprint:
+        if recorded is not None and recorded != vector_id:
             return None
         encoder = lazy.get()
-        if encoder.card.vector_id != fingerprint:
+        if encoder.card.vector_id != vector_id:
             return None
     except Exception as exc:  # no usable model: the text depth falls back to the 4x rule
         log.info("text-query tuning skipped: %s", exc)

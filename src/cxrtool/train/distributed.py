@@ -47,15 +47,6 @@ def barrier() -> None:
         dist.barrier()
 
 
-def all_mean(value: float, device: torch.device) -> float:
-    """Average a scalar over ranks (validation losses)."""
-    if not (dist.is_available() and dist.is_initialized()):
-        return value
-    t = torch.tensor([value], dtype=torch.float64, device=device)
-    dist.all_reduce(t)
-    return float(t.item()) / dist.get_world_size()
-
-
 def shutdown() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
