@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from .tiny_native import build_hf_clip, build_hf_siglip
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -59,3 +61,14 @@ def tiny_model_dir(tiny_model, tmp_path_factory) -> Path:
     from cxrtool.model import save_model_dir
 
     return save_model_dir(tiny_model, tmp_path_factory.mktemp("models") / "tiny")
+
+
+# Tiny native transformers CLIP / SigLIP directories (tests/tiny_native.py), one per test module.
+@pytest.fixture(scope="module")
+def clip_dir(tmp_path_factory):
+    return build_hf_clip(tmp_path_factory.mktemp("native") / "tiny-clip")
+
+
+@pytest.fixture(scope="module")
+def siglip_dir(tmp_path_factory):
+    return build_hf_siglip(tmp_path_factory.mktemp("native") / "tiny-siglip")

@@ -20,6 +20,7 @@ from cxrtool.model import load_model_dir
 from cxrtool.workspace import Workspace
 
 from .conftest import ARCHIVE
+from .serve_helpers import phi_strings
 
 
 @pytest.fixture()
@@ -37,21 +38,6 @@ def small_archive(tmp_path):
     data = (ARCHIVE / "pacs/PAT0004/STUDY0001/SERIES07/IM000001").read_bytes()
     bad.write_bytes(data[:4000])  # a truncated DICOM: header ok, pixels cut
     return root
-
-
-def _phi_strings(archive) -> set[str]:
-    out = set()
-    for p in archive.rglob("*"):
-        if p.is_file() and p.suffix.lower() not in {".jpg", ".png"}:
-            try:
-                ds = pydicom.dcmread(p, stop_before_pixels=True)
-            except Exception:
-                continue
-            for tag in ("PatientName", "PatientID", "PatientBirthDate"):
-                v = str(ds.get(tag, "") or "")
-                if len(v) >= 4:
-                    out.add(v)
-    return out
 
 
 def test_embed_writes_shards_with_ids_and_logs_bad_files(small_archive, tmp_path, tiny_model):
@@ -73,7 +59,7 @@ def test_embed_writes_shards_with_ids_and_logs_bad_files(small_archive, tmp_path
 
 
 def test_outputs_carry_no_patient_identifiers(small_archive, tmp_path, tiny_model):
-    phi = _phi_strings(small_archive)
+    phi = phi_strings(small_archive)
     assert phi, "the sample DICOMs carry names/IDs/birth dates: the test needs them"
     ws = tmp_path / "ws"
     embed_archive(small_archive, ws, tiny_model, batch_size=4, workers=0, progress=False)
@@ -247,7 +233,7 @@ def test_identity_only_as_keyed_hashes_and_only_when_asked(small_archive, tmp_pa
     from cxrtool.embed.shards import content_hash
     from cxrtool.privacy import pseudonym
 
-    phi = _phi_strings(small_archive)
+    phi = phi_strings(small_archive)
     ws = tmp_path / "ws"
     embed_archive(small_archive, ws, tiny_model, workers=0, progress=False, pseudonym_key="s3cret", float16=True)
     meta = read_shard_metadata(Workspace(ws).shards).to_pylist()

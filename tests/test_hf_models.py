@@ -25,20 +25,10 @@ from cxrtool.model import ImageSpec, ModelCard, load_model, load_model_dir, save
 from cxrtool.model.transform import resize_to_input
 
 from .conftest import ARCHIVE
-from .tiny_native import build_hf_clip, build_hf_siglip, build_open_clip
+from .tiny_native import build_open_clip
 
 TEXTS = ["cardiomegaly.", "no pleural effusion.", "the lungs are clear and there is no pneumothorax."]
 runner = CliRunner()
-
-
-@pytest.fixture(scope="module")
-def clip_dir(tmp_path_factory):
-    return build_hf_clip(tmp_path_factory.mktemp("native") / "tiny-clip")
-
-
-@pytest.fixture(scope="module")
-def siglip_dir(tmp_path_factory):
-    return build_hf_siglip(tmp_path_factory.mktemp("native") / "tiny-siglip")
 
 
 @pytest.fixture(scope="module")

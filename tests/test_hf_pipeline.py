@@ -15,19 +15,8 @@ from cxrtool.evaluate.zero_shot import LabelPromptSet, Scoring, ZeroShotClassifi
 from cxrtool.model import list_models, load_model, save_model_dir
 
 from .conftest import ARCHIVE, SAMPLE
-from .tiny_native import build_hf_clip, build_hf_siglip
 
 runner = CliRunner()
-
-
-@pytest.fixture(scope="module")
-def clip_dir(tmp_path_factory):
-    return build_hf_clip(tmp_path_factory.mktemp("native") / "tiny-clip")
-
-
-@pytest.fixture(scope="module")
-def siglip_dir(tmp_path_factory):
-    return build_hf_siglip(tmp_path_factory.mktemp("native") / "tiny-siglip")
 
 
 # ------------------------------------------------------------------------------- scoring
