@@ -204,8 +204,8 @@ def test_text_queries_get_their_own_tuned_depth(tmp_path, tiny_model):
 
 
 def test_a_query_naming_a_finding_searches_with_the_banks_sentences(tmp_path, tiny_model):
-    from cxrtool.data.laterality import swap_sides
     from cxrtool.data.prompts import PromptBank
+    from cxrtool.data.sides import swap_sides
 
     dim = tiny_model.card.embed_dim
     ws, _, _ = make_workspace(tmp_path / "ws", [(0, 2_000)], dim=dim, fingerprint=tiny_model.card.fingerprint)

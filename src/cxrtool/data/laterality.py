@@ -20,8 +20,7 @@ mentions of one finding combine by union, as boxes do. The extractor prefers mis
 guessing one: docs/laterality.md lists what it does not handle.
 
 The side words themselves (constants, report vocabulary, query side, flips :func:`swap_sides` and
-:func:`flip_sides` for a trainer that mirrors images) live in :mod:`cxrtool.data.sides`; the names
-stay importable from here.
+:func:`flip_sides` for a trainer that mirrors images) live in :mod:`cxrtool.data.sides`.
 """
 
 from __future__ import annotations
@@ -32,10 +31,6 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from cxrtool.data.sides import BILATERAL, LEFT, RIGHT, SIDE_PATTERNS
-from cxrtool.data.sides import SIDES as SIDES
-from cxrtool.data.sides import flip_sides as flip_sides
-from cxrtool.data.sides import mentions_side as mentions_side
-from cxrtool.data.sides import swap_sides as swap_sides
 
 NIH_BOX_WIDTH = 1024  # NIH boxes are in the original 1,024 x 1,024 pixel grid
 # A box is bilateral when at least this share of its width lies on each side of the midline. On

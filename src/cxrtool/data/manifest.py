@@ -33,7 +33,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from cxrtool.data.laterality import SIDES
+from cxrtool.data.sides import SIDES
 from cxrtool.errors import ManifestError
 
 SPLITS = ("train", "validate", "test")

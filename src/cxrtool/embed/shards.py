@@ -23,7 +23,7 @@ embedding       fixed_size_list      L2-normalised image vector, float32 (or flo
 ==============  ===================  ==========================================================
 
 No patient names, birth dates, raw patient IDs or accession numbers are ever written (see
-``cxrtool.io.decode.SAFE_DICOM_FIELDS`` and ``cxrtool.privacy``). File metadata records the
+``cxrtool.io.dicom_header.SAFE_DICOM_FIELDS`` and ``cxrtool.privacy``). File metadata records the
 model's vector id under ``model_fingerprint`` (the weights' fingerprint, plus ``+flip_pair`` for a
 model that writes flip-paired vectors: ``ModelCard.vector_id``) and the embedding dtype.
 

@@ -29,8 +29,8 @@ from pathlib import Path
 import numpy as np
 
 from cxrtool.constants import LATERALITY_KS
-from cxrtool.data.laterality import LEFT, RIGHT
 from cxrtool.data.prompts import PromptBank
+from cxrtool.data.sides import LEFT, RIGHT
 from cxrtool.evaluate.bootstrap import N_RESAMPLES, bootstrap_ci
 from cxrtool.evaluate.classification import auroc
 from cxrtool.evaluate.eval_set import EvalSet

@@ -24,9 +24,6 @@ import numpy as np
 
 from cxrtool.constants import DICOM_SUFFIXES, RASTER_SUFFIXES
 from cxrtool.errors import DecodeError, NotAnImageError
-
-# The header allow-list lives in io/dicom_header.py; SAFE_DICOM_FIELDS stays importable from here.
-from cxrtool.io.dicom_header import SAFE_DICOM_FIELDS as SAFE_DICOM_FIELDS
 from cxrtool.io.dicom_header import dicom_safe_meta, open_dicom
 
 

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cxrtool.constants import LOGIT_SCALE_INIT
-from cxrtool.data.laterality import swap_sides
+from cxrtool.data.sides import swap_sides
 from cxrtool.io.decode import DecodedImage, decode_image
 from cxrtool.model.card import ModelCard
 from cxrtool.model.transform import preprocess

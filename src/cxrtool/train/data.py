@@ -22,9 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset, Sampler
 
-from cxrtool.data.laterality import flip_sides, swap_sides
 from cxrtool.data.manifest import Study
 from cxrtool.data.prompts import PromptBank
+from cxrtool.data.sides import flip_sides, swap_sides
 from cxrtool.errors import DecodeError
 from cxrtool.io.decode import decode_image
 from cxrtool.model.card import ImageSpec
