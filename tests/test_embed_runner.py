@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from cxrtool.embed.distributors import DecodeWorkers, InProcess, Parts
+from cxrtool.embed.distributors import DecodeWorkers, Parts
 from cxrtool.embed.mapper import ImageDecoder, ImageMapper
 from cxrtool.embed.readers import ArchiveReader, FileListReader
 from cxrtool.embed.runner import Runner
@@ -87,7 +87,7 @@ def test_a_second_reader_and_distributor_plug_in_unchanged(jpegs, tiny_model, tm
 def test_the_runner_skips_done_items_and_lists_problems(jpegs, tiny_model, tmp_path):
     missing = ARCHIVE / "nih" / "no-such-file.png"
     done = {jpegs[0].relative_to(ARCHIVE).as_posix()}
-    stats, writer = _run(FileListReader([*jpegs, missing], ARCHIVE), InProcess(), tiny_model, tmp_path / "o", done)
+    stats, writer = _run(FileListReader([*jpegs, missing], ARCHIVE), DecodeWorkers(0), tiny_model, tmp_path / "o", done)
     assert stats.found == 8 and stats.already_done == 1 and writer.written == 6 and writer.failed == 1
     rows = (tmp_path / "o" / "errors.jsonl").read_text()
     assert "no-such-file.png" in rows and '"stage": "discover"' in rows
@@ -95,7 +95,20 @@ def test_the_runner_skips_done_items_and_lists_problems(jpegs, tiny_model, tmp_p
 
 def test_parts_split_the_items_between_processes_without_overlap(tiny_model):
     items = ArchiveReader(ARCHIVE).items()
-    parts = [Parts(i, 3, InProcess()).select(items) for i in range(3)]
+    parts = [Parts(i, 3, DecodeWorkers(0)).select(items) for i in range(3)]
     names = [f.rel for part in parts for f in part]
     assert sorted(names) == sorted(f.rel for f in items) and len(set(names)) == len(names)
-    assert all(parts) and Parts(1, 3, InProcess()).name == "part-0001-of-0003"
+    assert all(parts) and Parts(1, 3, DecodeWorkers(0)).name == "part-0001-of-0003"
+
+
+def test_an_interrupted_run_writes_no_partial_shard_and_keeps_its_failure_rows(jpegs, tiny_model, tmp_path):
+    class Interrupted(DecodeWorkers):
+        def decoded(self, items, decode, batch_size):
+            yield from list(super().decoded(items, decode, batch_size))[:1]
+            raise KeyboardInterrupt  # Ctrl-C after one batch: 3 rows buffered, a shard needs 4
+
+    missing = ARCHIVE / "nih" / "no-such-file.png"
+    with pytest.raises(KeyboardInterrupt):
+        _run(FileListReader([missing, *jpegs], ARCHIVE), Interrupted(0), tiny_model, tmp_path / "o")
+    assert not list((tmp_path / "o").glob("shard-*.parquet"))  # the buffered rows are redone on resume
+    assert "no-such-file.png" in (tmp_path / "o" / "errors.jsonl").read_text()

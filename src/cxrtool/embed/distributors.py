@@ -2,8 +2,8 @@
 
 Each has ``select(items)`` (which items this process does) and ``decoded(items, decode,
 batch_size)`` (run the mapper's picklable ``decode`` over them, yielding batches in item order).
-:class:`InProcess` decodes in the calling process, :class:`DecodeWorkers` in a pool of loader
-processes (PyTorch's DataLoader: prefetching, pinned memory on CUDA), and :class:`Parts` splits one
+:class:`DecodeWorkers` decodes in a pool of loader processes (PyTorch's DataLoader: prefetching,
+pinned memory on CUDA), or in the calling process with 0 workers, and :class:`Parts` splits one
 archive across independent processes (SLURM array tasks, Kubernetes indexed jobs, torchrun ranks)
 with no coordination: each item belongs to exactly one part by a hash of its path. Another engine
 (a Ray cluster) is one more class with these two methods.
@@ -25,20 +25,6 @@ class Distributor(Protocol):
 
     def decoded(self, items: Sequence[ArchiveFile], decode: Callable[[ArchiveFile], Any],
                 batch_size: int) -> Iterator[list[Any]]: ...
-
-
-class InProcess:
-    """Decode in this process, one batch at a time (no extra processes: tests, small archives)."""
-
-    workers = 0
-
-    def select(self, items: Sequence[ArchiveFile]) -> list[ArchiveFile]:
-        return list(items)
-
-    def decoded(self, items: Sequence[ArchiveFile], decode: Callable[[ArchiveFile], Any],
-                batch_size: int) -> Iterator[list[Any]]:
-        for start in range(0, len(items), batch_size):
-            yield [decode(f) for f in items[start : start + batch_size]]
 
 
 class _Decoding:

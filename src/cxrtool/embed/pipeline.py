@@ -64,19 +64,16 @@ class EmbedSummary:
         return asdict(self)
 
 
-def _done_paths(ws: Workspace, retry_errors: bool) -> set[str]:
-    """Paths already embedded or listed with a reason anywhere in the workspace (all parts)."""
-    done = set(read_shard_metadata(ws.shards, ["path"]).column("path").to_pylist())
+def _earlier_runs(ws: Workspace, retry_errors: bool) -> tuple[set[str], dict[str, str]]:
+    """What the workspace's shards and errors.jsonl (all parts) already hold, from one read of the
+    shards: the done paths (embedded, or listed with a reason unless ``retry_errors``) and
+    SOPInstanceUID -> path of the instances embedded (a second export of one is skipped)."""
+    table = read_shard_metadata(ws.shards, ["path", "sop_uid"])
+    paths, sops = table.column("path").to_pylist(), table.column("sop_uid").to_pylist()
+    done = set(paths)
     if not retry_errors:
         done.update(read_error_paths(ws))
-    return done
-
-
-def _seen_sops(ws: Workspace) -> dict[str, str]:
-    """SOPInstanceUID -> path of the instances already embedded (a second export is skipped)."""
-    table = read_shard_metadata(ws.shards, ["sop_uid", "path"])
-    return {sop: path for sop, path in zip(table.column("sop_uid").to_pylist(), table.column("path").to_pylist(),
-                                           strict=True) if sop}
+    return done, {sop: path for sop, path in zip(sops, paths, strict=True) if sop}
 
 
 def _check_workspace(ws: Workspace, archive: Path, model: DualEncoder, overwrite: bool, scope: Path) -> None:
@@ -155,15 +152,16 @@ def embed_archive(
     model.to(device).eval()
     workers = default_workers(device) if workers is None else workers
     distributor: Distributor = DecodeWorkers(workers, pin_memory=device.startswith("cuda"))
-    if num_parts > 1:
+    out_dir = ws.shards
+    if num_parts > 1:  # a part keeps its own folder (shards + errors.jsonl); --overwrite clears only that
         distributor = Parts(part_index, num_parts, distributor)
-    out_dir = ws.shards / distributor.name if isinstance(distributor, Parts) else ws.shards
+        out_dir = ws.shards / distributor.name
     _check_workspace(ws, archive, model, overwrite, out_dir if num_parts > 1 else ws.root)
     out_dir.mkdir(parents=True, exist_ok=True)
     for stale in out_dir.glob(".shard-*.tmp"):  # half-written by a killed run: never counted
         stale.unlink()
     t_start = time.perf_counter()
-    done = _done_paths(ws, retry_errors)
+    done, seen_sops = _earlier_runs(ws, retry_errors)
     done_seconds = time.perf_counter() - t_start
     decoder = ImageDecoder(model.card.image, header_filter or HeaderFilter(), resolve_key(pseudonym_key),
                            keep_study_date)
@@ -172,7 +170,7 @@ def embed_archive(
     ws.write_json(ws.embed_info, {"archive": str(archive), "model": model.card.provenance.get("name", ""),
                                   "model_fingerprint": model.card.vector_id, "embed_dim": model.card.output_dim})
     batch_size = batch_size or default_batch_size(device, model)
-    runner = Runner(ArchiveReader(archive), ImageMapper(model, decoder, _seen_sops(ws)), writer, distributor,
+    runner = Runner(ArchiveReader(archive), ImageMapper(model, decoder, seen_sops), writer, distributor,
                     batch_size, done)
     stats = runner.run(progress=progress)
     summary = EmbedSummary(str(archive), str(ws.root), found=stats.found, already_done=stats.already_done,

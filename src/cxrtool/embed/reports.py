@@ -93,17 +93,12 @@ def embed_reports(source: str | Path, workspace: str | Path | None = None, model
         else:
             done.add(r["report_key"])  # a key listed twice in the bank is embedded once
             todo.append(r)
-    writer = ShardWriter(shards, model.card.vector_id, shard_rows=shard_rows, kind="report")
-    try:
+    with ShardWriter(shards, model.card.vector_id, shard_rows=shard_rows, kind="report") as writer:
         for start in tqdm(range(0, len(todo), shard_rows), desc="reports", disable=not progress or not todo):
             chunk = todo[start : start + shard_rows]
             for r in chunk:
                 r["id"] = image_id("report:" + r["report_key"])
             writer.write(chunk, np.asarray(model.encode_texts([r["text"] for r in chunk], batch_size=batch_size)))
-        writer.close()
-    except BaseException:
-        writer.abort()
-        raise
     summary.embedded = writer.written
     summary.seconds = round(time.perf_counter() - t0, 2)
     return summary

@@ -2,7 +2,7 @@
 
 It knows nothing of archives, models or Parquet: a reader lists work items, the distributor picks
 this process's share and runs the mapper's ``decode`` where it should, the mapper screens and
-encodes, the writer stores rows and failures and knows what earlier runs finished. Any object with
+encodes, the writer stores rows and failures; ``done`` (read back from earlier runs' output) is skipped. Any object with
 the methods below plugs in (see ``tests/test_embed_runner.py``).
 """
 
@@ -31,13 +31,15 @@ class Mapper(Protocol):
 
 
 class Writer(Protocol):
+    """Used as a context manager: leaving it normally writes what is buffered, an exception drops it."""
+
     def write(self, rows: list[dict], vectors: np.ndarray) -> None: ...
 
     def fail(self, path: str, kind: str, stage: str, reason: str) -> None: ...
 
-    def close(self) -> None: ...
+    def __enter__(self) -> Writer: ...
 
-    def abort(self) -> None: ...
+    def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None: ...
 
 
 @dataclass
@@ -77,31 +79,28 @@ class Runner:
         todo = [f for f in todo if not f.problem]
         bar = tqdm(total=len(todo), desc="embedding", unit="img", disable=not progress or not todo)
         try:
-            for f in problems:
-                self.writer.fail(f.rel, "error", "discover", f.problem or "")
-            stats.done += len(problems)
-            t_wait = time.perf_counter()
-            for batch in self.distributor.decoded(todo, self.mapper.decode, self.batch_size):
-                stats.read_seconds += time.perf_counter() - t_wait
-                good, failed = self.mapper.screen(batch)
-                for _, rec, err in failed:
-                    self.writer.fail(rec["path"], *err)
-                if good:
-                    t = time.perf_counter()
-                    vectors = self.mapper.encode(good)
-                    stats.map_seconds += time.perf_counter() - t
-                    t = time.perf_counter()
-                    self.writer.write([rec for _, rec, _ in good], vectors)
-                    stats.write_seconds += time.perf_counter() - t
-                stats.done += len(batch)
-                bar.update(len(batch))
+            with self.writer:
+                for f in problems:
+                    self.writer.fail(f.rel, "error", "discover", f.problem or "")
+                stats.done += len(problems)
                 t_wait = time.perf_counter()
-            t = time.perf_counter()
-            self.writer.close()
-            stats.write_seconds += time.perf_counter() - t
-        except BaseException:
-            self.writer.abort()
-            raise
+                for batch in self.distributor.decoded(todo, self.mapper.decode, self.batch_size):
+                    stats.read_seconds += time.perf_counter() - t_wait
+                    good, failed = self.mapper.screen(batch)
+                    for _, rec, err in failed:
+                        self.writer.fail(rec["path"], *err)
+                    if good:
+                        t = time.perf_counter()
+                        vectors = self.mapper.encode(good)
+                        stats.map_seconds += time.perf_counter() - t
+                        t = time.perf_counter()
+                        self.writer.write([rec for _, rec, _ in good], vectors)
+                        stats.write_seconds += time.perf_counter() - t
+                    stats.done += len(batch)
+                    bar.update(len(batch))
+                    t_wait = time.perf_counter()
+                t_close = time.perf_counter()  # leaving the block writes the last shard
+            stats.write_seconds += time.perf_counter() - t_close
         finally:
             bar.close()
         return stats

@@ -182,7 +182,7 @@ def read_shard_vectors(directory: Path) -> tuple[np.ndarray, np.ndarray, str]:
         vecs.append(shard_vecs)
     if not ids:
         return np.zeros(0, np.int64), np.zeros((0, 0), np.float32), ""
-    return np.concatenate(ids), np.concatenate(vecs).astype(np.float32), vector_id
+    return np.concatenate(ids), np.concatenate(vecs), vector_id  # read_shard gives float32
 
 
 def read_collection(shards: Path, names: list[str], vector_id: str | None = None, progress: bool = False

@@ -21,7 +21,7 @@ MAX_FAILURES_KEPT = 100
 
 
 class ShardWriter:
-    """Buffers rows and writes a shard each time ``shard_rows`` are reached (and at ``close``).
+    """Buffers rows and writes a shard each time ``shard_rows`` are reached (and on leaving ``with``).
 
     ``errors_path``: where :meth:`fail` appends rows (None: this collection records no failures);
     it is flushed with each shard, so a shard on disk never lacks the failures that preceded it.
@@ -36,7 +36,7 @@ class ShardWriter:
         self.kind = kind
         self.rows: list[dict] = []
         self.vectors: list[np.ndarray] = []
-        self.errors = open(errors_path, "a") if errors_path else None  # noqa: SIM115 - closed in close()
+        self.errors = open(errors_path, "a") if errors_path else None  # noqa: SIM115 - closed on exit
         self.written = 0
         self.shards_written = 0
         self.write_seconds = 0.0
@@ -79,15 +79,16 @@ class ShardWriter:
         self.shards_written += 1
         self.rows, self.vectors = [], []
 
-    def close(self) -> None:
-        """Write what is buffered and close (after an exception, :meth:`abort` instead)."""
-        try:
-            self.flush()
-        finally:
-            self.abort()
+    def __enter__(self) -> ShardWriter:
+        return self
 
-    def abort(self) -> None:
-        """Close the errors file without writing the buffered rows (they are redone on resume)."""
-        if self.errors is not None:
-            self.errors.close()
-            self.errors = None
+    def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
+        """Write what is buffered, then close the errors file; after an exception (a kill, Ctrl-C)
+        the buffered rows are dropped instead: no shard is ever partial, and resume redoes them."""
+        try:
+            if exc_type is None:
+                self.flush()
+        finally:
+            if self.errors is not None:
+                self.errors.close()
+                self.errors = None

@@ -5,7 +5,7 @@ Every pydicom read in cxrtool goes through :func:`open_dicom` (warnings silenced
 the allow-list :data:`SAFE_DICOM_FIELDS` (identifiers of objects, not of people) and, only with a
 key, keyed-hash patient/accession pseudonyms (:func:`identity_fields`; rules in :mod:`cxrtool.privacy`).
 Patient names, birth dates, raw IDs and accession numbers are read only to be hashed, never returned.
-:func:`read_dicom_header` is the allow-listed reader that ``embed`` (through ``io/classify.py``) and
+:func:`read_dicom_header` is the allow-listed reader that ``embed`` (``embed/mapper.py``) and
 ``prepare dicom`` use; the pixel decoder (``io/decode.py``) opens the whole dataset here and keeps
 the same :func:`dicom_safe_meta`.
 """
