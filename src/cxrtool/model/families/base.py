@@ -9,6 +9,7 @@ the fingerprint), ``save`` (write the family's files; the factory has filled in 
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -68,6 +69,15 @@ def load_exact(module: torch.nn.Module, state: dict[str, torch.Tensor], source: 
         raise ModelError(f"{source}: weight {k} has shape {tuple(state[k].shape)}, "
                          f"the card's architecture needs {tuple(expected[k].shape)}")
     module.load_state_dict(state, strict=True)
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    """A config file's JSON object (None: missing, unreadable or not an object): listing never fails."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return data if isinstance(data, dict) else None
 
 
 def size_of(value: Any) -> int | None:

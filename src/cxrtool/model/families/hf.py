@@ -13,7 +13,6 @@ and the tokenizer files, as ``save_pretrained`` writes them (and ``model.json`` 
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,15 @@ from torch import nn
 from cxrtool.errors import ModelError, WeightMismatchError
 from cxrtool.model.card import ImageSpec, ModelCard, ScoringSpec, TextSpec
 from cxrtool.model.dual import DualEncoder
-from cxrtool.model.families.base import Family, ModelSummary, NativeScoring, scalar, size_of, write_model_files
+from cxrtool.model.families.base import (
+    Family,
+    ModelSummary,
+    NativeScoring,
+    read_json,
+    scalar,
+    size_of,
+    write_model_files,
+)
 from cxrtool.model.sources import quiet_transformers
 
 HF_CLIP, HF_SIGLIP = "hf-clip", "hf-siglip"
@@ -70,10 +77,7 @@ class HFDualEncoder(NativeScoring):
 
 def model_type(directory: Path) -> str:
     """``model_type`` of a transformers config.json ("" if none or unreadable)."""
-    try:
-        value = json.loads((directory / "config.json").read_text()).get("model_type", "")
-    except (OSError, json.JSONDecodeError, AttributeError):
-        return ""
+    value = (read_json(directory / "config.json") or {}).get("model_type", "")
     return value if isinstance(value, str) else ""
 
 
@@ -202,22 +206,14 @@ def save(model: DualEncoder, directory: Path, card: ModelCard, changed_only: boo
     write_model_files(directory, card, model.save_native)
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
 def describe(directory: Path, name: str) -> ModelSummary | None:
     """A `cxrtool models` row from config.json and preprocessor_config.json (no weights read)."""
-    config = _read_json(directory / "config.json")
+    config = read_json(directory / "config.json")
     family = HF_MODEL_TYPES.get((config or {}).get("model_type", ""))
     if config is None or family is None:
         return None
     vision, text = config.get("vision_config", {}), config.get("text_config", {})
-    processor = _read_json(directory / "preprocessor_config.json") or {}
+    processor = read_json(directory / "preprocessor_config.json") or {}
     embed = config.get("projection_dim") or text.get("projection_size") or vision.get("hidden_size")
     return ModelSummary(name, family, embed, size_of(processor.get("crop_size")) or size_of(processor.get("size"))
                         or size_of(vision.get("image_size")), _scoring_rule(family, name, family == HF_SIGLIP),

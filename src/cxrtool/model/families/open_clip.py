@@ -21,7 +21,15 @@ from torch import nn
 from cxrtool.errors import ModelError
 from cxrtool.model.card import ImageSpec, ModelCard, ScoringSpec, TextSpec
 from cxrtool.model.dual import DualEncoder
-from cxrtool.model.families.base import Family, ModelSummary, NativeScoring, scalar, size_of, write_model_files
+from cxrtool.model.families.base import (
+    Family,
+    ModelSummary,
+    NativeScoring,
+    read_json,
+    scalar,
+    size_of,
+    write_model_files,
+)
 from cxrtool.model.hub import OPEN_CLIP_CONFIG
 from cxrtool.model.sources import quiet_transformers
 
@@ -189,11 +197,8 @@ def save(model: DualEncoder, directory: Path, card: ModelCard, changed_only: boo
 
 def describe(directory: Path, name: str) -> ModelSummary | None:
     """A `cxrtool models` row from open_clip_config.json (no weights read)."""
-    try:
-        oc = json.loads((directory / OPEN_CLIP_CONFIG).read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-    if not isinstance(oc, dict):
+    oc = read_json(directory / OPEN_CLIP_CONFIG)
+    if oc is None:
         return None
     cfg = oc.get("model_cfg", {})
     pre = oc.get("preprocess_cfg", {})
