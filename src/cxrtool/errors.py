@@ -76,3 +76,35 @@ class WorkspaceError(CxrError):
 
 class UnknownIdError(WorkspaceError):
     """An id that is not in the index (the web page answers 404)."""
+
+
+class WorkspaceBusyError(WorkspaceError):
+    """Another writer holds the workspace (and the caller asked not to wait)."""
+
+
+# errno -> (what happened, what to do): the everyday OS errors a run meets, said in one line.
+_OS_ERRORS = {
+    "ENOSPC": ("the disk is full", "free space (or use a --workspace on a disk with room); the next run resumes "
+               "where this one stopped, nothing written so far is lost"),
+    "EDQUOT": ("the disk quota is exceeded", "free space or raise the quota; the next run resumes"),
+    "EROFS": ("the filesystem is read-only", "use a --workspace on a writable disk"),
+    "EACCES": ("permission denied", "check the owner and permissions of the path, or use another --workspace"),
+    "EPERM": ("operation not permitted", "check the owner and permissions of the path, or use another --workspace"),
+    "ENOENT": ("no such file or folder", "check the path"),
+    "ENOTDIR": ("a path component is not a folder", "check the path"),
+    "EISDIR": ("is a folder, not a file", "check the path"),
+    "EIO": ("input/output error (a failing disk or a lost network mount)", "check the disk or mount, then run again"),
+    "ESTALE": ("stale network file handle", "remount the network filesystem, then run again"),
+    "EMFILE": ("too many open files", "raise the limit (`ulimit -n`) or use fewer --workers"),
+}
+
+
+def os_error_message(exc: OSError, doing: str = "") -> tuple[str, str]:
+    """(one-line reason with the path, hint) for an OSError; ``doing`` says what was under way."""
+    import errno as errno_mod
+
+    name = errno_mod.errorcode.get(exc.errno or 0, "")
+    what, hint = _OS_ERRORS.get(name, (exc.strerror or str(exc), "run again with --debug for the details"))
+    paths = " -> ".join(str(p) for p in (exc.filename, exc.filename2) if p)
+    where = f"{paths}: " if paths else ""
+    return f"{where}{what}" + (f" ({doing})" if doing else ""), hint

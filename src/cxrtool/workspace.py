@@ -7,7 +7,8 @@ Resolution order: --workspace flag, $CXRTOOL_WORKSPACE, ./cxrtool_workspace. Lay
     <workspace>/shards/part-IIII-of-NNNN/  the same, per part of a partitioned run (+ its errors.jsonl)
     <workspace>/errors.jsonl      files that could not be embedded: path, kind, stage, reason
     <workspace>/embed-runs.jsonl  one line per finished embed run: counts, per-stage seconds, settings
-    <workspace>/index/            FAISS index + index.json (written by index)
+    <workspace>/index/            generations of the FAISS index + rows + vectors (written by index)
+    <workspace>/.locks/           writer locks (cxrtool.locks); quarantine/: shards that did not verify
     <workspace>/reports/          report-text shards (embed-reports), indexed in index-reports/
     <workspace>/serve-cache/      thumbnails rendered by `cxrtool serve` (safe to delete)
 """
@@ -68,7 +69,15 @@ class Workspace:
         raise ValueError(f"unknown collection {target!r}")
 
     def read_json(self, path: Path) -> dict[str, Any] | None:
-        return json.loads(path.read_text()) if path.is_file() else None
+        """A workspace record, or None when missing or damaged (they are written whole by rename, so
+        damage came from outside; every record is re-derivable and its writer writes it again)."""
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            return None
+        except (ValueError, UnicodeDecodeError):
+            return None
+        return data if isinstance(data, dict) else None
 
     def write_json(self, path: Path, data: dict[str, Any]) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -10,12 +10,12 @@ import json
 import os
 import sys
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
 
-from cxrtool.errors import CxrError
+from cxrtool.errors import CxrError, os_error_message
 
 console = Console(stderr=True)
 out = Console()
@@ -28,22 +28,34 @@ WORKSPACE_HELP = "Workspace folder (env CXRTOOL_WORKSPACE; default ./cxrtool_wor
 MODEL_HELP = ("Model directory or hub name, e.g. google/medsiglip-448 (env CXRTOOL_MODEL; default: the bundled "
               "model; see `cxrtool models`).")
 DEVICE_HELP = "cpu, cuda, cuda:1 ... or auto."
+NO_WAIT_HELP = "If another run is writing this workspace, refuse at once instead of waiting for it."
 
 
 def run(fn: Callable[[], T]) -> T:
-    """Call library code; turn its typed errors into one readable line + hint and exit code 2."""
+    """Call library code; turn its typed errors, and the everyday OS errors (disk full, read-only,
+    permission denied, not found), into one readable line + hint and exit code 2 (--debug: the
+    traceback instead)."""
     try:
         return fn()
     except CxrError as exc:
         if DEBUG["on"]:
             raise
-        console.print(f"[bold red]error:[/] {exc.reason}", highlight=False)
-        if exc.hint:
-            console.print(f"[yellow]hint:[/] {exc.hint}", highlight=False)
-        raise typer.Exit(2) from None
+        _error(exc.reason, exc.hint)
+    except OSError as exc:  # pyarrow's and faiss' I/O errors too (ArrowIOError is an OSError)
+        if DEBUG["on"]:
+            raise
+        _error(*os_error_message(exc))
     except KeyboardInterrupt:
         console.print("interrupted")
         raise typer.Exit(130) from None
+
+
+def _error(reason: str, hint: str) -> NoReturn:
+    """One line each (never wrapped: scripts and log greps read them whole)."""
+    console.print(f"[bold red]error:[/] {reason}", highlight=False, soft_wrap=True)
+    if hint:
+        console.print(f"[yellow]hint:[/] {hint}", highlight=False, soft_wrap=True)
+    raise typer.Exit(2) from None
 
 
 def print_json(data: Any) -> None:

@@ -6,7 +6,17 @@ from pathlib import Path
 
 import typer
 
-from cxrtool.cli.common import DEVICE_HELP, MODEL_HELP, WORKSPACE_HELP, out, pick_device, print_json, renamed, run
+from cxrtool.cli.common import (
+    DEVICE_HELP,
+    MODEL_HELP,
+    NO_WAIT_HELP,
+    WORKSPACE_HELP,
+    out,
+    pick_device,
+    print_json,
+    renamed,
+    run,
+)
 from cxrtool.constants import RADIOGRAPH_MODALITIES, SHARD_ROWS
 
 # Exit status: 0 all usable files embedded (or already done); 1 finished, but some files failed
@@ -46,6 +56,7 @@ def embed_cmd(
     part_index: int = typer.Option(0, help="Which part (0..N-1) this process embeds; check the union with validate."),
     num_shards: int = typer.Option(None, "--num-shards", hidden=True, help="Old name of --num-parts."),
     shard_index: int = typer.Option(None, "--shard-index", hidden=True, help="Old name of --part-index."),
+    no_wait: bool = typer.Option(False, "--no-wait", help=NO_WAIT_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
     """Embed every image of an archive into Parquet shards; re-running resumes where it stopped.
@@ -63,7 +74,7 @@ def embed_cmd(
                                   device=pick_device(device), overwrite=overwrite, retry_errors=retry_errors,
                                   header_filter=filters, shard_rows=shard_rows, pseudonym_key=pseudonym_key,
                                   keep_study_date=keep_study_date, float16=float16, num_parts=num_parts,
-                                  part_index=part_index, progress=not as_json))
+                                  part_index=part_index, progress=not as_json, wait=not no_wait))
     code = EXIT_NOTHING if s.found == 0 else EXIT_FAILURES if s.failed else 0
     if as_json:
         print_json(s.to_dict())

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from cxrtool.cli.common import WORKSPACE_HELP, out, print_json, renamed, run
+from cxrtool.cli.common import NO_WAIT_HELP, WORKSPACE_HELP, out, print_json, renamed, run
 from cxrtool.constants import REPORT_TEXT_FIELDS
 
 
@@ -20,14 +20,16 @@ def embed_reports_cmd(
     text_col: str = typer.Option(None, "--text-col", hidden=True, help="Old name of --report-col."),
     workspace: Path = typer.Option(None, help=WORKSPACE_HELP),
     model: str = typer.Option(None, help="Model directory or hub name (the one the images were embedded with)."),
+    no_wait: bool = typer.Option(False, "--no-wait", help=NO_WAIT_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
-    """Embed report texts for `cxrtool search --image FILE --reports`; re-running resumes."""
+    """Embed report texts for `cxrtool search --image FILE --reports` (then `cxrtool index --target
+    reports`); re-running resumes."""
     from cxrtool.embed.reports import embed_reports
 
     report_col = renamed(report_col, text_col, "--text-col", "--report-col")
     s = run(lambda: embed_reports(source, workspace, model, text_field=text_field, key_col=key_col,
-                                  text_col=report_col, progress=not as_json))
+                                  text_col=report_col, progress=not as_json, wait=not no_wait))
     if as_json:
         print_json(s.to_dict())
         return

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -25,12 +24,14 @@ from cxrtool.constants import SHARD_ROWS
 from cxrtool.embed.distributors import DecodeWorkers, Distributor, Parts
 from cxrtool.embed.errors_log import STAGES, read_error_paths, read_errors
 from cxrtool.embed.mapper import ImageDecoder, ImageMapper, image_record
+from cxrtool.embed.quarantine import clear, quarantine, verified_shards
 from cxrtool.embed.readers import ArchiveReader
 from cxrtool.embed.runner import Runner
-from cxrtool.embed.shards import read_shard_metadata
+from cxrtool.embed.shards import BadShard, ShardScan, UnreadableShardError, read_shard
 from cxrtool.embed.writer import ShardWriter
 from cxrtool.errors import WorkspaceError
 from cxrtool.io.classify import HeaderFilter
+from cxrtool.locks import workspace_lock
 from cxrtool.model.dual import DualEncoder
 from cxrtool.model.factory import load_model
 from cxrtool.privacy import resolve_key
@@ -64,12 +65,22 @@ class EmbedSummary:
         return asdict(self)
 
 
-def _earlier_runs(ws: Workspace, retry_errors: bool) -> tuple[set[str], dict[str, str]]:
-    """What the workspace's shards and errors.jsonl (all parts) already hold, from one read of the
-    shards: the done paths (embedded, or listed with a reason unless ``retry_errors``) and
-    SOPInstanceUID -> path of the instances embedded (a second export of one is skipped)."""
-    table = read_shard_metadata(ws.shards, ["path", "sop_uid"])
-    paths, sops = table.column("path").to_pylist(), table.column("sop_uid").to_pylist()
+def _earlier_runs(ws: Workspace, retry_errors: bool, scan: ShardScan, out_dir: Path
+                  ) -> tuple[set[str], dict[str, str]]:
+    """What the workspace's verified shards and errors.jsonl (all parts) already hold, from one
+    read of the shards: the done paths (embedded, or listed with a reason unless ``retry_errors``)
+    and SOPInstanceUID -> path of the instances embedded (a second export of one is skipped). A
+    shard whose data turns out unreadable here is quarantined like one that failed verification."""
+    paths: list[str] = []
+    sops: list[str | None] = []
+    for shard in scan.good:
+        try:
+            table = read_shard(shard, ["path", "sop_uid"], vectors=False)[0]
+        except UnreadableShardError as exc:
+            quarantine(ws, [BadShard(shard, exc.short_reason)], out_dir)
+            continue
+        paths.extend(table.column("path").to_pylist())
+        sops.extend(table.column("sop_uid").to_pylist())
     done = set(paths)
     if not retry_errors:
         done.update(read_error_paths(ws))
@@ -78,14 +89,14 @@ def _earlier_runs(ws: Workspace, retry_errors: bool) -> tuple[set[str], dict[str
 
 def _check_workspace(ws: Workspace, archive: Path, model: DualEncoder, overwrite: bool, scope: Path) -> None:
     """Refuse a workspace of another archive/model; with ``overwrite``, clear ``scope`` (the whole
-    workspace, or only this part's folder in a partitioned run)."""
+    workspace but its locks, or only this part's folder in a partitioned run)."""
     info = ws.read_json(ws.embed_info)
-    if info is None:
-        return
     if overwrite:
-        shutil.rmtree(scope, ignore_errors=True)
+        clear(ws, scope)
         if scope == ws.root:
             return
+    if info is None:
+        return
     if info.get("archive") != str(archive):
         raise WorkspaceError(f"workspace {ws.root} holds embeddings of another archive ({info.get('archive')})",
                              "use --workspace DIR (or $CXRTOOL_WORKSPACE) for this archive, or --overwrite")
@@ -131,6 +142,7 @@ def embed_archive(
     num_parts: int = 1,
     part_index: int = 0,
     progress: bool = True,
+    wait: bool = True,
 ) -> EmbedSummary:
     """Embed every image under ``archive`` into shards in the workspace; resumes by default.
 
@@ -138,6 +150,10 @@ def embed_archive(
     tasks, Kubernetes indexed jobs, torchrun ranks) with no coordination: each file belongs to
     exactly one part by a hash of its path, and each part writes to its own sub-folder.
     ``validate_workspace`` then checks that the union is exactly the archive.
+
+    One writer at a time: the run holds the workspace's embed lock (a part holds its own part's),
+    and waits for another holder, or with ``wait=False`` refuses at once (:mod:`cxrtool.locks`).
+    Shards that fail verification are moved to ``<workspace>/quarantine/`` and their files embedded anew.
     """
     if not (num_parts >= 1 and 0 <= part_index < num_parts):
         raise WorkspaceError(f"part {part_index} of {num_parts} is not a valid partition",
@@ -156,17 +172,30 @@ def embed_archive(
     if num_parts > 1:  # a part keeps its own folder (shards + errors.jsonl); --overwrite clears only that
         distributor = Parts(part_index, num_parts, distributor)
         out_dir = ws.shards / distributor.name
-    _check_workspace(ws, archive, model, overwrite, out_dir if num_parts > 1 else ws.root)
+    part = distributor.name if num_parts > 1 else None
+    with workspace_lock(ws.root, "embed-images", "cxrtool embed", wait, part):
+        return _embed_locked(ws, archive, model, distributor, out_dir, device, workers, batch_size, shard_rows,
+                             overwrite, retry_errors, header_filter, pseudonym_key, keep_study_date, float16,
+                             f"{part_index}/{num_parts}", progress)
+
+
+def _embed_locked(ws: Workspace, archive: Path, model: DualEncoder, distributor: Distributor, out_dir: Path,
+                  device: str, workers: int, batch_size: int | None, shard_rows: int, overwrite: bool,
+                  retry_errors: bool, header_filter: HeaderFilter | None, pseudonym_key: str | None,
+                  keep_study_date: bool, float16: bool, part: str, progress: bool) -> EmbedSummary:
+    """The embed run proper, with the workspace's (or this part's) writer lock held."""
+    _check_workspace(ws, archive, model, overwrite, out_dir if out_dir != ws.shards else ws.root)
     out_dir.mkdir(parents=True, exist_ok=True)
-    for stale in out_dir.glob(".shard-*.tmp"):  # half-written by a killed run: never counted
+    for stale in out_dir.rglob(".shard-*.tmp"):  # half-written by a killed run: never counted
         stale.unlink()
     t_start = time.perf_counter()
-    done, seen_sops = _earlier_runs(ws, retry_errors)
+    scan = verified_shards(ws, ws.shards, model.card, out_dir)
+    done, seen_sops = _earlier_runs(ws, retry_errors, scan, out_dir)
     done_seconds = time.perf_counter() - t_start
     decoder = ImageDecoder(model.card.image, header_filter or HeaderFilter(), resolve_key(pseudonym_key),
                            keep_study_date)
     writer = ShardWriter(out_dir, model.card.vector_id, "float16" if float16 else "float32", shard_rows,
-                         errors_path=ws.errors if num_parts == 1 else out_dir / "errors.jsonl")
+                         errors_path=ws.errors if out_dir == ws.shards else out_dir / "errors.jsonl")
     ws.write_json(ws.embed_info, {"archive": str(archive), "model": model.card.provenance.get("name", ""),
                                   "model_fingerprint": model.card.vector_id, "embed_dim": model.card.output_dim})
     batch_size = batch_size or default_batch_size(device, model)
@@ -181,8 +210,7 @@ def embed_archive(
                            write_seconds=writer.write_seconds, failures=writer.failures)
     summary.seconds = time.perf_counter() - t_start
     summary.images_per_second = summary.embedded / summary.seconds if summary.seconds else 0.0
-    _append_run_log(ws, summary, model, device=device, workers=workers, batch_size=batch_size,
-                    part=f"{part_index}/{num_parts}")
+    _append_run_log(ws, summary, model, device=device, workers=workers, batch_size=batch_size, part=part)
     return summary
 
 

@@ -18,9 +18,11 @@ import numpy as np
 from cxrtool.constants import REPORT_TEXT_FIELDS, SHARD_ROWS
 from cxrtool.data.manifest import read_manifest
 from cxrtool.data.sources.common import open_text
+from cxrtool.embed.quarantine import verified_shards
 from cxrtool.embed.shards import image_id, read_shard_metadata
 from cxrtool.embed.writer import ShardWriter
 from cxrtool.errors import ManifestError
+from cxrtool.locks import workspace_lock
 from cxrtool.model.dual import DualEncoder
 from cxrtool.model.factory import load_model
 from cxrtool.workspace import Workspace, check_same_model
@@ -64,10 +66,10 @@ def read_report_bank(source: Path, text_field: str = "text", key_col: str | None
 
 def embed_reports(source: str | Path, workspace: str | Path | None = None, model: DualEncoder | str | None = None,
                   text_field: str = "text", key_col: str | None = None, text_col: str | None = None,
-                  batch_size: int = 64, shard_rows: int = SHARD_ROWS, progress: bool = True) -> ReportSummary:
-    """Embed a report bank into ``<workspace>/reports/`` (resumes by report key)."""
-    from tqdm import tqdm
-
+                  batch_size: int = 64, shard_rows: int = SHARD_ROWS, progress: bool = True,
+                  wait: bool = True) -> ReportSummary:
+    """Embed a report bank into ``<workspace>/reports/`` (resumes by report key), holding the
+    workspace's report-writer lock (``wait=False``: refuse when another run holds it)."""
     source = Path(source)
     if not source.is_file():
         raise ManifestError(f"{source}: not found")
@@ -78,12 +80,22 @@ def embed_reports(source: str | Path, workspace: str | Path | None = None, model
     check_same_model(model.card, info.get("model_fingerprint") if info else None,
                      f"the images in {ws.root} were embedded",
                      "embed reports with the same --model as the images, or use another --workspace")
+    with workspace_lock(ws.root, "embed-reports", "cxrtool embed-reports", wait):
+        return _embed_reports_locked(ws, source, model, text_field, key_col, text_col, batch_size, shard_rows,
+                                     progress)
+
+
+def _embed_reports_locked(ws: Workspace, source: Path, model: DualEncoder, text_field: str, key_col: str | None,
+                          text_col: str | None, batch_size: int, shard_rows: int, progress: bool) -> ReportSummary:
+    from tqdm import tqdm
+
     shards, _ = ws.collection("reports")
     shards.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     rows = read_report_bank(source, text_field, key_col, text_col)
     summary = ReportSummary(str(source), str(ws.root), found=len(rows))
-    done = set(read_shard_metadata(shards, ["report_key"], kind="report").column("report_key").to_pylist())
+    scan = verified_shards(ws, shards, model.card, shards, kind="report")
+    done = set(read_shard_metadata(shards, ["report_key"], kind="report", scan=scan).column("report_key").to_pylist())
     todo = []
     for r in rows:
         if r["report_key"] in done:

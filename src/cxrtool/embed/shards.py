@@ -35,7 +35,10 @@ search, evaluation and ``cxrtool validate`` read them one way.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -110,9 +113,14 @@ def report_shard_schema(dim: int, vector_id: str, dtype: str = "float32") -> pa.
     )
 
 
+LEDGER = "shards.jsonl"  # per shard folder: what the writer wrote (name, rows, bytes, vector id, checksum)
+
+
 def write_shard(path: Path, rows: list[dict], vectors: np.ndarray, vector_id: str, dtype: str = "float32",
-                kind: str = "image") -> None:
-    """Write one shard atomically (temp file + rename): a shard exists whole or not at all."""
+                kind: str = "image") -> int:
+    """Write one shard atomically (temp file + rename): a shard exists whole or not at all. Then
+    record it in the folder's ledger (:data:`LEDGER`), which is what verification compares with.
+    Returns the shard's size in bytes. A failed write (a full disk) leaves no temp file behind."""
     if kind == "report":
         schema, columns = report_shard_schema(vectors.shape[1], vector_id, dtype), REPORT_META_COLUMNS
     else:
@@ -123,37 +131,161 @@ def write_shard(path: Path, rows: list[dict], vectors: np.ndarray, vector_id: st
     cols["embedding"] = pa.FixedSizeListArray.from_arrays(flat, vectors.shape[1])
     table = pa.table(cols, schema=schema)
     tmp = path.with_name(f".{path.name}.tmp")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
+    try:
+        pq.write_table(table, tmp)
+        with open(tmp, "rb+") as fh:  # on disk before the rename: a power cut cannot leave a torn shard
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    size = path.stat().st_size
+    record = {"shard": path.name, "rows": table.num_rows, "bytes": size, "vector_id": vector_id,
+              "checksum": file_checksum(path)}
+    with open(path.parent / LEDGER, "a") as fh:
+        fh.write(json.dumps(record) + "\n")
+    return size
+
+
+def file_checksum(path: Path) -> str:
+    """xxh3-128 of a file's bytes (memory speed: ~1 s per GB), for `cxrtool validate`'s deep check."""
+    h = xxhash.xxh3_128()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 22), b""):
+            h.update(block)
+    return "xxh3-128:" + h.hexdigest()
+
+
+def read_ledger(directory: Path) -> dict[str, dict]:
+    """Shard name -> the writer's last record of it (a line cut short by a kill is ignored; a
+    shard written just before a kill may have no record yet: it is verified without one)."""
+    path = directory / LEDGER
+    records: dict[str, dict] = {}
+    if not path.is_file():
+        return records
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            row = json.loads(line)
+            records[str(row["shard"])] = row
+        except (ValueError, KeyError, TypeError):
+            continue
+    return records
+
+
+def _shard_number(name: str) -> int:
+    try:
+        return int(name.split("-")[1].split(".")[0])
+    except (IndexError, ValueError):
+        return -1
 
 
 def next_shard_path(directory: Path) -> Path:
-    """The next free ``shard-NNNNN.parquet`` in ``directory`` (numbering continues on resume)."""
-    existing = shard_paths(directory, recursive=False)
-    number = int(existing[-1].stem.split("-")[1]) + 1 if existing else 0
+    """The next free ``shard-NNNNN.parquet`` in ``directory`` (numbering continues on resume, and
+    never reuses the number of a shard that was quarantined: the ledger remembers it)."""
+    names = [p.name for p in shard_paths(directory, recursive=False)] + list(read_ledger(directory))
+    number = max((_shard_number(n) for n in names), default=-1) + 1
     return directory / f"shard-{number:05d}.parquet"
 
 
 def shard_paths(directory: Path, recursive: bool = True) -> list[Path]:
-    """Shard files under ``directory``; recursive by default, so the parts written by partitioned
-    runs (``part-IIII-of-NNNN/``) are read as one collection."""
+    """Shard files under ``directory`` (verified or not: see :func:`scan_shards`); recursive by
+    default, so the parts written by partitioned runs (``part-IIII-of-NNNN/``) are read as one
+    collection."""
     if not directory.is_dir():
         return []
     return sorted(directory.rglob("shard-*.parquet") if recursive else directory.glob("shard-*.parquet"))
 
 
-def shard_state(directory: Path) -> dict[str, int]:
-    """Shard file (relative to ``directory``) -> size in bytes: what an index records it holds."""
-    return {p.relative_to(directory).as_posix(): p.stat().st_size for p in shard_paths(directory)}
+@dataclass(frozen=True)
+class BadShard:
+    path: Path
+    reason: str
+
+
+@dataclass
+class ShardScan:
+    """The verified shards of a folder, and those that did not verify (with why)."""
+
+    good: list[Path] = field(default_factory=list)
+    bad: list[BadShard] = field(default_factory=list)
+    vector_id: str = ""  # the collection's vector id (what the good shards record)
+
+
+def _check(path: Path, record: dict | None, kind: str) -> tuple[str, str]:
+    """(reason it does not verify or "", its vector id), from the footer and the writer's record."""
+    size = path.stat().st_size
+    if record is not None and record.get("bytes") not in (None, size):
+        cut = "cut short" if size < record["bytes"] else "changed"
+        return f"{cut}: {size} bytes, the writer wrote {record['bytes']}", ""
+    try:
+        parquet = pq.ParquetFile(path)
+        meta, names = parquet.metadata, set(parquet.schema_arrow.names)
+    except (OSError, pa.ArrowException) as exc:
+        return f"not a readable Parquet file ({str(exc).splitlines()[0][:120]})", ""
+    kv = meta.metadata or {}
+    version = kv.get(b"cxrtool", b"").decode(errors="replace")
+    wanted = REPORT_SHARD_SCHEMA_VERSION if kind == "report" else SHARD_SCHEMA_VERSION
+    if not version:
+        return "not a cxrtool shard (no cxrtool metadata: a foreign Parquet file)", ""
+    if version != wanted:
+        return f"a {version} shard where {wanted} shards belong", ""
+    if not {"id", "embedding"} <= names:
+        return "no id or embedding column", ""
+    if record is not None and record.get("rows") not in (None, meta.num_rows):
+        return f"holds {meta.num_rows} rows, the writer recorded {record['rows']}", ""
+    return "", kv.get(b"model_fingerprint", b"").decode(errors="replace")
+
+
+def scan_shards(directory: Path, vector_id: str | None = None, kind: str = "image",
+                recursive: bool = True) -> ShardScan:
+    """Verify every shard under ``directory``: the Parquet footer reads, the cxrtool schema and
+    metadata are there, the row count and size match the writer's ledger, and the vector id is
+    ``vector_id`` (None: the id most shards record, so one stray from another model stands out).
+    Cheap (footers only): index, search and embed call it before they read anything."""
+    scan = ShardScan()
+    ledgers: dict[Path, dict[str, dict]] = {}
+    checked: list[tuple[Path, str]] = []
+    for path in shard_paths(directory, recursive):
+        if path.parent not in ledgers:
+            ledgers[path.parent] = read_ledger(path.parent)
+        try:
+            reason, got = _check(path, ledgers[path.parent].get(path.name), kind)
+        except OSError as exc:
+            reason, got = f"unreadable ({exc.strerror or exc})", ""
+        if reason:
+            scan.bad.append(BadShard(path, reason))
+        else:
+            checked.append((path, got))
+    if vector_id is None:
+        counts = Counter(got for _, got in checked)
+        vector_id = counts.most_common(1)[0][0] if counts else ""
+    scan.vector_id = vector_id
+    for path, got in checked:
+        if got == vector_id:
+            scan.good.append(path)
+        else:
+            scan.bad.append(BadShard(path, f"embedded with another model ({got or 'unknown'}; "
+                                           f"this collection's is {vector_id or 'unknown'})"))
+    return scan
+
+
+def shard_state(directory: Path, vector_id: str | None = None, kind: str = "image") -> dict[str, int]:
+    """Verified shard file (relative to ``directory``) -> size in bytes: what an index records it holds."""
+    return {p.relative_to(directory).as_posix(): p.stat().st_size
+            for p in scan_shards(directory, vector_id, kind).good}
 
 
 def read_shard(path: Path, columns: list[str] | None = None, vectors: bool = True
                ) -> tuple[pa.Table, np.ndarray | None, str]:
     """One shard as (its ``columns``, default all, without the embedding; float32 vectors [N, D], or
     None with ``vectors=False``; the vector id it records). Every shard read goes through
-    here: index, search, classify, evaluation and validate."""
+    here: index, search, classify, evaluation and validate. A shard whose data cannot be read
+    (its footer verified, a page did not) raises :class:`UnreadableShardError`."""
     wanted = [*columns, "embedding"] if columns is not None and vectors else columns
-    table = pq.read_table(path, columns=wanted)
+    try:
+        table = pq.read_table(path, columns=wanted)
+    except (OSError, pa.ArrowException) as exc:
+        raise UnreadableShardError(path, str(exc).splitlines()[0][:160]) from None
     vector_id = (table.schema.metadata or {}).get(b"model_fingerprint", b"").decode()
     if not vectors:
         return table, None, vector_id
@@ -162,10 +294,18 @@ def read_shard(path: Path, columns: list[str] | None = None, vectors: bool = Tru
     return table.drop_columns(["embedding"]), vecs, vector_id
 
 
+class UnreadableShardError(WorkspaceError):
+    def __init__(self, path: Path, reason: str) -> None:
+        super().__init__(f"{path}: unreadable shard ({reason})",
+                         "run `cxrtool embed` again: it moves unreadable shards aside and embeds their files anew")
+        self.path = path
+        self.short_reason = f"unreadable data ({reason})"
+
+
 def read_shard_metadata(directory: Path, columns: list[str] | None = None, recursive: bool = True,
-                        kind: str = "image") -> pa.Table:
-    """All shards' metadata columns (no vectors) as one table."""
-    paths = shard_paths(directory, recursive)
+                        kind: str = "image", scan: ShardScan | None = None) -> pa.Table:
+    """The verified shards' metadata columns (no vectors) as one table (``scan``: already verified)."""
+    paths = (scan or scan_shards(directory, kind=kind, recursive=recursive)).good
     schema = report_shard_schema(1, "") if kind == "report" else shard_schema(1, "")
     cols = columns or (REPORT_META_COLUMNS if kind == "report" else META_COLUMNS)
     if not paths:
@@ -174,9 +314,9 @@ def read_shard_metadata(directory: Path, columns: list[str] | None = None, recur
 
 
 def read_shard_vectors(directory: Path) -> tuple[np.ndarray, np.ndarray, str]:
-    """(ids int64[N], vectors float32[N, D], vector_id) over all shards."""
+    """(ids int64[N], vectors float32[N, D], vector_id) over the verified shards."""
     ids, vecs, vector_id = [], [], ""
-    for p in shard_paths(directory):
+    for p in scan_shards(directory).good:
         table, shard_vecs, vector_id = read_shard(p, ["id"])
         ids.append(table.column("id").to_numpy())
         vecs.append(shard_vecs)
@@ -185,15 +325,22 @@ def read_shard_vectors(directory: Path) -> tuple[np.ndarray, np.ndarray, str]:
     return np.concatenate(ids), np.concatenate(vecs), vector_id  # read_shard gives float32
 
 
-def read_collection(shards: Path, names: list[str], vector_id: str | None = None, progress: bool = False
-                    ) -> tuple[pa.Table, np.ndarray, str]:
-    """(metadata rows, float32 vectors, vector id) of the named shards under ``shards``;
-    refuses shards embedded with different models (their vectors live in different spaces)."""
+def read_collection(shards: Path, names: list[str], vector_id: str | None = None, progress: bool = False,
+                    unreadable: list[BadShard] | None = None) -> tuple[pa.Table, np.ndarray, str]:
+    """(metadata rows, float32 vectors, vector id) of the named (verified) shards under ``shards``;
+    refuses shards embedded with different models (their vectors live in different spaces). With
+    ``unreadable`` (a list), a shard whose data cannot be read is added to it and left out."""
     from tqdm import tqdm
 
     tables, vectors = [], []
     for name in tqdm(names, desc="index: reading shards", unit="shard", disable=not progress or len(names) < 8):
-        table, vecs, got = read_shard(shards / name)
+        try:
+            table, vecs, got = read_shard(shards / name)
+        except UnreadableShardError as exc:
+            if unreadable is None:
+                raise
+            unreadable.append(BadShard(shards / name, exc.short_reason))
+            continue
         if vector_id is None:
             vector_id = got
         elif got != vector_id:

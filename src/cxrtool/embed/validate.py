@@ -1,5 +1,6 @@
 """Check that a workspace accounts for exactly the archive: every file embedded once or listed
-with a reason, nothing twice, nothing foreign, one model. The merge check for partitioned runs."""
+with a reason, nothing twice, nothing foreign, one model, every shard verified. The merge check
+for partitioned runs, and the deep check of shards (their bytes against the writer's checksum)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from cxrtool.embed.pipeline import read_error_paths
-from cxrtool.embed.shards import read_shard, shard_paths
+from cxrtool.embed.shards import BadShard, UnreadableShardError, file_checksum, read_ledger, read_shard, scan_shards
 from cxrtool.io.discover import discover_archive
 from cxrtool.workspace import Workspace
 
@@ -23,11 +24,12 @@ class ValidationReport:
     duplicates: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)  # in the archive, neither embedded nor listed
     unexpected: list[str] = field(default_factory=list)  # embedded but no longer in the archive
-    vector_ids: list[str] = field(default_factory=list)  # more than one: shards of several models
+    vector_ids: list[str] = field(default_factory=list)  # the verified shards' model (one at most)
+    bad_shards: list[dict] = field(default_factory=list)  # {"path", "reason"}: did not verify (never read)
 
     @property
     def ok(self) -> bool:
-        return not (self.duplicates or self.missing or self.unexpected) and len(self.vector_ids) <= 1
+        return not (self.duplicates or self.missing or self.unexpected or self.bad_shards) and len(self.vector_ids) <= 1
 
     def to_dict(self) -> dict:
         return {**asdict(self), "ok": self.ok}
@@ -36,15 +38,26 @@ class ValidationReport:
 def validate_workspace(archive: str | Path, workspace: str | Path | None = None, limit: int = 20) -> ValidationReport:
     ws = Workspace.resolve(workspace)
     files = {f.rel for f in discover_archive(Path(archive))}
+    info = ws.read_json(ws.embed_info) or {}
+    scan = scan_shards(ws.shards, info.get("model_fingerprint"))
+    bad = list(scan.bad)
     rows: list[str] = []
-    vector_ids = set()
-    for p in shard_paths(ws.shards):
-        table, _, vector_id = read_shard(p, ["path"], vectors=False)
+    ledgers: dict[Path, dict[str, dict]] = {}
+    for p in scan.good:
+        record = ledgers.setdefault(p.parent, read_ledger(p.parent)).get(p.name, {})
+        if record.get("checksum") and file_checksum(p) != record["checksum"]:
+            bad.append(BadShard(p, "its bytes changed since it was written (checksum differs)"))
+            continue
+        try:
+            table, _, _ = read_shard(p, ["path"], vectors=False)
+        except UnreadableShardError as exc:
+            bad.append(BadShard(p, exc.short_reason))
+            continue
         rows.extend(table.column("path").to_pylist())
-        vector_ids.add(vector_id)
     errors = read_error_paths(ws)
     embedded = set(rows)
     dups = sorted(p for p, n in Counter(rows).items() if n > 1)
     return ValidationReport(
         str(Path(archive).resolve()), str(ws.root), len(files), len(embedded), len(errors - embedded),
-        dups[:limit], sorted(files - embedded - errors)[:limit], sorted(embedded - files)[:limit], sorted(vector_ids))
+        dups[:limit], sorted(files - embedded - errors)[:limit], sorted(embedded - files)[:limit],
+        [scan.vector_id] if scan.good else [], [{"path": str(b.path), "reason": b.reason} for b in bad])
