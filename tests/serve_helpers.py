@@ -52,6 +52,7 @@ def build_workspace(tmp_path_factory, model) -> tuple[Path, Path]:
         for row in list(csv.DictReader(src))[:40]:
             writer.writerow([row["path"].rsplit("/", 1)[0], "Findings: " + row["findings"].replace("|", ", ").lower()])
     embed_reports(bank, ws, model, progress=False)
+    build_index(ws, target="reports", model=model)
     (root / "done").touch()
     return archive, ws
 

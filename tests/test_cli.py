@@ -31,10 +31,12 @@ def cli(*args: str, cwd=None, env=None, check=True) -> subprocess.CompletedProce
 
 @pytest.fixture(scope="module")
 def demo_workspace(tmp_path_factory):
-    """`cxrtool embed sample_data` with no flags, from a fresh directory (default workspace)."""
+    """`cxrtool embed sample_data` then `cxrtool index`, with no flags, from a fresh directory
+    (default workspace): the README's demo."""
     cwd = tmp_path_factory.mktemp("demo")
     env = {"CXRTOOL_WORKSPACE": "", "CXRTOOL_MODEL": ""}
     cli("embed", str(SAMPLE / "archive"), cwd=cwd, env=env)
+    cli("index", cwd=cwd, env=env)
     return cwd, env
 
 

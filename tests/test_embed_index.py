@@ -97,6 +97,7 @@ def test_workspace_refuses_another_model(small_archive, tmp_path, tiny_model, ti
     other.card.fingerprint = "sha256:other"
     with pytest.raises(WorkspaceError, match="another model"):
         embed_archive(small_archive, ws, other, workers=0, progress=False)
+    build_index(ws, model=tiny_model)
     with pytest.raises(WorkspaceError, match="another model"):
         search("effusion", workspace=ws, model=other)
 
@@ -304,6 +305,9 @@ def test_report_bank_search_from_an_image(small_archive, tmp_path, tiny_model):
     assert embed_reports(tmp_path / "bank.parquet", ws, tiny_model, text_field="impression",
                          progress=False).already_done == 3
     image = next((small_archive / "hannover").rglob("*.png"))
+    with pytest.raises(WorkspaceError, match="no index"):  # search never builds: it says what to run
+        search(image=image, k=5, workspace=ws, model=tiny_model, target="reports")
+    build_index(ws, target="reports", model=tiny_model)
     hits = search(image=image, k=5, workspace=ws, model=tiny_model, target="reports")
     assert len(hits) == 3 and {h.text for h in hits} == {"Large left pleural effusion.", "No acute disease.",
                                                           "Cardiomegaly."}

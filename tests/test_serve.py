@@ -19,7 +19,7 @@ import pytest
 from PIL import Image
 
 from cxrtool.embed.shards import image_id, write_shard
-from cxrtool.index import Filters, Index
+from cxrtool.index import Filters, Index, build_index
 from cxrtool.serve import create_app
 from cxrtool.serve.app import is_loopback
 from cxrtool.serve.service import DETAIL_FIELDS
@@ -174,6 +174,7 @@ def test_an_index_row_pointing_outside_the_archive_is_not_served(tmp_path, tiny_
     ws.shards.mkdir(parents=True)
     write_shard(ws.shards / "shard-00000.parquet", rows, vectors, tiny_model.card.fingerprint)
     ws.write_json(ws.embed_info, {"archive": str(archive)})
+    build_index(ws.root, model=tiny_model)
     with serving(create_app(ws.root, model=tiny_model)) as base, httpx.Client(base_url=base) as client:
         assert client.get("/api/images/1/thumb").status_code == 200
         for i in (2, 3):

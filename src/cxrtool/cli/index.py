@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from cxrtool.cli.common import WORKSPACE_HELP, out, print_json, run
+from cxrtool.cli.common import NO_WAIT_HELP, WORKSPACE_HELP, out, print_json, run
 from cxrtool.constants import INDEX_KINDS
 
 
@@ -22,16 +22,17 @@ def index_cmd(
     device: str = typer.Option("auto", help="auto (GPU when faiss has one), cpu or cuda."),
     model: str = typer.Option(None, help="The shards' model (directory or hub name), to tune text-query depth "
                               "(default model: automatic)."),
+    no_wait: bool = typer.Option(False, "--no-wait", help=NO_WAIT_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print the index description as JSON."),
 ) -> None:
-    """Build the FAISS index over the workspace's shards, or add new shards to it (search also
-    does this when the index is missing or behind the shards)."""
+    """Build the FAISS index over the workspace's shards, or add new shards to it. Run it after
+    `embed`: search and serve only read the index (a torn one is rebuilt here, from the shards)."""
     from cxrtool.index.build import build_index
 
     budget = int(memory_budget_gb * (1 << 30)) if memory_budget_gb else None
     info = run(lambda: build_index(workspace, kind, target, rebuild=rebuild, memory_budget=budget,
                                    recall_target=recall_target, opq=opq, device=device, model=model,
-                                   progress=True))
+                                   progress=True, wait=not no_wait))
     if as_json:
         print_json(info.to_dict())
         return

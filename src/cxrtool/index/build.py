@@ -11,21 +11,34 @@ two different models are refused. Opening and searching are the query side (``op
 
 from __future__ import annotations
 
+import os
+import re
 import shutil
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
-from cxrtool.embed.shards import read_collection, shard_state
+from cxrtool.embed.shards import BadShard, read_collection, scan_shards
 from cxrtool.errors import WorkspaceError
 from cxrtool.index.faiss_query import gpu_available, to_gpu
-from cxrtool.index.info import INDEX_FILE, INFO_FILE, IndexInfo, read_info
+from cxrtool.index.info import (
+    INDEX_FILE,
+    IndexInfo,
+    check_generation,
+    current_generation,
+    new_generation,
+    publish,
+    write_info,
+)
 from cxrtool.index.kinds import KINDS, PQ_RERANK, choose_index_kind, default_memory_budget, factory_string
-from cxrtool.index.store import RowStore, write_part
+from cxrtool.index.store import RowStore, part_names, write_part
 from cxrtool.index.tuning import tune, tuning_text_queries
+from cxrtool.locks import workspace_lock
 from cxrtool.workspace import Workspace
 
 
@@ -40,33 +53,73 @@ def build_index(
     device: str = "auto",
     model=None,
     progress: bool = False,
+    wait: bool = True,
 ) -> IndexInfo:
     """Build the index of a collection ("images" or "reports"), or bring it up to date.
 
     With an index already there, new shards are added to it (same kind, no retraining); a shard
-    that changed or disappeared, another ``kind``, or ``rebuild=True`` builds from scratch.
+    that changed or disappeared, another ``kind``, or ``rebuild=True`` builds from scratch, and so
+    does a current generation that is torn (with a one-line note). Every build writes a new
+    generation and then makes it current (``info.py``); only verified shards are read.
     ``device``: "auto" (a GPU when faiss has one), "cpu" or "cuda". ``model`` (a DualEncoder or
     model directory; default: the default model) embeds the prompt bank to tune the depth of text
-    queries, if it is the model of the shards.
+    queries, if it is the model of the shards. Holds the collection's index lock (``wait=False``:
+    refuse at once when another build holds it).
     """
     if kind not in KINDS:
         raise WorkspaceError(f"unknown index kind {kind!r}", f"use one of {', '.join(KINDS)}")
     if not 0 < recall_target <= 1:
         raise WorkspaceError(f"recall target {recall_target} is not in (0, 1]")
     ws = Workspace.resolve(workspace)
+    if not ws.root.is_dir():
+        raise WorkspaceError(f"no workspace at {ws.root}", "run `cxrtool embed ARCHIVE` first (or pass --workspace)")
+    with workspace_lock(ws.root, f"index-{target}", "cxrtool index", wait):
+        return _build_locked(ws, kind, target, rebuild, memory_budget, recall_target, opq, device, model, progress)
+
+
+def _build_locked(ws: Workspace, kind: str, target: str, rebuild: bool, memory_budget: int | None,
+                  recall_target: float, opq: bool, device: str, model, progress: bool) -> IndexInfo:
     shards, index_dir = ws.collection(target)
-    state = shard_state(shards)
+    recorded = (ws.read_json(ws.embed_info) or {}).get("model_fingerprint")
+    scan = scan_shards(shards, recorded, kind="report" if target == "reports" else "image")
+    if scan.bad:
+        first = scan.bad[0]
+        _note(f"{len(scan.bad)} shard(s) did not verify and are left out of the index ({first.path}: "
+              f"{first.reason}); `cxrtool embed` moves them aside and embeds their files again")
+    state = {p.relative_to(shards).as_posix(): p.stat().st_size for p in scan.good}
     if not state:
         hint = "run `cxrtool embed ARCHIVE` first" if target == "images" else "run `cxrtool embed-reports SOURCE` first"
         raise WorkspaceError(f"no embeddings in {shards}", hint)
-    old = read_info(index_dir)
-    if old and not rebuild and (index_dir / INDEX_FILE).is_file() and kind in ("auto", old.kind):
+    current = current_generation(index_dir)
+    old, why = check_generation(current) if current else (None, "")
+    if why:
+        _note(f"the current index is damaged ({why}): building it again from the shards")
+    if old and not rebuild and kind in ("auto", old.kind):
         if old.shards == state:
             return old
         if all(state.get(name) == size for name, size in old.shards.items()):
-            return _add_shards(index_dir, shards, old, state, target, model, progress)
+            try:
+                return _add_shards(index_dir, current, shards, old, state, target, model, progress)
+            except _Unusable as exc:
+                _note(f"the current index cannot be extended ({exc}): building it again from the shards")
     return _build(index_dir, shards, state, kind, memory_budget, recall_target, opq, device, target, model,
                   progress)
+
+
+def _drop_unreadable(state: dict[str, int], shards: Path, skipped: list[BadShard]) -> None:
+    """Shards whose data did not read (footer fine, a page not) are left out of what the index
+    records, with a note, so the next build tries them again."""
+    for bad in skipped:
+        state.pop(bad.path.relative_to(shards).as_posix(), None)
+        _note(f"{bad.path}: {bad.reason}; left out of the index (`cxrtool validate` checks every shard)")
+
+
+class _Unusable(Exception):
+    """The current generation's files do not open (torn in a way sizes did not show)."""
+
+
+def _note(message: str) -> None:
+    print(f"note: {message}", file=sys.stderr, flush=True)
 
 
 def _training_effort(index) -> None:
@@ -95,13 +148,19 @@ def _stage(progress: bool, what: str) -> None:
         tqdm.write(f"index: {what} ...", file=sys.stderr)
 
 
-def _write_index(index, index_dir: Path) -> int:
+def _write_index(index, gen_dir: Path) -> int:
     import faiss
 
-    tmp = index_dir / (INDEX_FILE + ".tmp")
-    faiss.write_index(index, str(tmp))
-    tmp.replace(index_dir / INDEX_FILE)
-    return (index_dir / INDEX_FILE).stat().st_size
+    path = gen_dir / INDEX_FILE
+    try:
+        faiss.write_index(index, str(path))
+    except RuntimeError as exc:  # faiss reports OS errors as RuntimeError("... errno=28 No space left ...")
+        match = re.search(r"errno[= ]+(\d+)", str(exc))
+        if match:
+            code = int(match.group(1))
+            raise OSError(code, os.strerror(code), str(path)) from None
+        raise
+    return path.stat().st_size
 
 
 def _tune_and_write(index, store: RowStore, vectors: np.ndarray, info: IndexInfo, index_dir: Path, target: str,
@@ -114,7 +173,7 @@ def _tune_and_write(index, store: RowStore, vectors: np.ndarray, info: IndexInfo
     info.tune_seconds = round(time.perf_counter() - tune_started, 3)
     info.index_bytes = _write_index(index, index_dir)
     info.build_seconds = round(time.perf_counter() - started, 3)
-    Workspace(index_dir.parent).write_json(index_dir / INFO_FILE, info.to_dict())
+    write_info(index_dir, info)
 
 
 def _build(index_dir: Path, shards: Path, state: dict[str, int], kind: str, memory_budget: int | None,
@@ -122,7 +181,11 @@ def _build(index_dir: Path, shards: Path, state: dict[str, int], kind: str, memo
     import faiss
 
     t0 = time.perf_counter()
-    rows, vecs, vector_id = read_collection(shards, sorted(state), progress=progress)
+    skipped: list[BadShard] = []
+    rows, vecs, vector_id = read_collection(shards, sorted(state), progress=progress, unreadable=skipped)
+    _drop_unreadable(state, shards, skipped)
+    if not state:
+        raise WorkspaceError(f"no readable embeddings in {shards}", "run `cxrtool embed` again")
     ids = rows.column("id").to_numpy()
     if len(np.unique(ids)) != len(ids):
         raise WorkspaceError(f"{shards}: the same id appears in two shards",
@@ -157,55 +220,83 @@ def _build(index_dir: Path, shards: Path, state: dict[str, int], kind: str, memo
     work.add_with_ids(vecs, ids)
     info.add_seconds = round(time.perf_counter() - t, 3)
     index = faiss.index_gpu_to_cpu(work) if info.device == "cuda" else work
-    # write into a fresh folder, then swap it in: a killed build leaves the old index usable
-    tmp_dir = index_dir.with_name(index_dir.name + ".building")
-    shutil.rmtree(tmp_dir, ignore_errors=True)
-    tmp_dir.mkdir(parents=True)
-    write_part(tmp_dir, 0, rows, vecs)
-    _tune_and_write(index, RowStore(tmp_dir, [0]), vecs, info, tmp_dir, target, model, progress, t0,
-                    time.perf_counter())
-    old_dir = index_dir.with_name(index_dir.name + ".old")
-    shutil.rmtree(old_dir, ignore_errors=True)
-    if index_dir.exists():
-        index_dir.rename(old_dir)
-    tmp_dir.rename(index_dir)
-    shutil.rmtree(old_dir, ignore_errors=True)
+    # a new generation beside the current one, made current when whole: a killed or failed build
+    # leaves the old index as it was
+    with _generation(index_dir) as gen:
+        write_part(gen, 0, rows, vecs)
+        _tune_and_write(index, RowStore(gen, [0]), vecs, info, gen, target, model, progress, t0, time.perf_counter())
     return info
 
 
-def _add_shards(index_dir: Path, shards: Path, info: IndexInfo, state: dict[str, int], target: str,
+@contextmanager
+def _generation(index_dir: Path) -> Iterator[Path]:
+    """A new generation folder to write; published on success, removed on any failure."""
+    gen = new_generation(index_dir)
+    try:
+        yield gen
+    except BaseException:
+        shutil.rmtree(gen, ignore_errors=True)
+        raise
+    publish(index_dir, gen)
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    """Parts are immutable once written, so generations share them by hard link (a copy where the
+    filesystem has none)."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def _add_shards(index_dir: Path, current: Path, shards: Path, info: IndexInfo, state: dict[str, int], target: str,
                 model, progress: bool = False) -> IndexInfo:
-    """Add the shards written since the last build: no retraining, ids checked for clashes."""
+    """Add the shards written since the last build, as a new generation that shares the current
+    one's parts: no retraining, ids checked for clashes."""
     import faiss
 
     t0 = time.perf_counter()
     new = sorted(set(state) - set(info.shards))
-    rows, vecs, _ = read_collection(shards, new, vector_id=info.model_fingerprint, progress=progress)
-    store = RowStore(index_dir, info.parts)
+    skipped: list[BadShard] = []
+    rows, vecs, _ = read_collection(shards, new, vector_id=info.model_fingerprint, progress=progress,
+                                    unreadable=skipped)
+    _drop_unreadable(state, shards, skipped)
+    try:
+        store = RowStore(current, info.parts)
+        index = faiss.read_index(str(current / INDEX_FILE))
+    except (WorkspaceError, RuntimeError) as exc:
+        raise _Unusable(str(exc).splitlines()[0]) from None
     ids = rows.column("id").to_numpy()
     clash = (store.positions(ids) >= 0).sum() + (len(ids) - len(np.unique(ids)))
     if clash:
         raise WorkspaceError(f"{clash} id(s) in the new shards are already indexed or repeated",
                              "check the workspace with `cxrtool validate`; rebuild with `cxrtool index --rebuild`")
-    index = faiss.read_index(str(index_dir / INDEX_FILE))
     t = time.perf_counter()
     if len(ids):
         index.add_with_ids(np.ascontiguousarray(vecs), ids)
     part = max(info.parts) + 1
-    write_part(index_dir, part, rows, vecs)
+    with _generation(index_dir) as gen:
+        for number in info.parts:
+            for name in part_names(number):
+                _link_or_copy(current / name, gen / name)
+        write_part(gen, part, rows, vecs)
+        _extend_info(info, part, len(ids), state)
+        info.add_seconds = round(time.perf_counter() - t, 3)
+        store = RowStore(gen, info.parts)
+        t = time.perf_counter()
+        # new vectors may sit off the trained lists: re-tune
+        _tune_and_write(index, store, store.vectors(np.arange(len(store))), info, gen, target, model, progress, t0, t)
+    return info
+
+
+def _extend_info(info: IndexInfo, part: int, added: int, state: dict[str, int]) -> None:
     info.parts = [*info.parts, part]
-    info.count += int(len(ids))
+    info.count += int(added)
     info.shards = state
     info.incremental_adds += 1
-    info.add_seconds = round(time.perf_counter() - t, 3)
     preferred = choose_index_kind(info.count, info.dim, info.memory_budget_bytes or None)
     info.rebuild_suggested = (f"the collection has grown to {info.count} vectors: `cxrtool index --rebuild` "
                               f"would choose {preferred}" if preferred != info.kind or
                               (info.kind in ("ivf", "ivfpq") and info.count > 4 * max(info.trained_on, 1)) else "")
-    store = RowStore(index_dir, info.parts)
-    t = time.perf_counter()
-    # new vectors may sit off the trained lists: re-tune
-    _tune_and_write(index, store, store.vectors(np.arange(len(store))), info, index_dir, target, model, progress, t0, t)
-    return info
 
 

@@ -1,6 +1,6 @@
-"""A model named now and loaded on first use, once. ``Index.open`` hands the same one to a stale
-index's rebuild (text-query tuning embeds the prompt bank) and to its searches, so a model given
-by name is loaded a single time; the model package is imported only when it is needed."""
+"""A model named now and loaded on first use, once: ``Index.open`` keeps one for its searches, so
+a model given by name is loaded a single time, and the model package is imported only when a
+query needs it (a search by id or metadata never does)."""
 
 from __future__ import annotations
 

@@ -1,34 +1,80 @@
-"""Opening an index for queries: read it back, after bringing it up to date when its shards moved on."""
+"""Opening an index for queries: the newest whole generation, read-only.
+
+Search and serve are readers: they never build. They open the generation ``CURRENT`` names; if
+that one is torn they answer from the newest older generation that is whole, with a one-line
+note, and if none is whole they say what to run. An index behind its shards (new shards embedded
+since) answers for what it holds, with a note. Only ``cxrtool index`` and ``cxrtool embed`` write.
+"""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from cxrtool.errors import WorkspaceError
-from cxrtool.index.build import build_index
-from cxrtool.index.info import INDEX_FILE, IndexInfo, index_is_current, read_info
-from cxrtool.index.lazy_model import LazyModel
+from cxrtool.index.info import INDEX_FILE, IndexInfo, check_generation, generations
 from cxrtool.index.store import RowStore
 from cxrtool.workspace import Workspace
 
-if TYPE_CHECKING:
-    from cxrtool.model.dual import DualEncoder
+
+def _note(message: str) -> None:
+    print(f"note: {message}", file=sys.stderr, flush=True)
 
 
-def load_index(workspace: str | Path | None = None, rebuild_if_stale: bool = True, target: str = "images",
-               model: LazyModel | DualEncoder | str | Path | None = None, progress: bool = False
-               ) -> tuple[Any, IndexInfo, RowStore]:
-    """(faiss index, IndexInfo, RowStore); brings the index up to date first if the shards moved on.
-    ``model`` tunes the text-query depth of that rebuild; a :class:`LazyModel` keeps what it loads."""
+def _open(gen: Path) -> tuple[Any, IndexInfo, RowStore]:
     import faiss
 
+    info, why = check_generation(gen)
+    if info is None:
+        raise WorkspaceError(why)
+    try:
+        index = faiss.read_index(str(gen / INDEX_FILE))
+    except RuntimeError as exc:
+        raise WorkspaceError(f"{gen / INDEX_FILE} does not read ({str(exc).splitlines()[0][:120]})") from None
+    return index, info, RowStore(gen, info.parts)
+
+
+def load_index(workspace: str | Path | None = None, target: str = "images", stale_note: bool = True
+               ) -> tuple[Any, IndexInfo, RowStore]:
+    """(faiss index, IndexInfo, RowStore) of the newest whole generation of ``target``'s index."""
     ws = Workspace.resolve(workspace)
-    _, index_dir = ws.collection(target)
-    if not index_is_current(ws, target):
-        if not rebuild_if_stale:
-            raise WorkspaceError(f"the index in {index_dir} is missing or stale", "run `cxrtool index`")
-        build_index(ws.root, target=target, model=model, progress=progress)
-    info = read_info(index_dir)
-    index = faiss.read_index(str(index_dir / INDEX_FILE))
-    return index, info, RowStore(index_dir, info.parts)
+    shards, index_dir = ws.collection(target)
+    run = "`cxrtool index`" + (" --target reports" if target == "reports" else "")
+    gens = generations(index_dir)
+    if not gens:
+        from cxrtool.embed.shards import shard_paths
+
+        if not shard_paths(shards):
+            embed = "`cxrtool embed ARCHIVE`" if target == "images" else "`cxrtool embed-reports SOURCE`"
+            raise WorkspaceError(f"no embeddings in {shards}", f"run {embed} first, then {run}")
+        raise WorkspaceError(f"no index in {index_dir}", f"run {run} (search and serve only read the index)")
+    first_problem = ""
+    for gen in gens:
+        try:
+            opened = _open(gen)
+        except WorkspaceError as exc:
+            first_problem = first_problem or exc.reason
+            continue
+        if gen != gens[0]:
+            _note(f"the current index is damaged ({first_problem}); answering from the previous one "
+                  f"({opened[1].count} vectors, built {opened[1].built_at}); run {run} to rebuild it")
+        if stale_note:
+            _stale_note(shards, opened[1], target, run)
+        return opened
+    raise WorkspaceError(f"no whole index in {index_dir} ({first_problem})", f"run {run} to rebuild it from the shards")
+
+
+def _stale_note(shards: Path, info: IndexInfo, target: str, run: str) -> None:
+    """A note when shards were added or changed since the build: file sizes first (a stat each), and
+    only if those differ the verified state (footers), so a search stays cheap."""
+    from cxrtool.embed.shards import shard_paths, shard_state
+
+    sizes = {p.relative_to(shards).as_posix(): p.stat().st_size for p in shard_paths(shards)}
+    if sizes == info.shards:
+        return
+    now = shard_state(shards, info.model_fingerprint, "report" if target == "reports" else "image")
+    if now != info.shards:
+        new = len(set(now) - set(info.shards))
+        what = f"{new} shard(s) embedded since it was built are not searched" if new else "its shards changed"
+        _note(f"the index is behind the shards ({what}); run {run} to bring it up to date")

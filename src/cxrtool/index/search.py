@@ -80,16 +80,15 @@ class Index:
 
     @classmethod
     def open(cls, workspace: str | Path | None = None, target: str = "images", model: DualEncoder | str | None = None,
-             device: str = "cpu", rebuild_if_stale: bool = True, progress: bool = False) -> Index:
-        """Open (building or updating first, if needed) the index of ``target`` in ``workspace``.
-        ``model`` is loaded lazily, on the first text or image query, and once: a rebuild of a
-        stale index (its text-query tuning) and the searches share it."""
+             device: str = "cpu", progress: bool = False) -> Index:
+        """Open the index of ``target`` in ``workspace`` (its newest whole generation; search never
+        builds: see :mod:`cxrtool.index.open`). ``model`` is loaded lazily, on the first text or
+        image query, and once. ``progress`` is accepted for symmetry with the build side."""
         if target not in ("images", "reports"):
             raise WorkspaceError(f"unknown search target {target!r}", "use images or reports")
         ws = Workspace.resolve(workspace)
-        lazy = LazyModel.of(model, device)
-        index, info, store = load_index(ws.root, rebuild_if_stale, target, lazy, progress)
-        return cls(ws, index, info, store, target, lazy, device)
+        index, info, store = load_index(ws.root, target)
+        return cls(ws, index, info, store, target, LazyModel.of(model, device), device)
 
     def __len__(self) -> int:
         return len(self.store)

@@ -6,6 +6,7 @@ index, never from a client, and must stay inside the archive folder.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections import OrderedDict
 from pathlib import Path, PurePosixPath
@@ -21,6 +22,8 @@ from cxrtool.io.decode import DecodedImage
 from cxrtool.model.dual import DualEncoder
 from cxrtool.serve.render import RenderCache, Rendition
 from cxrtool.workspace import Workspace
+
+log = logging.getLogger("cxrtool.serve")
 
 # The row fields an image's detail view may show: identifiers of objects, never of people
 # (shards hold no names, IDs or birth dates; patient_key is a keyed hash, study_date is present
@@ -52,16 +55,25 @@ class SearchService:
                  memory_cache_mb: int = SERVE_MEMORY_CACHE_MB) -> None:
         self.images = Index.open(workspace, "images", model, device)
         self.workspace: Workspace = self.images.workspace
-        report_shards, _ = self.workspace.collection("reports")
         # reports are always searched by a vector (the query embedded by the image index's model)
-        self.reports = Index.open(self.workspace.root, "reports", model) if any(report_shards.glob("*.parquet")) \
-            else None
+        self.reports = self._open_reports(model)
         info = self.workspace.read_json(self.workspace.embed_info) or {}
         self.archive = Path(archive or info.get("archive") or ".").expanduser()
         self.renders = RenderCache(self.workspace.serve_cache if cache else None, memory_cache_mb << 20)
         self._texts: OrderedDict[str, np.ndarray] = OrderedDict()
         self._texts_lock = threading.Lock()
         self._description: dict | None = None
+
+    def _open_reports(self, model: DualEncoder | str | None) -> Index | None:
+        """The report index, if `cxrtool index --target reports` built one (serve never builds)."""
+        from cxrtool.index.info import generations
+
+        report_shards, report_index = self.workspace.collection("reports")
+        if generations(report_index):
+            return Index.open(self.workspace.root, "reports", model)
+        if any(report_shards.glob("*.parquet")):
+            log.warning("report shards are not indexed yet: run `cxrtool index --target reports` to search them")
+        return None
 
     def warm(self) -> None:
         """Load the model now (a first query would otherwise wait for it)."""
