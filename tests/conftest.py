@@ -9,6 +9,7 @@ asserts something a random model only gets right by luck (the suite passes with 
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,10 @@ from .tiny_native import build_hf_clip, build_hf_siglip
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# The installation's pseudonym key is made on first use in the config folder: the tests (and the CLI
+# processes they start) use a throwaway one, never the user's.
+os.environ["CXRTOOL_CONFIG"] = tempfile.mkdtemp(prefix="cxrtool-test-config-")
+os.environ.pop("CXRTOOL_PSEUDONYM_KEY", None)
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "sample_data"

@@ -13,8 +13,8 @@ import pytest
 from .conftest import REPO, SAMPLE
 
 CXRTOOL = [sys.executable, "-m", "cxrtool.cli"]
-SUBCOMMANDS = ["prepare", "train", "embed", "embed-reports", "index", "search", "validate", "errors", "classify",
-               "evaluate", "serve"]
+SUBCOMMANDS = ["prepare", "train", "embed", "embed-reports", "index", "search", "validate", "errors", "export",
+               "classify", "evaluate", "serve"]
 # Findings with enough positives among the held-out sample images to judge a top-5 list.
 FINDING_QUERIES = {"cardiomegaly": "cardiomegaly", "effusion": "pleural effusion", "atelectasis": "atelectasis",
                    "infiltration": "infiltrate", "pneumonia": "pneumonia", "pneumothorax": "pneumothorax",

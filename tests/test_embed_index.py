@@ -410,3 +410,16 @@ def test_flip_pair_model_embeds_searches_and_is_kept_apart_from_its_single_twin(
         search("left pleural effusion", workspace=ws, model=single)  # same weights, other vectors: refused
     with pytest.raises(WorkspaceError, match="another model"):
         embed_archive(small_archive, ws, single, workers=0, progress=False)
+
+
+def test_failures_standing_from_an_earlier_run_are_counted_and_exit_1(small_archive, tmp_path, tiny_model_dir):
+    from .test_cli import cli
+
+    args = ["embed", str(small_archive), "--workspace", str(tmp_path / "ws"), "--model", str(tiny_model_dir)]
+    first = cli(*args, check=False)
+    assert first.returncode == 1 and "1 failed" in first.stdout
+    again = cli(*args, "--json", check=False)
+    summary = json.loads(again.stdout)
+    assert again.returncode == 1 and summary["failed"] == 0 and summary["failed_earlier"] == 1
+    text = cli(*args, check=False).stdout
+    assert "0 failed (+1 from earlier runs, not retried)" in text and "exit status 1" in text

@@ -11,6 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cxrtool.cli.main import app
+from cxrtool.constants import DEFAULT_MODEL_DIR
 from cxrtool.evaluate.zero_shot import LabelPromptSet, Scoring, ZeroShotClassifier, multiclass_scores
 from cxrtool.model import list_models, load_model, save_model_dir
 
@@ -106,6 +107,8 @@ def test_whole_pipeline_runs_with_a_siglip_model(siglip_dir, tmp_path):
     assert (summary["model"]["family"], summary["model"]["scoring"]) == ("hf-siglip", "sigmoid")
     assert summary["model"]["logit_bias"] == pytest.approx(-2.5)
     assert summary["zero_shot"]["labels"] and "sigmoid" in (tmp_path / "eval" / "report.md").read_text()
-    # a workspace embedded with this model refuses another one
+    # the workspace remembers this model, and refuses another one
     res = runner.invoke(app, ["search", "effusion", "--workspace", ws, "--json"])
+    assert res.exit_code == 0 and len(json.loads(res.stdout)) > 0, res.output
+    res = runner.invoke(app, ["search", "effusion", "--workspace", ws, "--model", str(DEFAULT_MODEL_DIR), "--json"])
     assert res.exit_code == 2 and "another model" in res.output

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 # Default workspace: where `embed` writes shards and `index`/`search` read them.
 # Relative to the current directory, so `cxrtool embed X && cxrtool search Q` share it.
 WORKSPACE_ENV = "CXRTOOL_WORKSPACE"
@@ -9,6 +11,10 @@ DEFAULT_WORKSPACE = "cxrtool_workspace"
 
 # Model selection: env var naming a model directory or hub name used when --model is not given.
 MODEL_ENV = "CXRTOOL_MODEL"
+# The bundled model's folder (the default model); a workspace that recorded it names it BUNDLED_MODEL,
+# so a reinstall elsewhere still finds it.
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "default_model"
+BUNDLED_MODEL = "bundled"
 # Where hub models are looked for as local folders (<home>/org/name) and downloads are suggested
 # to go: $CXRTOOL_MODELS, else ~/.cache/cxrtool/models (beside the Hugging Face cache's habit).
 MODELS_HOME_ENV = "CXRTOOL_MODELS"

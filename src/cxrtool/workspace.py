@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cxrtool.constants import DEFAULT_WORKSPACE, WORKSPACE_ENV
+from cxrtool.constants import BUNDLED_MODEL, DEFAULT_MODEL_DIR, DEFAULT_WORKSPACE, WORKSPACE_ENV
 from cxrtool.errors import WorkspaceError
 
 if TYPE_CHECKING:
@@ -68,6 +68,22 @@ class Workspace:
             return self.root / "reports", self.root / "index-reports"
         raise ValueError(f"unknown collection {target!r}")
 
+    def recorded_model(self) -> str | None:
+        """The model `embed` recorded (a directory, a hub name, or the bundled one), or None."""
+        ref = (self.read_json(self.embed_info) or {}).get("model_ref") or None
+        return str(DEFAULT_MODEL_DIR) if ref == BUNDLED_MODEL else ref
+
+    def model_of(self, model: Any) -> Any:
+        """The model to use on this workspace: ``model`` when given (a name or a loaded model),
+        else the one `embed` recorded, else None ($CXRTOOL_MODEL, then the bundled model)."""
+        if model is not None and model != "":
+            return model
+        ref = self.recorded_model()
+        if ref and ref.startswith("/") and not Path(ref).is_dir():
+            raise WorkspaceError(f"workspace {self.root} was embedded with the model in {ref}, which is not there now",
+                                 "pass --model with that model's new location (the vector id is checked)")
+        return ref
+
     def read_json(self, path: Path) -> dict[str, Any] | None:
         """A workspace record, or None when missing or damaged (they are written whole by rename, so
         damage came from outside; every record is re-derivable and its writer writes it again)."""
@@ -93,5 +109,7 @@ def check_same_model(card: ModelCard, recorded: str | None, what: str, hint: str
     weights, or of the same weights in another embedding mode, live in another space; this is the
     one place that compares them."""
     if recorded is not None and recorded != card.vector_id:
-        named = f" ({recorded_name})" if recorded_name else ""
-        raise WorkspaceError(f"{what} with another model{named}" + card.mismatch_note(recorded), hint)
+        named = f" ({recorded_name})" if recorded_name else f" ({recorded[:23]})"
+        this = card.provenance.get("name") or card.vector_id[:23] or "unknown"
+        raise WorkspaceError(f"{what} with another model{named} than this one ({this})"
+                             + card.mismatch_note(recorded), hint)

@@ -25,9 +25,13 @@ DEBUG = {"on": bool(os.environ.get("CXRTOOL_DEBUG"))}
 
 # Help texts of options several commands share, worded once so the commands agree.
 WORKSPACE_HELP = "Workspace folder (env CXRTOOL_WORKSPACE; default ./cxrtool_workspace)."
-MODEL_HELP = ("Model directory or hub name, e.g. google/medsiglip-448 (env CXRTOOL_MODEL; default: the bundled "
-              "model; see `cxrtool models`).")
+MODEL_HELP = ("Model directory or hub name, e.g. google/medsiglip-448 (default: the model the workspace was "
+              "embedded with, else env CXRTOOL_MODEL, else the bundled model; see `cxrtool models`).")
+WORKSPACE_MODEL_HELP = ("Model directory or hub name (default: the one the workspace was embedded with; another is "
+                        "refused).")
 DEVICE_HELP = "cpu, cuda, cuda:1 ... or auto."
+PSEUDONYM_KEY_HELP = ("Secret for the keyed hashes of PatientID / AccessionNumber (prefer the env var: a command line "
+                      "is visible to other users; default: this installation's own random key).")
 NO_WAIT_HELP = "If another run is writing this workspace, refuse at once instead of waiting for it."
 
 

@@ -10,6 +10,7 @@ from cxrtool.cli.common import (
     DEVICE_HELP,
     MODEL_HELP,
     NO_WAIT_HELP,
+    PSEUDONYM_KEY_HELP,
     WORKSPACE_HELP,
     out,
     pick_device,
@@ -19,8 +20,9 @@ from cxrtool.cli.common import (
 )
 from cxrtool.constants import RADIOGRAPH_MODALITIES, SHARD_ROWS
 
-# Exit status: 0 all usable files embedded (or already done); 1 finished, but some files failed
-# (see errors.jsonl); 2 a usage/configuration error (one line + hint); 3 no images found.
+# Exit status: 0 all usable files embedded (or already done); 1 finished, but some files failed,
+# in this run or in an earlier one and not retried (see errors.jsonl); 2 a usage/configuration
+# error (one line + hint); 3 no images found.
 EXIT_FAILURES, EXIT_NOTHING = 1, 3
 
 
@@ -48,7 +50,7 @@ def embed_cmd(
     view: str = typer.Option(None, help="Keep only these ViewPosition values, e.g. PA,AP (missing = kept)."),
     multiframe: bool = typer.Option(False, help="Embed the first frame of multi-frame objects instead of skipping."),
     pseudonym_key: str = typer.Option(None, envvar="CXRTOOL_PSEUDONYM_KEY",
-                                      help="Secret: store PatientID / AccessionNumber as keyed hashes (else omitted)."),
+                                      help=PSEUDONYM_KEY_HELP),
     keep_study_date: bool = typer.Option(False, help="Store StudyDate (a date is identifying: off by default)."),
     float16: bool = typer.Option(False, help="Store vectors as float16 (half the disk; search reads them as float32)."),
     num_parts: int = typer.Option(1, help="Split the archive into N parts for independent processes (by path hash); "
@@ -61,8 +63,8 @@ def embed_cmd(
 ) -> None:
     """Embed every image of an archive into Parquet shards; re-running resumes where it stopped.
 
-    Exit status: 0 done; 1 done but some files failed (listed in errors.jsonl); 2 usage error;
-    3 no images found.
+    Exit status: 0 done; 1 done, but some files failed, in this run or an earlier one and not
+    retried (listed in errors.jsonl); 2 usage error; 3 no images found.
     """
     from cxrtool.embed.pipeline import embed_archive
     from cxrtool.io.classify import HeaderFilter
@@ -75,20 +77,23 @@ def embed_cmd(
                                   header_filter=filters, shard_rows=shard_rows, pseudonym_key=pseudonym_key,
                                   keep_study_date=keep_study_date, float16=float16, num_parts=num_parts,
                                   part_index=part_index, progress=not as_json, wait=not no_wait))
-    code = EXIT_NOTHING if s.found == 0 else EXIT_FAILURES if s.failed else 0
+    code = EXIT_NOTHING if s.found == 0 else EXIT_FAILURES if s.failed or s.failed_earlier else 0
     if as_json:
         print_json(s.to_dict())
         raise typer.Exit(code)
-    out.print(f"{s.found} files found, {s.already_done} already done, [bold]{s.embedded} embedded[/], "
-              f"{s.not_images} not images, {sum(s.skipped.values())} skipped, {s.failed} failed -> {s.workspace}")
+    say = lambda text: out.print(text, highlight=False, soft_wrap=True)  # noqa: E731 - paths are never wrapped
+    earlier = f" (+{s.failed_earlier} from earlier runs, not retried)" if s.failed_earlier else ""
+    say(f"{s.found} files found, {s.already_done} already done, [bold]{s.embedded} embedded[/], "
+        f"{s.not_images} not images, {sum(s.skipped.values())} skipped, {s.failed} failed{earlier} -> {s.workspace}")
     for reason, n in s.skipped.items():
-        out.print(f"  skipped {n}: {reason}", highlight=False)
-    out.print(f"{s.images_per_second:.1f} img/s in {s.seconds:.1f}s: discover {s.discover_seconds:.1f}s, waiting for "
-              f"decode {s.wait_seconds:.1f}s, model {s.model_seconds:.1f}s, writing {s.write_seconds:.1f}s")
+        say(f"  skipped {n}: {reason}")
+    say(f"{s.images_per_second:.1f} img/s in {s.seconds:.1f}s: discover {s.discover_seconds:.1f}s, waiting for "
+        f"decode {s.wait_seconds:.1f}s, model {s.model_seconds:.1f}s, writing {s.write_seconds:.1f}s")
     for f in s.failures[:10]:
-        out.print(f"[red]failed ({f['stage']}):[/] {f['path']}: {f['reason']}", highlight=False)
-    if s.failed:
-        out.print(f"all failures are listed in {Path(s.workspace) / 'errors.jsonl'} (`cxrtool errors` shows them)")
+        say(f"[red]failed ({f['stage']}):[/] {f['path']}: {f['reason']}")
+    if s.failed or s.failed_earlier:
+        say(f"all failures are listed in {Path(s.workspace) / 'errors.jsonl'} (`cxrtool errors` shows them; "
+            "`--retry-errors` tries them again); exit status 1")
     if s.found == 0:
         out.print("[yellow]no DICOM, PNG or JPEG files found[/]")
     raise typer.Exit(code)

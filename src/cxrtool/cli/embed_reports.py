@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from cxrtool.cli.common import NO_WAIT_HELP, WORKSPACE_HELP, out, print_json, renamed, run
+from cxrtool.cli.common import NO_WAIT_HELP, WORKSPACE_HELP, WORKSPACE_MODEL_HELP, out, print_json, renamed, run
 from cxrtool.constants import REPORT_TEXT_FIELDS
 
 
@@ -19,7 +19,7 @@ def embed_reports_cmd(
                                    "impression, findings)."),
     text_col: str = typer.Option(None, "--text-col", hidden=True, help="Old name of --report-col."),
     workspace: Path = typer.Option(None, help=WORKSPACE_HELP),
-    model: str = typer.Option(None, help="Model directory or hub name (the one the images were embedded with)."),
+    model: str = typer.Option(None, help=WORKSPACE_MODEL_HELP),
     no_wait: bool = typer.Option(False, "--no-wait", help=NO_WAIT_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:

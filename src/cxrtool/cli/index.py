@@ -20,8 +20,8 @@ def index_cmd(
     recall_target: float = typer.Option(0.95, help="Tune search depth until held-out recall@10 reaches this."),
     opq: bool = typer.Option(True, help="OPQ rotation before PQ (ivfpq only)."),
     device: str = typer.Option("auto", help="auto (GPU when faiss has one), cpu or cuda."),
-    model: str = typer.Option(None, help="The shards' model (directory or hub name), to tune text-query depth "
-                              "(default model: automatic)."),
+    model: str = typer.Option(None, help="The shards' model, to tune text-query depth (default: the one the "
+                              "workspace was embedded with)."),
     no_wait: bool = typer.Option(False, "--no-wait", help=NO_WAIT_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print the index description as JSON."),
 ) -> None:

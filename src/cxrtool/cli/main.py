@@ -13,6 +13,7 @@ from cxrtool.cli import (
     embed_reports,
     errors,
     evaluate,
+    export,
     index,
     models,
     prepare,
@@ -67,3 +68,4 @@ app.command("evaluate")(evaluate.evaluate_cmd)
 app.command("models")(models.models_cmd)
 app.add_typer(import_cli.app, name="import")
 app.command("serve")(serve.serve_cmd)
+app.command("export")(export.export_cmd)

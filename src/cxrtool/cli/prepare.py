@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from cxrtool.cli.common import out, print_json, run
+from cxrtool.cli.common import PSEUDONYM_KEY_HELP, out, print_json, run
 
 if TYPE_CHECKING:
     from cxrtool.data.prepare import PrepareSummary
@@ -162,7 +162,7 @@ def dicom_cmd(
     key_col: str = typer.Option(None, help="Reports CSV key column (default StudyInstanceUID / AccessionNumber)."),
     report_col: str = typer.Option("report", help="Reports CSV column with the report text."),
     pseudonym_key: str = typer.Option(None, envvar="CXRTOOL_PSEUDONYM_KEY",
-                                      help="Secret for the keyed hash that turns PatientID into patient_key."),
+                                      help=PSEUDONYM_KEY_HELP),
     validate: float = VALIDATE, test: float = TEST,
     stats: bool = STATS, as_json: bool = JSON,
 ) -> None:

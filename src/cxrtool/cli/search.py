@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from cxrtool.cli.common import WORKSPACE_HELP, console, out, print_json, run
+from cxrtool.cli.common import WORKSPACE_HELP, WORKSPACE_MODEL_HELP, console, out, print_json, run
 from cxrtool.constants import DEDUPE_COSINE
 from cxrtool.errors import WorkspaceError
 from cxrtool.privacy import pseudonym, resolve_key
@@ -22,18 +22,9 @@ CSV_FIELDS = ["rank", "score", "id", "path", "study_key", "view", "modality", "b
 
 
 def _patient_keys(patients: list[str]) -> tuple[str, ...]:
-    """Pseudonyms as given ("pt-..."), raw patient IDs hashed with the workspace's key."""
-    keys = []
-    for p in patients:
-        if p.startswith("pt-"):
-            keys.append(p)
-            continue
-        key = resolve_key(None)
-        if not key:
-            raise WorkspaceError(f"--patient {p!r} is not a pseudonym (pt-...) and no pseudonym key is set",
-                                 "set CXRTOOL_PSEUDONYM_KEY to the key used by `cxrtool embed`, or pass the pt-... key")
-        keys.append(pseudonym(p, key))
-    return tuple(keys)
+    """Pseudonyms as given ("pt-..."), raw patient IDs hashed with the key `embed` used (the same
+    resolution: $CXRTOOL_PSEUDONYM_KEY, else this installation's key)."""
+    return tuple(p if p.startswith("pt-") else pseudonym(p, resolve_key(None)) for p in patients)
 
 
 def search_cmd(
@@ -58,7 +49,7 @@ def search_cmd(
                                                       "('cardiomegaly', 'left pleural effusion') is searched with "
                                                       "the prompt bank's sentences for it."),
     workspace: Path = typer.Option(None, help=WORKSPACE_HELP),
-    model: str = typer.Option(None, help="Model directory or hub name (must be the one used by `embed`)."),
+    model: str = typer.Option(None, help=WORKSPACE_MODEL_HELP),
     target: str = typer.Option("images", help="What to rank: images or reports (same as --reports).", hidden=True),
     as_json: bool = typer.Option(False, "--json", help="Print results as JSON."),
     as_csv: bool = typer.Option(False, "--csv", help="Print results as CSV."),
@@ -91,7 +82,8 @@ def search_cmd(
     if caveat:  # on stderr, so --json and --csv stay machine-readable
         console.print(f"[yellow]note:[/yellow] {caveat}")
     if as_json:
-        print_json([h.to_dict() for h in hits])
+        # ids as strings: 64-bit integers lose digits in jq and JavaScript (the web API does the same)
+        print_json([{**h.to_dict(), "id": str(h.id)} for h in hits])
     elif as_csv:
         writer = csv.DictWriter(sys.stdout, fieldnames=CSV_FIELDS, extrasaction="ignore")
         writer.writeheader()

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from cxrtool.cli.common import WORKSPACE_HELP, console, pick_device, run
+from cxrtool.cli.common import WORKSPACE_HELP, WORKSPACE_MODEL_HELP, console, pick_device, run
 from cxrtool.constants import SERVE_HOST, SERVE_MAX_UPLOAD_MB, SERVE_PORT
 
 
@@ -15,7 +15,7 @@ def serve_cmd(
                              "(a warning is printed)."),
     port: int = typer.Option(SERVE_PORT, help="Port to listen on."),
     workspace: Path = typer.Option(None, help=WORKSPACE_HELP),
-    model: str = typer.Option(None, help="Model directory or hub name (must be the one used by `embed`)."),
+    model: str = typer.Option(None, help=WORKSPACE_MODEL_HELP),
     archive: Path = typer.Option(None, help="Where the archive is now, if it moved since `embed` (thumbnails are "
                                  "rendered from its files)."),
     device: str = typer.Option("auto", help="auto, cpu or cuda (query encoding and, with faiss-gpu, search)."),

@@ -49,7 +49,8 @@ class EmbedSummary:
     found: int = 0
     already_done: int = 0
     embedded: int = 0
-    failed: int = 0
+    failed: int = 0  # in this run
+    failed_earlier: int = 0  # files that failed in an earlier run and were not retried (still not embedded)
     not_images: int = 0
     skipped: dict[str, int] = field(default_factory=dict)  # reason -> count (filters, duplicates)
     shards_written: int = 0
@@ -65,12 +66,11 @@ class EmbedSummary:
         return asdict(self)
 
 
-def _earlier_runs(ws: Workspace, retry_errors: bool, scan: ShardScan, out_dir: Path
-                  ) -> tuple[set[str], dict[str, str]]:
-    """What the workspace's verified shards and errors.jsonl (all parts) already hold, from one
-    read of the shards: the done paths (embedded, or listed with a reason unless ``retry_errors``)
-    and SOPInstanceUID -> path of the instances embedded (a second export of one is skipped). A
-    shard whose data turns out unreadable here is quarantined like one that failed verification."""
+def _earlier_runs(ws: Workspace, scan: ShardScan, out_dir: Path) -> tuple[set[str], dict[str, str]]:
+    """What the workspace's verified shards (all parts) already hold, from one read of them: the
+    embedded paths and SOPInstanceUID -> path of the instances embedded (a second export of one is
+    skipped). A shard whose data turns out unreadable here is quarantined like one that failed
+    verification."""
     paths: list[str] = []
     sops: list[str | None] = []
     for shard in scan.good:
@@ -81,10 +81,7 @@ def _earlier_runs(ws: Workspace, retry_errors: bool, scan: ShardScan, out_dir: P
             continue
         paths.extend(table.column("path").to_pylist())
         sops.extend(table.column("sop_uid").to_pylist())
-    done = set(paths)
-    if not retry_errors:
-        done.update(read_error_paths(ws))
-    return done, {sop: path for sop, path in zip(sops, paths, strict=True) if sop}
+    return set(paths), {sop: path for sop, path in zip(sops, paths, strict=True) if sop}
 
 
 def _check_workspace(ws: Workspace, archive: Path, model: DualEncoder, overwrite: bool, scope: Path) -> None:
@@ -164,7 +161,7 @@ def embed_archive(
         raise WorkspaceError(f"{archive}: no such file or folder")
     ws = Workspace.resolve(workspace)
     if not isinstance(model, DualEncoder):
-        model = load_model(model, device=device)
+        model = load_model(ws.model_of(model), device=device)
     model.to(device).eval()
     workers = default_workers(device) if workers is None else workers
     distributor: Distributor = DecodeWorkers(workers, pin_memory=device.startswith("cuda"))
@@ -190,20 +187,27 @@ def _embed_locked(ws: Workspace, archive: Path, model: DualEncoder, distributor:
         stale.unlink()
     t_start = time.perf_counter()
     scan = verified_shards(ws, ws.shards, model.card, out_dir)
-    done, seen_sops = _earlier_runs(ws, retry_errors, scan, out_dir)
+    embedded, seen_sops = _earlier_runs(ws, scan, out_dir)
+    errors = read_errors(ws)
+    # a file listed in errors.jsonl is done (one reason, not retried) unless asked to retry
+    done = embedded if retry_errors else embedded | {r["path"] for r in errors}
+    failed_before = set() if retry_errors else {r["path"] for r in errors if r["kind"] == "error"} - embedded
     done_seconds = time.perf_counter() - t_start
     decoder = ImageDecoder(model.card.image, header_filter or HeaderFilter(), resolve_key(pseudonym_key),
                            keep_study_date)
     writer = ShardWriter(out_dir, model.card.vector_id, "float16" if float16 else "float32", shard_rows,
                          errors_path=ws.errors if out_dir == ws.shards else out_dir / "errors.jsonl")
     ws.write_json(ws.embed_info, {"archive": str(archive), "model": model.card.provenance.get("name", ""),
-                                  "model_fingerprint": model.card.vector_id, "embed_dim": model.card.output_dim})
+                                  "model_ref": model.origin or None, "model_fingerprint": model.card.vector_id,
+                                  "embed_dim": model.card.output_dim})
     batch_size = batch_size or default_batch_size(device, model)
     runner = Runner(ArchiveReader(archive), ImageMapper(model, decoder, seen_sops), writer, distributor,
                     batch_size, done)
     stats = runner.run(progress=progress)
+    earlier = len(failed_before & stats.keys)  # this run's share only (a part counts its own files)
     summary = EmbedSummary(str(archive), str(ws.root), found=stats.found, already_done=stats.already_done,
-                           embedded=writer.written, failed=writer.failed, not_images=writer.not_images,
+                           embedded=writer.written, failed=writer.failed, failed_earlier=earlier,
+                           not_images=writer.not_images,
                            skipped=writer.skipped, shards_written=writer.shards_written,
                            discover_seconds=done_seconds + stats.list_seconds,
                            wait_seconds=stats.read_seconds, model_seconds=stats.map_seconds,

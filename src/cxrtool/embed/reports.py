@@ -75,7 +75,7 @@ def embed_reports(source: str | Path, workspace: str | Path | None = None, model
         raise ManifestError(f"{source}: not found")
     ws = Workspace.resolve(workspace)
     if not isinstance(model, DualEncoder):
-        model = load_model(model)
+        model = load_model(ws.model_of(model))
     info = ws.read_json(ws.embed_info)
     check_same_model(model.card, info.get("model_fingerprint") if info else None,
                      f"the images in {ws.root} were embedded",

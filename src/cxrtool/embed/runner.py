@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
@@ -51,6 +51,7 @@ class RunStats:
     read_seconds: float = 0.0  # waiting for decoded batches (read, hash, header, decode)
     map_seconds: float = 0.0  # the model
     write_seconds: float = 0.0
+    keys: set[str] = field(default_factory=set)  # the keys (.rel) of this process's items
 
 
 class Runner:
@@ -73,6 +74,7 @@ class Runner:
         items = self.distributor.select(self.reader.items())
         stats.list_seconds = time.perf_counter() - t
         stats.found = len(items)
+        stats.keys = {f.rel for f in items}
         todo = [f for f in items if f.rel not in self.done]
         stats.already_done = stats.found - len(todo)
         problems = [f for f in todo if f.problem]  # found unusable by the reader: failures, no decode

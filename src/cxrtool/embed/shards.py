@@ -16,8 +16,8 @@ file_format     string               "dicom" | "raster"
 transfer_syntax string               DICOM transfer syntax UID or null
 rows, columns   int32                stored image size
 content_hash    string               "xxh3-128:<hex>" of the file's bytes (finds re-exported copies)
-patient_key     string               keyed hash of PatientID, only with a pseudonym key, else null
-accession_key   string               keyed hash of AccessionNumber, same rule
+patient_key     string               keyed hash of PatientID (cxrtool.privacy: the given or installation key)
+accession_key   string               keyed hash of AccessionNumber, same key
 study_date      string               YYYYMMDD, only with --keep-study-date, else null
 embedding       fixed_size_list      L2-normalised image vector, float32 (or float16 by flag)
 ==============  ===================  ==========================================================

@@ -19,7 +19,7 @@ from cxrtool.errors import CxrError, ManifestError
 from cxrtool.evaluate.zero_shot import LabelPromptSet, ZeroShotClassifier
 from cxrtool.io.discover import discover_archive
 from cxrtool.model.dual import DualEncoder
-from cxrtool.workspace import check_same_model
+from cxrtool.workspace import Workspace, check_same_model
 
 
 @dataclass
@@ -101,6 +101,8 @@ def run_classification(inputs: Sequence[str | Path], labels: Sequence[str] | Non
     from cxrtool.model import load_model
 
     custom = read_prompt_file(prompts_file) if prompts_file else None
+    if model is None:  # a workspace among the inputs names its model
+        model = next((Workspace(Path(i)).model_of(None) for i in inputs if (Path(i) / "embed.json").is_file()), None)
     mdl = model if isinstance(model, DualEncoder) else load_model(None if model is None else str(model), device)
     sets = label_prompt_sets(None if labels is None else list(labels), custom=custom)
     return classify_images(mdl, inputs, sets, batch_size=batch_size, progress=progress)

@@ -73,6 +73,7 @@ def build_index(
     ws = Workspace.resolve(workspace)
     if not ws.root.is_dir():
         raise WorkspaceError(f"no workspace at {ws.root}", "run `cxrtool embed ARCHIVE` first (or pass --workspace)")
+    model = ws.model_of(model)
     with workspace_lock(ws.root, f"index-{target}", "cxrtool index", wait):
         return _build_locked(ws, kind, target, rebuild, memory_budget, recall_target, opq, device, model, progress)
 

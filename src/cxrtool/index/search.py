@@ -88,7 +88,7 @@ class Index:
             raise WorkspaceError(f"unknown search target {target!r}", "use images or reports")
         ws = Workspace.resolve(workspace)
         index, info, store = load_index(ws.root, target)
-        return cls(ws, index, info, store, target, LazyModel.of(model, device), device)
+        return cls(ws, index, info, store, target, LazyModel.of(ws.model_of(model), device), device)
 
     def __len__(self) -> int:
         return len(self.store)
@@ -97,8 +97,10 @@ class Index:
     @property
     def model(self) -> DualEncoder:
         model = self._model.get()
+        recorded = self.workspace.read_json(self.workspace.embed_info) or {}
         check_same_model(model.card, self.info.model_fingerprint, f"the index in {self.workspace.root} was built",
-                         "search with the model used for `cxrtool embed` (--model), or re-embed with --overwrite")
+                         "leave --model out (the workspace remembers its model), or re-embed with --overwrite",
+                         recorded.get("model_ref") or recorded.get("model") or "")
         return model
 
     def embed_query(self, query: str | None = None, image: str | Path | DecodedImage | None = None,

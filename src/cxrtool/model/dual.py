@@ -52,6 +52,7 @@ class DualEncoder(nn.Module):
     def __init__(self, card: ModelCard, image_backbone: nn.Module, text_backbone: nn.Module, tokenizer) -> None:
         super().__init__()
         self.card = card
+        self.origin = ""  # what it was loaded from (factory.model_origin, or a hub name): a workspace records it
         self.image_backbone = image_backbone
         self.text_backbone = text_backbone
         self.tokenizer = tokenizer

@@ -18,14 +18,13 @@ from pathlib import Path
 
 import torch
 
-from cxrtool.constants import MODEL_ENV
+from cxrtool.constants import BUNDLED_MODEL, DEFAULT_MODEL_DIR, MODEL_ENV
 from cxrtool.errors import ModelError
 from cxrtool.model.card import CARD_FILE, ModelCard
 from cxrtool.model.dual import DualEncoder
 from cxrtool.model.families import detect, family_named, unsupported_dir_error
 from cxrtool.model.hub import locate
 
-DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "default_model"
 FINGERPRINT_HINT = ("the weights file or a base-weight package changed since the model was saved; "
                     "reinstall the package versions named in the card or re-export the model")
 
@@ -88,7 +87,10 @@ def peek_vector_id(model: str | None) -> str | None:
 def load_model(model: str | None = None, device: str | torch.device = "cpu") -> DualEncoder:
     """Load the named model (directory or hub name), $CXRTOOL_MODEL, or the bundled default model."""
     ref = resolve_model(model, fetch=True)
-    return load_model_dir(ref.directory, device=device, name=ref.hub_name)
+    loaded = load_model_dir(ref.directory, device=device, name=ref.hub_name)
+    if ref.hub_name:
+        loaded.origin = ref.hub_name
+    return loaded
 
 
 def load_model_dir(directory: str | Path, device: str | torch.device = "cpu", name: str = "") -> DualEncoder:
@@ -112,7 +114,15 @@ def load_model_dir(directory: str | Path, device: str | torch.device = "cpu", na
     if model.card.fingerprint and actual != model.card.fingerprint:
         raise ModelError(f"{directory}: weights do not match the card's fingerprint", FINGERPRINT_HINT)
     model.card.fingerprint = actual
+    model.origin = model_origin(directory)
     return model.to(device).eval()
+
+
+def model_origin(directory: Path) -> str:
+    """How a workspace records the model it was embedded with: the bundled model by name (a
+    reinstall moves its folder), any other directory by absolute path (hub names: by name)."""
+    path = Path(directory).resolve()
+    return BUNDLED_MODEL if path == DEFAULT_MODEL_DIR.resolve() else str(path)
 
 
 def save_model_dir(model: DualEncoder, directory: str | Path, changed_only: bool = False,

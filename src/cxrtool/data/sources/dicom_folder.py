@@ -37,7 +37,7 @@ def read_dicom_folder_studies(folder: str | Path, reports_csv: str | Path | None
         raise ManifestError(f"match_on must be 'study_uid' or 'accession', not {match_on!r}")
     rejects = [] if rejects is None else rejects
     bank = bank or PromptBank.load()
-    secret = resolve_key(pseudonym_key) or "cxrtool"  # a manifest needs a patient key for splits
+    secret = resolve_key(pseudonym_key)  # a manifest needs a patient key for splits: never a public one
     reports: dict[str, str] = {}
     if reports_csv:
         key_col = key_col or ("StudyInstanceUID" if match_on == "study_uid" else "AccessionNumber")

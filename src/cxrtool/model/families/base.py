@@ -31,7 +31,7 @@ class ModelSummary:
 
     name: str
     family: str
-    embed_dim: int | None
+    embed_dim: int | None  # the width of the vectors it writes (2 x the projection for a flip_pair model)
     input_size: int | None
     scoring: str
     where: str  # a directory, or "hub"
@@ -141,5 +141,5 @@ def describe_card(directory: Path, name: str) -> ModelSummary:
     except ModelError as exc:
         return ModelSummary(name or str(directory), "?", None, None, "?", str(directory),
                             note=f"unreadable card: {exc.reason}")
-    return ModelSummary(name or card.provenance.get("name") or str(directory), card.family, card.embed_dim,
+    return ModelSummary(name or card.provenance.get("name") or str(directory), card.family, card.output_dim,
                         card.image.input_size, card.scoring.rule, str(directory), card.fingerprint)
