@@ -155,7 +155,7 @@ def test_shards_are_plain_parquet(small_archive, tmp_path, tiny_model):
     embed_archive(small_archive, ws, tiny_model, workers=0, progress=False)
     table = pq.read_table(shard_paths(Workspace(ws).shards)[0])
     assert table.schema.field("embedding").type.list_size == 32
-    assert table.schema.metadata[b"cxrtool"] == b"cxrtool-shard/1"
+    assert table.schema.metadata[b"cxrtool"] == b"cxrtool-shard/2"
 
 
 def test_bad_inputs_each_get_one_error_row_and_the_run_goes_on(tmp_path, tiny_model):
@@ -230,21 +230,25 @@ def test_header_filters_and_duplicate_instances_are_skipped_with_reasons(tmp_pat
     assert again.embedded == 0 and again.already_done == 4
 
 
-def test_identity_only_as_keyed_hashes_and_only_when_asked(small_archive, tmp_path, tiny_model):
+def test_identity_only_as_keyed_hashes_with_the_given_or_installation_key(small_archive, tmp_path, tiny_model):
     from cxrtool.embed.shards import content_hash
     from cxrtool.privacy import pseudonym
 
     phi = phi_strings(small_archive)
     ws = tmp_path / "ws"
-    embed_archive(small_archive, ws, tiny_model, workers=0, progress=False, pseudonym_key="s3cret", float16=True)
+    embed_archive(small_archive, ws, tiny_model, workers=0, progress=False, pseudonym_key="s3cret-test-key",
+                  float16=True)
     meta = read_shard_metadata(Workspace(ws).shards).to_pylist()
     chest = next(r for r in meta if r["path"] == "pacs/PAT0001/STUDY0001/SERIES01/IM000001")
     ds = pydicom.dcmread(small_archive / chest["path"], stop_before_pixels=True)
-    assert chest["patient_key"] == pseudonym(str(ds.PatientID), "s3cret")
+    assert chest["patient_key"] == pseudonym(str(ds.PatientID), "s3cret-test-key")
     assert chest["study_date"] is None
     assert chest["content_hash"] == content_hash((small_archive / chest["path"]).read_bytes())
     assert chest["content_hash"].startswith("xxh3-128:") and len(chest["content_hash"]) == len("xxh3-128:") + 32
-    assert all(r["patient_key"] is None for r in meta if r["path"].endswith((".jpg", ".png")))
+    # rasters: a patient key only where the layout names the patient (NIH file names), keyed the same way
+    assert all(r["patient_key"] is None for r in meta if r["path"].endswith(".png"))
+    nih = [r for r in meta if r["path"].startswith("nih/")]
+    assert nih and all(r["patient_key"] == pseudonym(r["path"].split("/")[1], "s3cret-test-key") for r in nih)
     for f in ws.rglob("*"):
         if f.is_file():
             for value in phi:
@@ -253,7 +257,12 @@ def test_identity_only_as_keyed_hashes_and_only_when_asked(small_archive, tmp_pa
     assert vecs.dtype == np.float32 and np.allclose(np.linalg.norm(vecs, axis=1), 1.0, atol=1e-2)
     plain = embed_archive(small_archive, tmp_path / "ws2", tiny_model, workers=0, progress=False)
     assert plain.embedded == 9
-    assert all(r["patient_key"] is None for r in read_shard_metadata(Workspace(tmp_path / "ws2").shards).to_pylist())
+    # without a key: the installation's own secret, never none and never a public key
+    from cxrtool.privacy import resolve_key
+
+    rows = read_shard_metadata(Workspace(tmp_path / "ws2").shards).to_pylist()
+    plain_chest = next(r for r in rows if r["path"] == chest["path"])
+    assert plain_chest["patient_key"] == pseudonym(str(ds.PatientID), resolve_key(None)) != chest["patient_key"]
 
 
 def test_partitioned_runs_cover_the_archive_exactly_once(small_archive, tmp_path, tiny_model):
@@ -423,3 +432,21 @@ def test_failures_standing_from_an_earlier_run_are_counted_and_exit_1(small_arch
     assert again.returncode == 1 and summary["failed"] == 0 and summary["failed_earlier"] == 1
     text = cli(*args, check=False).stdout
     assert "0 failed (+1 from earlier runs, not retried)" in text and "exit status 1" in text
+
+
+def test_format_1_shards_still_read_with_null_labels(small_archive, tmp_path, tiny_model):
+    """Shards written before the labels column (cxrtool-shard/1) verify and read, labels null."""
+    import pyarrow as pa
+
+    ws = tmp_path / "ws"
+    embed_archive(small_archive, ws, tiny_model, workers=0, progress=False)
+    for shard in sorted((ws / "shards").glob("shard-*.parquet")):
+        table = pq.read_table(shard)
+        meta = {**table.schema.metadata, b"cxrtool": b"cxrtool-shard/1"}
+        old = table.drop_columns(["labels"]).replace_schema_metadata(meta)
+        pq.write_table(old, shard)
+        (ws / "shards" / "shards.jsonl").unlink(missing_ok=True)  # written before the ledger too
+    rows = read_shard_metadata(Workspace(ws).shards)
+    assert rows.num_rows == 9 and rows.column("labels").null_count == 9
+    assert rows.schema.field("labels").type == pa.map_(pa.string(), pa.int8())
+    assert embed_archive(small_archive, ws, tiny_model, workers=0, progress=False).embedded == 0

@@ -274,7 +274,7 @@ def test_dicom_folder_with_reports_keyed_by_study_uid(sample_archive, tmp_path):
     reports.write_text("StudyInstanceUID,report\n"
                        f"{ds.StudyInstanceUID},\"FINDINGS: Clear lungs. IMPRESSION: Normal.\"\n"
                        "1.2.3.4.999,\"IMPRESSION: orphan report\"\n")
-    s = prepare_dicom_folder(pacs, tmp_path / "d.parquet", reports_csv=reports, pseudonym_key="secret")
+    s = prepare_dicom_folder(pacs, tmp_path / "d.parquet", reports_csv=reports, pseudonym_key="a-test-secret-key")
     studies = {x.study_key: x for x in read_manifest(tmp_path / "d.parquet")}
     study = studies[str(ds.StudyInstanceUID)]
     assert study.findings == "Clear lungs." and study.impression == "Normal." and study.images[0].view == "PA"
@@ -324,11 +324,12 @@ def test_prepare_dicom_reads_headers_only_through_the_allow_listed_reader(sample
 
     monkeypatch.setattr(pydicom, "dcmread", spy)
     s = prepare_dicom_folder(pacs, tmp_path / "d.parquet", reports_csv=reports, match_on="accession",
-                             pseudonym_key="k")
+                             pseudonym_key="a-test-secret-key")
     assert callers and set(callers) == {("cxrtool.io.dicom_header", True)}
     studies = {x.study_key: x for x in read_manifest(tmp_path / "d.parquet")}
     one, two = studies[uid1], studies[uid2]
-    assert one.patient_key == pseudonym(phi["PatientID"], "k") and two.patient_key == pseudonym(uid2, "k")
+    assert one.patient_key == pseudonym(phi["PatientID"], "a-test-secret-key") and \
+        two.patient_key == pseudonym(uid2, "a-test-secret-key")
     assert one.impression == "Effusion." and one.sides == {"Pleural Effusion": "left"} and one.images[0].view == "PA"
     assert two.report is None
     blob = (tmp_path / "d.parquet").read_bytes() + Path(s.rejects_file).read_bytes()

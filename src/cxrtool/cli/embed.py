@@ -53,6 +53,10 @@ def embed_cmd(
                                       help=PSEUDONYM_KEY_HELP),
     keep_study_date: bool = typer.Option(False, help="Store StudyDate (a date is identifying: off by default)."),
     float16: bool = typer.Option(False, help="Store vectors as float16 (half the disk; search reads them as float32)."),
+    manifest: Path = typer.Option(None, help="A `cxrtool prepare` manifest or a CSV (path + study/patient/view/label "
+                                  "columns) giving each file its study, patient, view and labels; files it lacks are "
+                                  "skipped with a reason. Without it: DICOM headers, else the NIH / MIMIC-CXR / "
+                                  "CheXpert layout, else one study per file."),
     num_parts: int = typer.Option(1, help="Split the archive into N parts for independent processes (by path hash); "
                                   "each part writes its own folder under shards/."),
     part_index: int = typer.Option(0, help="Which part (0..N-1) this process embeds; check the union with validate."),
@@ -75,8 +79,8 @@ def embed_cmd(
     s = run(lambda: embed_archive(archive, workspace, model, batch_size=batch_size, workers=workers,
                                   device=pick_device(device), overwrite=overwrite, retry_errors=retry_errors,
                                   header_filter=filters, shard_rows=shard_rows, pseudonym_key=pseudonym_key,
-                                  keep_study_date=keep_study_date, float16=float16, num_parts=num_parts,
-                                  part_index=part_index, progress=not as_json, wait=not no_wait))
+                                  keep_study_date=keep_study_date, float16=float16, manifest=manifest,
+                                  num_parts=num_parts, part_index=part_index, progress=not as_json, wait=not no_wait))
     code = EXIT_NOTHING if s.found == 0 else EXIT_FAILURES if s.failed or s.failed_earlier else 0
     if as_json:
         print_json(s.to_dict())
@@ -87,6 +91,11 @@ def embed_cmd(
         f"{s.not_images} not images, {sum(s.skipped.values())} skipped, {s.failed} failed{earlier} -> {s.workspace}")
     for reason, n in s.skipped.items():
         say(f"  skipped {n}: {reason}")
+    rules = {"dicom": "StudyInstanceUID", "manifest": "the manifest", "nih": "NIH file names",
+             "mimic-cxr": "MIMIC-CXR folders", "chexpert": "CheXpert folders",
+             "file": "one study per file (no known layout)"}
+    if s.study_rules:
+        say("  studies from: " + ", ".join(f"{rules.get(r, r)} {n}" for r, n in sorted(s.study_rules.items())))
     say(f"{s.images_per_second:.1f} img/s in {s.seconds:.1f}s: discover {s.discover_seconds:.1f}s, waiting for "
         f"decode {s.wait_seconds:.1f}s, model {s.model_seconds:.1f}s, writing {s.write_seconds:.1f}s")
     for f in s.failures[:10]:

@@ -20,6 +20,11 @@ from cxrtool.workspace import Workspace
 STAGES = ERROR_STAGES
 
 
+def error_line(path: str, kind: str, stage: str, reason: str) -> str:
+    """One errors.jsonl line (the writer's and every other appender's format)."""
+    return json.dumps({"path": path, "kind": kind, "stage": stage, "reason": reason}) + "\n"
+
+
 def read_errors(workspace: Workspace | str | Path | None = None) -> list[dict]:
     """Every errors.jsonl row of the workspace (all parts), as ``{"path", "kind", "stage",
     "reason"}`` (stage "" in rows written before stages existed). A line cut short by a kill is

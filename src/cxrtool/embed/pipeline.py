@@ -22,7 +22,8 @@ from pathlib import Path
 from cxrtool import __version__
 from cxrtool.constants import SHARD_ROWS
 from cxrtool.embed.distributors import DecodeWorkers, Distributor, Parts
-from cxrtool.embed.errors_log import STAGES, read_error_paths, read_errors
+from cxrtool.embed.errors_log import STAGES, error_line, read_error_paths, read_errors
+from cxrtool.embed.manifest_join import load_manifest_join
 from cxrtool.embed.mapper import ImageDecoder, ImageMapper, image_record
 from cxrtool.embed.quarantine import clear, quarantine, verified_shards
 from cxrtool.embed.readers import ArchiveReader
@@ -53,6 +54,7 @@ class EmbedSummary:
     failed_earlier: int = 0  # files that failed in an earlier run and were not retried (still not embedded)
     not_images: int = 0
     skipped: dict[str, int] = field(default_factory=dict)  # reason -> count (filters, duplicates)
+    study_rules: dict[str, int] = field(default_factory=dict)  # how rows got their study: dicom, nih, file, ...
     shards_written: int = 0
     seconds: float = 0.0
     discover_seconds: float = 0.0  # walking the archive and reading back what earlier runs did
@@ -136,6 +138,7 @@ def embed_archive(
     pseudonym_key: str | None = None,
     keep_study_date: bool = False,
     float16: bool = False,
+    manifest: str | Path | None = None,
     num_parts: int = 1,
     part_index: int = 0,
     progress: bool = True,
@@ -173,13 +176,14 @@ def embed_archive(
     with workspace_lock(ws.root, "embed-images", "cxrtool embed", wait, part):
         return _embed_locked(ws, archive, model, distributor, out_dir, device, workers, batch_size, shard_rows,
                              overwrite, retry_errors, header_filter, pseudonym_key, keep_study_date, float16,
-                             f"{part_index}/{num_parts}", progress)
+                             manifest, f"{part_index}/{num_parts}", progress)
 
 
 def _embed_locked(ws: Workspace, archive: Path, model: DualEncoder, distributor: Distributor, out_dir: Path,
                   device: str, workers: int, batch_size: int | None, shard_rows: int, overwrite: bool,
                   retry_errors: bool, header_filter: HeaderFilter | None, pseudonym_key: str | None,
-                  keep_study_date: bool, float16: bool, part: str, progress: bool) -> EmbedSummary:
+                  keep_study_date: bool, float16: bool, manifest: str | Path | None, part: str,
+                  progress: bool) -> EmbedSummary:
     """The embed run proper, with the workspace's (or this part's) writer lock held."""
     _check_workspace(ws, archive, model, overwrite, out_dir if out_dir != ws.shards else ws.root)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -193,8 +197,9 @@ def _embed_locked(ws: Workspace, archive: Path, model: DualEncoder, distributor:
     done = embedded if retry_errors else embedded | {r["path"] for r in errors}
     failed_before = set() if retry_errors else {r["path"] for r in errors if r["kind"] == "error"} - embedded
     done_seconds = time.perf_counter() - t_start
-    decoder = ImageDecoder(model.card.image, header_filter or HeaderFilter(), resolve_key(pseudonym_key),
-                           keep_study_date)
+    key = resolve_key(pseudonym_key)
+    join = load_manifest_join(manifest, key) if manifest else None
+    decoder = ImageDecoder(model.card.image, header_filter or HeaderFilter(), key, keep_study_date, join)
     writer = ShardWriter(out_dir, model.card.vector_id, "float16" if float16 else "float32", shard_rows,
                          errors_path=ws.errors if out_dir == ws.shards else out_dir / "errors.jsonl")
     ws.write_json(ws.embed_info, {"archive": str(archive), "model": model.card.provenance.get("name", ""),
@@ -204,11 +209,20 @@ def _embed_locked(ws: Workspace, archive: Path, model: DualEncoder, distributor:
     runner = Runner(ArchiveReader(archive), ImageMapper(model, decoder, seen_sops), writer, distributor,
                     batch_size, done)
     stats = runner.run(progress=progress)
+    if join is not None and part == "0/1":  # manifest images with no file: one errors.jsonl row each, once
+        matched = {id(e) for rel in stats.keys if (e := join.lookup(rel, archive / rel)) is not None}
+        missing = [p for p in join.unmatched(matched) if p not in done]
+        reason = f"in the manifest {join.name}, but no such file in the archive"
+        with open(ws.errors, "a") as fh:
+            fh.writelines(error_line(p, "error", "discover", reason) for p in missing)
+        writer.failed += len(missing)
+        writer.failures += [{"path": p, "stage": "discover", "reason": reason} for p in missing[:10]]
     earlier = len(failed_before & stats.keys)  # this run's share only (a part counts its own files)
     summary = EmbedSummary(str(archive), str(ws.root), found=stats.found, already_done=stats.already_done,
                            embedded=writer.written, failed=writer.failed, failed_earlier=earlier,
                            not_images=writer.not_images,
-                           skipped=writer.skipped, shards_written=writer.shards_written,
+                           skipped=writer.skipped, study_rules=dict(writer.study_rules),
+                           shards_written=writer.shards_written,
                            discover_seconds=done_seconds + stats.list_seconds,
                            wait_seconds=stats.read_seconds, model_seconds=stats.map_seconds,
                            write_seconds=writer.write_seconds, failures=writer.failures)

@@ -19,6 +19,7 @@ content_hash    string               "xxh3-128:<hex>" of the file's bytes (finds
 patient_key     string               keyed hash of PatientID (cxrtool.privacy: the given or installation key)
 accession_key   string               keyed hash of AccessionNumber, same key
 study_date      string               YYYYMMDD, only with --keep-study-date, else null
+labels          map<string, int8>    labels from `embed --manifest` (1 / 0 / -1), else null (format 2)
 embedding       fixed_size_list      L2-normalised image vector, float32 (or float16 by flag)
 ==============  ===================  ==========================================================
 
@@ -48,10 +49,11 @@ import xxhash
 
 from cxrtool.errors import WorkspaceError
 
-SHARD_SCHEMA_VERSION = "cxrtool-shard/1"
+SHARD_SCHEMA_VERSION = "cxrtool-shard/2"
+READABLE_VERSIONS = ("cxrtool-shard/1", SHARD_SCHEMA_VERSION)  # format 1: no labels column (read as null)
 META_COLUMNS = ["id", "path", "study_key", "series_uid", "sop_uid", "view", "modality", "body_part",
                 "file_format", "transfer_syntax", "rows", "columns", "content_hash", "patient_key", "accession_key",
-                "study_date"]
+                "study_date", "labels"]
 
 
 def _embedding_field(dim: int, dtype: str) -> pa.Field:
@@ -77,6 +79,7 @@ def shard_schema(dim: int, vector_id: str, dtype: str = "float32") -> pa.Schema:
             pa.field("patient_key", pa.string()),
             pa.field("accession_key", pa.string()),
             pa.field("study_date", pa.string()),
+            pa.field("labels", pa.map_(pa.string(), pa.int8())),
             _embedding_field(dim, dtype),
         ],
         metadata={"cxrtool": SHARD_SCHEMA_VERSION, "model_fingerprint": vector_id, "embedding_dtype": dtype},
@@ -126,6 +129,8 @@ def write_shard(path: Path, rows: list[dict], vectors: np.ndarray, vector_id: st
     else:
         schema, columns = shard_schema(vectors.shape[1], vector_id, dtype), META_COLUMNS
     cols = {name: [r.get(name) for r in rows] for name in columns}
+    if "labels" in cols:
+        cols["labels"] = [list(v.items()) if v else None for v in cols["labels"]]
     np_type, pa_type = (np.float16, pa.float16()) if dtype == "float16" else (np.float32, pa.float32())
     flat = pa.array(np.ascontiguousarray(vectors, dtype=np_type).reshape(-1), type=pa_type)
     cols["embedding"] = pa.FixedSizeListArray.from_arrays(flat, vectors.shape[1])
@@ -224,11 +229,11 @@ def _check(path: Path, record: dict | None, kind: str) -> tuple[str, str]:
         return f"not a readable Parquet file ({str(exc).splitlines()[0][:120]})", ""
     kv = meta.metadata or {}
     version = kv.get(b"cxrtool", b"").decode(errors="replace")
-    wanted = REPORT_SHARD_SCHEMA_VERSION if kind == "report" else SHARD_SCHEMA_VERSION
+    wanted = (REPORT_SHARD_SCHEMA_VERSION,) if kind == "report" else READABLE_VERSIONS
     if not version:
         return "not a cxrtool shard (no cxrtool metadata: a foreign Parquet file)", ""
-    if version != wanted:
-        return f"a {version} shard where {wanted} shards belong", ""
+    if version not in wanted:
+        return f"a {version} shard where {wanted[-1]} shards belong", ""
     if not {"id", "embedding"} <= names:
         return "no id or embedding column", ""
     if record is not None and record.get("rows") not in (None, meta.num_rows):
@@ -283,9 +288,13 @@ def read_shard(path: Path, columns: list[str] | None = None, vectors: bool = Tru
     (its footer verified, a page did not) raises :class:`UnreadableShardError`."""
     wanted = [*columns, "embedding"] if columns is not None and vectors else columns
     try:
-        table = pq.read_table(path, columns=wanted)
+        present = set(pq.read_schema(path).names)
+        table = pq.read_table(path, columns=[c for c in wanted if c in present] if wanted is not None else None)
     except (OSError, pa.ArrowException) as exc:
         raise UnreadableShardError(path, str(exc).splitlines()[0][:160]) from None
+    for name in (c for c in (wanted or []) if c not in present):  # a column added in a later format: null
+        field_ = shard_schema(1, "").field(name) if name in META_COLUMNS else pa.field(name, pa.string())
+        table = table.append_column(field_, pa.nulls(table.num_rows, field_.type))
     vector_id = (table.schema.metadata or {}).get(b"model_fingerprint", b"").decode()
     if not vectors:
         return table, None, vector_id

@@ -8,13 +8,14 @@ write through :class:`ShardWriter`.
 
 from __future__ import annotations
 
-import json
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
 from cxrtool.constants import SHARD_ROWS
+from cxrtool.embed.errors_log import error_line
 from cxrtool.embed.shards import next_shard_path, write_shard
 
 MAX_FAILURES_KEPT = 100
@@ -44,8 +45,10 @@ class ShardWriter:
         self.not_images = 0
         self.skipped: dict[str, int] = {}  # reason -> count (filters, duplicates)
         self.failures: list[dict] = []  # the first MAX_FAILURES_KEPT errors; all are in errors.jsonl
+        self.study_rules: Counter[str] = Counter()  # which rule gave each written row its study (io/layouts.py)
 
     def write(self, rows: list[dict], vectors: np.ndarray) -> None:
+        self.study_rules.update(r["study_rule"] for r in rows if r.get("study_rule"))
         self.rows.extend(rows)
         self.vectors.append(vectors)
         self.written += len(rows)
@@ -56,7 +59,7 @@ class ShardWriter:
         """One errors.jsonl row; kind "error" | "not_image" | "skipped" (see embed/errors_log.py)."""
         if self.errors is None:
             raise ValueError("this writer records no failures")
-        self.errors.write(json.dumps({"path": path, "kind": kind, "stage": stage, "reason": reason}) + "\n")
+        self.errors.write(error_line(path, kind, stage, reason))
         if kind == "not_image":
             self.not_images += 1
         elif kind == "skipped":
