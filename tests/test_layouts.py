@@ -15,18 +15,16 @@ from cxrtool.index import Filters, Index, build_index
 from cxrtool.io.layouts import raster_identity
 from cxrtool.privacy import pseudonym, resolve_key
 
-from .conftest import REPO
+from .conftest import ARCHIVE
 
-NIH_IMAGES = REPO.parent / "shared" / "data" / "nih_512" / "images"
-needs_data = pytest.mark.skipif(not NIH_IMAGES.is_dir(), reason="../shared/data/nih_512 is not here")
+NIH_IMAGES = ARCHIVE / "nih"  # 148 real NIH ChestX-ray14 images, NNNNNNNN_NNN.jpg in folders of their own
 
 
 @pytest.mark.parametrize("rel, study, patient, view, rule", [
-    ("files/p10/p10000032/s50414267/02aa804e-bde0afdd.jpg", "files/p10/p10000032/s50414267", "10000032", "",
-     "mimic-cxr"),
-    ("CheXpert-v1.0/train/patient00005/study2/view2_lateral.jpg", "CheXpert-v1.0/train/patient00005/study2",
-     "00005", "LATERAL", "chexpert"),
-    ("images_001/00000013_005.png", "images_001/00000013_005", "00000013", "", "nih"),
+    ("files/p10/p10000032/s50414267/02aa804e-bde0afdd.jpg", "s50414267", "10000032", "", "mimic-cxr"),
+    ("CheXpert-v1.0/train/patient00005/study2/view2_lateral.jpg", "patient00005/study2", "00005", "LATERAL",
+     "chexpert"),
+    ("images_001/00000013_005.png", "00000013_005", "00000013", "", "nih"),
     ("00000013_005.png", "00000013_005", "00000013", "", "nih"),
     ("site-a/scans/chest.png", "site-a/scans/chest", "", "", "file"),
 ])
@@ -36,10 +34,9 @@ def test_known_layouts_and_the_rule_for_the_rest(rel, study, patient, view, rule
 
 
 def real_images(n: int) -> list[Path]:
-    return sorted(NIH_IMAGES.glob("*.jpg"))[:n]
+    return sorted(NIH_IMAGES.rglob("*.jpg"), key=lambda p: p.name)[:n]
 
 
-@needs_data
 def test_a_flat_nih_folder_is_one_study_per_file_with_patients_from_names(tmp_path, tiny_model):
     flat = tmp_path / "nih_flat"
     flat.mkdir()
@@ -66,7 +63,6 @@ def test_a_flat_nih_folder_is_one_study_per_file_with_patients_from_names(tmp_pa
     assert len(mine) == len(same)
 
 
-@needs_data
 def test_mimic_and_chexpert_trees_give_one_study_per_study_folder(tmp_path, tiny_model):
     images = real_images(6)
     archive = tmp_path / "archive"
@@ -93,7 +89,6 @@ def test_mimic_and_chexpert_trees_give_one_study_per_study_folder(tmp_path, tiny
     assert [h.path for h in lateral] == ["train/patient00001/study1/view2_lateral.jpg"]
 
 
-@needs_data
 def test_a_csv_manifest_joins_studies_patients_views_labels_and_reports_both_gaps(tmp_path, tiny_model):
     images = real_images(8)
     archive = tmp_path / "flat"
@@ -123,22 +118,25 @@ def test_a_csv_manifest_joins_studies_patients_views_labels_and_reports_both_gap
     assert sum(r["path"] == images[7].name for r in read_errors(tmp_path / "ws")) == 1
 
 
-@needs_data
 def test_a_prepare_manifest_joins_by_absolute_path(tmp_path, tiny_model):
     from cxrtool.data.manifest import Study, StudyImage, write_manifest
 
-    images = real_images(4)
+    archive = tmp_path / "a" / "images"  # a different folder layout than the manifest's names suggest
+    archive.mkdir(parents=True)
+    images = []
+    for i, img in enumerate(real_images(4)):
+        images.append(archive / f"renamed_{i}.jpg")  # no NIH name: only the absolute path can join these
+        shutil.copy(img, images[-1])
     studies = [Study("nih-study-a", "147", "train", "nih-chestxray14",
                      [StudyImage(str(images[0]), "PA"), StudyImage(str(images[1]), "LL")], labels={"Effusion": 1}),
                Study("nih-study-b", "pt-already-keyed", "test", "nih-chestxray14", [StudyImage(str(images[2]), "AP")])]
     write_manifest(studies, tmp_path / "m.parquet")
-    archive = images[0].parent
-    shutil.copytree(archive, tmp_path / "a", ignore=lambda d, names: [n for n in names if n not in
-                                                                      {i.name for i in images}])
+    images = [Path("images") / p.name for p in images]  # as the shards name them (archive-relative)
     s = embed_archive(tmp_path / "a", tmp_path / "ws", tiny_model, workers=0, manifest=tmp_path / "m.parquet",
                       progress=False)
     assert s.embedded == 3 and s.skipped == {"not in the manifest m.parquet": 1}  # images[3] is not listed
     meta = {m["path"]: m for m in read_shard_metadata(tmp_path / "ws" / "shards").to_pylist()}
-    assert meta[images[1].name]["study_key"] == "nih-study-a" and meta[images[1].name]["view"] == "LL"
-    assert meta[images[2].name]["patient_key"] == "pt-already-keyed"
-    assert meta[images[0].name]["patient_key"] == pseudonym("147", resolve_key(None))
+    second, third, first = (meta[p.as_posix()] for p in (images[1], images[2], images[0]))
+    assert second["study_key"] == "nih-study-a" and second["view"] == "LL" and dict(second["labels"]) == {"Effusion": 1}
+    assert third["patient_key"] == "pt-already-keyed"
+    assert first["patient_key"] == pseudonym("147", resolve_key(None))

@@ -7,15 +7,18 @@ is usually many unrelated patients (a flat NIH folder of 150 images is 150 studi
 ==================  ==========================================  ==========================================
 rule                path (archive-relative, any prefix)          study / patient / view
 ==================  ==========================================  ==========================================
-mimic-cxr           ``pXX/pNNNNNNNN/sNNNNNNNN/<dicom_id>.jpg``   the s-folder / NNNNNNNN / -
-chexpert            ``patientNNNNN/studyN/viewN_frontal.jpg``    patient+study folder / NNNNN / FRONTAL|LATERAL
-nih                 ``NNNNNNNN_NNN.png`` (any folder)            the file (one study per follow-up) / NNNNNNNN / -
-file                anything else                               the file itself / none / -
+mimic-cxr           ``pXX/pNNNNNNNN/sNNNNNNNN/<dicom_id>.jpg``   sNNNNNNNN / NNNNNNNN / -
+chexpert            ``patientNNNNN/studyN/viewN_frontal.jpg``    patientNNNNN/studyN / NNNNN / FRONTAL|LATERAL
+nih                 ``NNNNNNNN_NNN.png`` (any folder)            NNNNNNNN_NNN (one study per follow-up) / NNNNNNNN / -
+file                anything else                               the file's path / none / -
 ==================  ==========================================  ==========================================
 
-Patient ids from names are returned raw here and pseudonymised by the caller exactly as DICOM
-PatientIDs are (:mod:`cxrtool.privacy`); they are never stored raw. A manifest (``embed
---manifest``) overrides all of this where it has the file.
+Study keys are the datasets' own ids where they are unique within the dataset (MIMIC study_id,
+NIH Image Index, CheXpert's patient/study folder), so they read as the dataset's label tables
+name them, and two copies of one image are one study. Patient ids from names are returned raw
+here and pseudonymised by the caller exactly as DICOM PatientIDs are (:mod:`cxrtool.privacy`);
+they are never stored raw. A manifest (``embed --manifest``) overrides all of this where it has
+the file.
 """
 
 from __future__ import annotations
@@ -40,9 +43,9 @@ class RasterIdentity:
 def raster_identity(rel: str) -> RasterIdentity:
     """The identity of an archive-relative raster path under the first rule that matches."""
     if m := MIMIC.search(rel):
-        return RasterIdentity(rel[: m.end(2)].lstrip("/"), m.group(1), "", "mimic-cxr")
+        return RasterIdentity(m.group(2), m.group(1), "", "mimic-cxr")
     if m := CHEXPERT.search(rel):
-        return RasterIdentity(rel[: m.end(2)].lstrip("/"), m.group(1), m.group(3).upper(), "chexpert")
+        return RasterIdentity(f"patient{m.group(1)}/{m.group(2)}", m.group(1), m.group(3).upper(), "chexpert")
     if m := NIH.search(rel):
-        return RasterIdentity(str(PurePosixPath(rel).with_suffix("")), m.group(1), "", "nih")
+        return RasterIdentity(f"{m.group(1)}_{m.group(2)}", m.group(1), "", "nih")
     return RasterIdentity(str(PurePosixPath(rel).with_suffix("")), "", "", "file")
