@@ -53,6 +53,28 @@ def main(
 ) -> None:
     DEBUG["on"] = DEBUG["on"] or debug
     logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format="%(levelname)s %(message)s")
+    if not DEBUG["on"]:
+        quiet_decoders()
+
+
+# Decoder libraries that warn about the files they read (a DICOM cut short, an odd JPEG marker):
+# what matters of that reaches errors.jsonl as the file's reason; the console stays for cxrtool's own lines.
+DECODER_LOGGERS = ("pydicom", "pylibjpeg", "PIL", "openjpeg", "libjpeg")
+
+
+class _NotFromDecoders(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.name.split(".")[0] not in DECODER_LOGGERS
+
+
+def quiet_decoders() -> None:
+    """On the console's handlers, not the loggers: pydicom resets its own logger's level on import."""
+    import warnings
+
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_NotFromDecoders())
+    for module in ("pydicom", "PIL", "pylibjpeg"):
+        warnings.filterwarnings("ignore", module=rf"{module}(\..*)?")
 
 
 app.add_typer(prepare.app, name="prepare")

@@ -83,7 +83,7 @@ class Runner:
         try:
             with self.writer:
                 for f in problems:
-                    self.writer.fail(f.rel, "error", "discover", f.problem or "")
+                    self.writer.fail(f.rel, getattr(f, "problem_kind", "error"), "discover", f.problem or "")
                 stats.done += len(problems)
                 t_wait = time.perf_counter()
                 for batch in self.distributor.decoded(todo, self.mapper.decode, self.batch_size):

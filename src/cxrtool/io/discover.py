@@ -6,7 +6,9 @@ medium) is not an image: it is read for the files its records reference, which c
 without sniffing, and each referenced file missing on disk is reported. Files no DICOMDIR
 references are still found by the walk. Anything else that is readable and not an image is
 skipped quietly; what cannot be read at all (permissions, a folder that cannot be listed) is
-reported, so it is never silently missing from a run.
+reported, so it is never silently missing from a run. Directory symlinks are followed (research
+data is often linked in: ``archive/nih -> /data/nih/images``); a link back into a folder already
+walked (a loop, or a second way to the same folder) is reported once and not followed again.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote, unquote_to_bytes
 
 from cxrtool.constants import DICOM_SUFFIXES, RASTER_SUFFIXES
 from cxrtool.io.decode import has_dicom_signature
@@ -37,6 +40,27 @@ class ArchiveFile:
     rel: str
     kind: str  # "dicom" | "raster" | "unknown" (only with a problem)
     problem: str | None = None
+    problem_kind: str = "error"  # how errors.jsonl lists the problem: "error", or "skipped" (said, not a failure)
+
+
+def archive_rel(path: Path, root: Path) -> str:
+    """``path`` relative to the archive root, as stored in shards. A name that is not valid UTF-8
+    (any byte string is a legal file name) is percent-encoded from its bytes, so it still gets an
+    id and a row, losslessly: :func:`archive_path` turns it back."""
+    rel = path.relative_to(root).as_posix()
+    try:
+        rel.encode("utf-8")
+    except UnicodeEncodeError:
+        return quote(os.fsencode(rel), safe="/ !#$&'()*+,;=@[]~-._")
+    return rel
+
+
+def archive_path(root: Path, rel: str) -> Path:
+    """The file an archive-relative path names (the inverse of :func:`archive_rel`)."""
+    plain = root / rel
+    if plain.exists() or "%" not in rel:
+        return plain
+    return root / os.fsdecode(unquote_to_bytes(rel))
 
 
 def _reason(exc: OSError) -> str:
@@ -94,13 +118,42 @@ def discover_archive(root: str | Path) -> Iterator[ArchiveFile]:
     referenced: dict[str, Path] = {}  # lower-cased archive-relative path -> path the DICOMDIR names
     seen: set[str] = set()
     unlisted: list[OSError] = []
-    for dirpath, dirnames, filenames in os.walk(root, onerror=unlisted.append):
+    walked: dict[tuple[int, int], str] = {}  # (device, inode) of each folder walked -> its archive path
+    real_root = root.resolve()
+    for dirpath, dirnames, filenames in os.walk(root, onerror=unlisted.append, followlinks=True):
         while unlisted:  # a folder that cannot be listed: its files would vanish silently
             exc = unlisted.pop(0)
             folder = Path(exc.filename or dirpath)
-            yield ArchiveFile(folder.resolve(), folder.relative_to(root).as_posix(), "unknown",
+            yield ArchiveFile(folder.resolve(), archive_rel(folder, root), "unknown",
                               f"folder cannot be listed ({_reason(exc)})")
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        here = Path(dirpath)
+        try:
+            st = here.stat()
+            walked.setdefault((st.st_dev, st.st_ino), archive_rel(here, root) or ".")
+        except OSError:
+            pass
+        keep = []
+        for d in sorted(d for d in dirnames if not d.startswith(".")):
+            sub = here / d
+            try:
+                st = sub.stat()
+            except OSError as exc:  # a dangling link or an unreadable folder: said, not skipped silently
+                yield ArchiveFile(sub.absolute(), archive_rel(sub, root), "unknown",
+                                  f"folder cannot be opened ({_reason(exc)})")
+                continue
+            first = walked.get((st.st_dev, st.st_ino))
+            target = sub.resolve() if sub.is_symlink() else None
+            if target is not None and first is None and target.is_relative_to(real_root):
+                first = archive_rel(target, real_root)  # the walk reaches it by its own path
+            if first is not None:
+                loop = target is not None and (target == here.resolve() or target in here.resolve().parents)
+                what = "a link back into a folder above it (a loop)" if loop else "a second way to a folder"
+                yield ArchiveFile(sub.absolute(), archive_rel(sub, root), "unknown",
+                                  f"{what} ({first}): not followed", "skipped")
+                continue
+            walked[(st.st_dev, st.st_ino)] = archive_rel(sub, root)
+            keep.append(d)
+        dirnames[:] = keep
         names = sorted(n for n in filenames if not n.startswith("."))
         for name in (n for n in names if n.upper() == DICOMDIR_NAME):
             path = Path(dirpath) / name
@@ -108,19 +161,19 @@ def discover_archive(root: str | Path) -> Iterator[ArchiveFile]:
                 refs = dicomdir_references(path)
             except Exception as exc:
                 cause = exc.cause if isinstance(exc, UnreadableDicomError) else type(exc).__name__
-                yield ArchiveFile(path.resolve(), path.relative_to(root).as_posix(), "dicom",
+                yield ArchiveFile(path.resolve(), archive_rel(path, root), "dicom",
                                   f"unreadable DICOMDIR ({cause})")
                 continue
             for ref in refs:
                 try:
-                    referenced.setdefault(ref.relative_to(root).as_posix().lower(), ref)
+                    referenced.setdefault(archive_rel(ref, root).lower(), ref)
                 except ValueError:  # outside the archive: not ours to report
                     continue
         for name in names:
             if name.upper() == DICOMDIR_NAME:
                 continue
             path = Path(dirpath) / name
-            rel = path.relative_to(root).as_posix()
+            rel = archive_rel(path, root)
             if rel.lower() in referenced:
                 seen.add(rel.lower())
                 yield ArchiveFile(path.resolve(), rel, "dicom")
@@ -130,8 +183,8 @@ def discover_archive(root: str | Path) -> Iterator[ArchiveFile]:
                 yield ArchiveFile(path.resolve(), rel, kind, problem)
     for exc in unlisted:
         folder = Path(exc.filename or root)
-        yield ArchiveFile(folder.resolve(), folder.relative_to(root).as_posix(), "unknown",
+        yield ArchiveFile(folder.resolve(), archive_rel(folder, root), "unknown",
                           f"folder cannot be listed ({_reason(exc)})")
     for key in sorted(set(referenced) - seen):
         ref = referenced[key]
-        yield ArchiveFile(ref.resolve(), ref.relative_to(root).as_posix(), "dicom", MISSING_REFERENCE)
+        yield ArchiveFile(ref.resolve(), archive_rel(ref, root), "dicom", MISSING_REFERENCE)

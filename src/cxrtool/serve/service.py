@@ -19,6 +19,7 @@ from cxrtool.errors import DecodeError, UnknownIdError, WorkspaceError
 from cxrtool.index.filters import Filters
 from cxrtool.index.search import DEDUPE_COSINE, Hit, Index
 from cxrtool.io.decode import DecodedImage
+from cxrtool.io.discover import archive_path
 from cxrtool.model.dual import DualEncoder
 from cxrtool.serve.render import RenderCache, Rendition
 from cxrtool.workspace import Workspace
@@ -179,7 +180,7 @@ class SearchService:
         parts = PurePosixPath(rel.replace("\\", "/")).parts
         if not parts or parts[0] == "/" or ".." in parts or ":" in parts[0]:
             raise UnknownIdError(f"image {image_id} has a path outside the archive; it is not served")
-        file = self.archive.joinpath(*parts)
+        file = archive_path(self.archive, "/".join(parts))
         if not file.is_file():
             raise UnknownIdError(f"the file of image {image_id} ({rel}) is no longer in the archive",
                                  "start serve with --archive pointing at the archive's current place")
