@@ -63,3 +63,33 @@ def test_decoder_warnings_stay_off_the_console(tmp_path, tiny_model_dir):
     assert proc.returncode == 1  # the cut file failed, with its reason in errors.jsonl
     assert "WARNING" not in proc.stderr and "pydicom" not in proc.stderr.lower(), proc.stderr
     assert Counter(r["kind"] for r in read_errors(tmp_path / "ws")) == {"error": 1}
+
+
+def test_a_dicom_without_preamble_is_found_and_decoded_like_the_original(tmp_path, tiny_model):
+    """Older modalities and some toolkits write no 128-byte preamble and no 'DICM': found by content
+    (its first bytes are a DICOM element), decoded to the same pixels, embedded to the same vector."""
+    import numpy as np
+
+    from cxrtool.embed.shards import read_shard_vectors
+    from cxrtool.io.decode import decode_image
+
+    archive = tmp_path / "archive"
+    archive.mkdir()
+    original = ARCHIVE / "pacs/PAT0001/STUDY0001/SERIES01/IM000001"
+    data = original.read_bytes()
+    assert data[128:132] == b"DICM"
+    shutil.copy(original, archive / "WITH_PREAMBLE")
+    (archive / "BARE").write_bytes(data[132:])  # file meta onwards, no preamble, no prefix
+    (archive / "NOTES").write_bytes(b"\x02\x00 not a dicom, just bytes")  # not an element: not taken for one
+    kinds = {f.rel: f.kind for f in discover_archive(archive)}
+    assert kinds == {"BARE": "dicom", "WITH_PREAMBLE": "dicom"}
+    assert np.array_equal(decode_image(archive / "BARE").pixels, decode_image(original).pixels)
+    both = embed_archive(archive, tmp_path / "ws", tiny_model, workers=0, progress=False)
+    # the same SOPInstanceUID twice: one embedded, the other skipped as its duplicate, by header
+    assert both.embedded == 1 and both.failed == 0 and sum(both.skipped.values()) == 1
+    (archive / "WITH_PREAMBLE").unlink()
+    alone = embed_archive(archive, tmp_path / "ws2", tiny_model, workers=0, progress=False)
+    assert alone.embedded == 1 and alone.failed == 0
+    bare = read_shard_vectors(tmp_path / "ws2" / "shards")[1][0]
+    full = tiny_model.encode_images([original])[0]
+    assert float(bare @ full) > 0.99999

@@ -24,7 +24,7 @@ import numpy as np
 
 from cxrtool.constants import DICOM_SUFFIXES, RASTER_SUFFIXES
 from cxrtool.errors import DecodeError, NotAnImageError
-from cxrtool.io.dicom_header import dicom_safe_meta, open_dicom
+from cxrtool.io.dicom_header import dicom_safe_meta, has_dicom_signature, open_dicom
 
 
 @dataclass
@@ -33,11 +33,6 @@ class DecodedImage:
 
     pixels: np.ndarray
     meta: dict[str, Any] = field(default_factory=dict)
-
-
-def has_dicom_signature(head: bytes) -> bool:
-    """True if these leading bytes carry the DICOM Part 10 signature ('DICM' after a 128-byte preamble)."""
-    return len(head) >= 132 and head[128:132] == b"DICM"
 
 
 def is_dicom_file(path: Path) -> bool:

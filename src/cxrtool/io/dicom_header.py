@@ -49,6 +49,31 @@ class UnreadableDicomError(DecodeError):
         self.cause = cause
 
 
+# Value representations, to tell an explicit-VR element from other bytes.
+_VRS = {b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FL", b"FD", b"IS", b"LO", b"LT", b"OB", b"OD", b"OF", b"OL",
+        b"OV", b"OW", b"PN", b"SH", b"SL", b"SQ", b"SS", b"ST", b"SV", b"TM", b"UC", b"UI", b"UL", b"UN", b"UR",
+        b"US", b"UT", b"UV"}
+
+
+def has_dicom_signature(head: bytes) -> bool:
+    """True if these leading bytes are DICOM: the Part 10 signature ('DICM' after a 128-byte
+    preamble), or a file written without preamble and prefix (older modalities and some
+    toolkits): it starts with a little-endian group 0002 (file meta) or 0008 element, explicit VR
+    (a known VR) or implicit VR (a plausible length)."""
+    if len(head) >= 132 and head[128:132] == b"DICM":
+        return True
+    return is_bare_dicom(head)
+
+
+def is_bare_dicom(head: bytes) -> bool:
+    """A DICOM dataset without the 128-byte preamble and 'DICM' prefix (see :func:`has_dicom_signature`)."""
+    if len(head) < 8 or head[1] != 0 or head[0] not in (2, 8) or head[3] > 0x01:
+        return False
+    if head[4:6] in _VRS:
+        return True
+    return int.from_bytes(head[4:8], "little") < 1 << 16  # implicit VR: a short first element
+
+
 def open_dicom(path: Path, data: bytes | None = None, pixels: bool = False) -> Any:
     """The pydicom dataset, header only unless ``pixels``; ``data``: the file's bytes if the caller
     has read them already (``path`` then only names the file in errors). Raises
@@ -60,12 +85,36 @@ def open_dicom(path: Path, data: bytes | None = None, pixels: bool = False) -> A
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return pydicom.dcmread(path if data is None else io.BytesIO(data), stop_before_pixels=not pixels)
+            try:
+                return pydicom.dcmread(path if data is None else io.BytesIO(data), stop_before_pixels=not pixels)
+            except InvalidDicomError:
+                return _bare_dicom(path, data, pixels)
     except Exception as exc:  # no DICM prefix, truncated headers, bad lengths ...
         cause = type(exc).__name__
         if pixels and isinstance(exc, InvalidDicomError):  # the decoder's wording, kept as it was
             raise UnreadableDicomError(path, f"not a valid DICOM file ({exc})", cause) from None
         raise UnreadableDicomError(path, f"unreadable DICOM header ({cause}: {exc})", cause) from None
+
+
+def _bare_dicom(path: Path, data: bytes | None, pixels: bool) -> Any:
+    """A DICOM written without preamble and 'DICM' prefix: read with ``force`` only when its first
+    bytes are a DICOM element (never for arbitrary files), with the transfer syntax its file meta
+    names, else the standard's default (implicit VR little endian)."""
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+    from pydicom.uid import ImplicitVRLittleEndian
+
+    if data is None:
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+    else:
+        head = data[:8]
+    if not is_bare_dicom(head):
+        raise InvalidDicomError("no DICM prefix and no DICOM element at the start")
+    ds = pydicom.dcmread(path if data is None else io.BytesIO(data), stop_before_pixels=not pixels, force=True)
+    if not getattr(ds.file_meta, "TransferSyntaxUID", None):
+        ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+    return ds
 
 
 def dicom_safe_meta(ds: Any) -> dict[str, Any]:

@@ -20,8 +20,7 @@ from pathlib import Path
 from urllib.parse import quote, unquote_to_bytes
 
 from cxrtool.constants import DICOM_SUFFIXES, RASTER_SUFFIXES
-from cxrtool.io.decode import has_dicom_signature
-from cxrtool.io.dicom_header import UnreadableDicomError, open_dicom
+from cxrtool.io.dicom_header import UnreadableDicomError, has_dicom_signature, open_dicom
 
 DICOMDIR_NAME = "DICOMDIR"
 MISSING_REFERENCE = "referenced by DICOMDIR but missing"
