@@ -24,7 +24,6 @@ import fcntl
 import json
 import os
 import socket
-import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager, suppress
@@ -32,6 +31,7 @@ from datetime import datetime
 from pathlib import Path
 
 from cxrtool.errors import WorkspaceBusyError, WorkspaceError, os_error_message
+from cxrtool.notes import say as _say
 
 LOCKS_ENV = "CXRTOOL_LOCKS"
 LOCK_DIR = ".locks"
@@ -40,10 +40,6 @@ NETWORK_FILESYSTEMS = ("nfs", "nfs4", "lustre", "cifs", "smb3", "smbfs", "gpfs",
                        "fuse.sshfs", "fuse.glusterfs", "fuse.ceph", "9p", "afs", "pvfs2", "orangefs")
 _NO_LOCK_ERRNOS = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL}
 _warned: set[str] = set()
-
-
-def _say(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 def filesystem_type(path: Path) -> str:

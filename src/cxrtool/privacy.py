@@ -17,10 +17,10 @@ import hashlib
 import hmac
 import os
 import secrets
-import sys
 from pathlib import Path
 
 from cxrtool.errors import CxrError
+from cxrtool.notes import note
 
 PSEUDONYM_ENV = "CXRTOOL_PSEUDONYM_KEY"
 CONFIG_ENV = "CXRTOOL_CONFIG"  # the config folder (default: $XDG_CONFIG_HOME/cxrtool, else ~/.config/cxrtool)
@@ -57,8 +57,8 @@ def installation_key() -> str:
         return _read_key(path)  # another process made it first
     with os.fdopen(fd, "w") as fh:
         fh.write(secrets.token_hex(32) + "\n")
-    print(f"note: created this installation's pseudonym key in {path} (owner-only). Patient keys are derived "
-          f"from it: keep it secret and back it up, or set {PSEUDONYM_ENV} to your own", file=sys.stderr)
+    note(f"created this installation's pseudonym key in {path} (owner-only). Patient keys are derived "
+         f"from it: keep it secret and back it up, or set {PSEUDONYM_ENV} to your own")
     return _read_key(path)
 
 

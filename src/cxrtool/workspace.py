@@ -89,9 +89,7 @@ class Workspace:
         damage came from outside; every record is re-derivable and its writer writes it again)."""
         try:
             data = json.loads(path.read_text())
-        except FileNotFoundError:
-            return None
-        except (ValueError, UnicodeDecodeError):
+        except (FileNotFoundError, ValueError):  # UnicodeDecodeError is a ValueError
             return None
         return data if isinstance(data, dict) else None
 

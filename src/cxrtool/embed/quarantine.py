@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 from collections.abc import Iterable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from cxrtool import notes
 from cxrtool.embed.shards import BadShard, ShardScan, scan_shards
 from cxrtool.locks import LOCK_DIR
 from cxrtool.workspace import Workspace, check_same_model
@@ -30,7 +30,7 @@ QUARANTINE = "quarantine"
 def quarantine(ws: Workspace, bad: Iterable[BadShard], scope: Path, say=None) -> list[Path]:
     """Move the ``bad`` shards that lie under ``scope`` aside; one note line each on stderr.
     Returns where they went."""
-    say = say or (lambda m: print(m, file=sys.stderr, flush=True))
+    say = say or notes.say
     moved: list[Path] = []
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
     for shard in bad:

@@ -215,6 +215,10 @@ class ShardScan:
     bad: list[BadShard] = field(default_factory=list)
     vector_id: str = ""  # the collection's vector id (what the good shards record)
 
+    def state(self, directory: Path) -> dict[str, int]:
+        """Verified shard file (relative to ``directory``) -> size in bytes: what an index records it holds."""
+        return {p.relative_to(directory).as_posix(): p.stat().st_size for p in self.good}
+
 
 def _check(path: Path, record: dict | None, kind: str) -> tuple[str, str]:
     """(reason it does not verify or "", its vector id), from the footer and the writer's record."""
@@ -276,8 +280,7 @@ def scan_shards(directory: Path, vector_id: str | None = None, kind: str = "imag
 
 def shard_state(directory: Path, vector_id: str | None = None, kind: str = "image") -> dict[str, int]:
     """Verified shard file (relative to ``directory``) -> size in bytes: what an index records it holds."""
-    return {p.relative_to(directory).as_posix(): p.stat().st_size
-            for p in scan_shards(directory, vector_id, kind).good}
+    return scan_shards(directory, vector_id, kind).state(directory)
 
 
 def read_shard(path: Path, columns: list[str] | None = None, vectors: bool = True

@@ -39,6 +39,7 @@ from cxrtool.index.kinds import KINDS, PQ_RERANK, choose_index_kind, default_mem
 from cxrtool.index.store import RowStore, part_names, write_part
 from cxrtool.index.tuning import tune, tuning_text_queries
 from cxrtool.locks import workspace_lock
+from cxrtool.notes import note as _note
 from cxrtool.workspace import Workspace
 
 
@@ -87,7 +88,7 @@ def _build_locked(ws: Workspace, kind: str, target: str, rebuild: bool, memory_b
         first = scan.bad[0]
         _note(f"{len(scan.bad)} shard(s) did not verify and are left out of the index ({first.path}: "
               f"{first.reason}); `cxrtool embed` moves them aside and embeds their files again")
-    state = {p.relative_to(shards).as_posix(): p.stat().st_size for p in scan.good}
+    state = scan.state(shards)
     if not state:
         hint = "run `cxrtool embed ARCHIVE` first" if target == "images" else "run `cxrtool embed-reports SOURCE` first"
         raise WorkspaceError(f"no embeddings in {shards}", hint)
@@ -117,10 +118,6 @@ def _drop_unreadable(state: dict[str, int], shards: Path, skipped: list[BadShard
 
 class _Unusable(Exception):
     """The current generation's files do not open (torn in a way sizes did not show)."""
-
-
-def _note(message: str) -> None:
-    print(f"note: {message}", file=sys.stderr, flush=True)
 
 
 def _training_effort(index) -> None:

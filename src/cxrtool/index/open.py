@@ -8,18 +8,14 @@ since) answers for what it holds, with a note. Only ``cxrtool index`` and ``cxrt
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
 from cxrtool.errors import WorkspaceError
 from cxrtool.index.info import INDEX_FILE, IndexInfo, check_generation, generations
 from cxrtool.index.store import RowStore
+from cxrtool.notes import note as _note
 from cxrtool.workspace import Workspace
-
-
-def _note(message: str) -> None:
-    print(f"note: {message}", file=sys.stderr, flush=True)
 
 
 def _open(gen: Path) -> tuple[Any, IndexInfo, RowStore]:

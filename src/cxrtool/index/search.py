@@ -97,6 +97,8 @@ class Index:
     @property
     def model(self) -> DualEncoder:
         model = self._model.get()
+        if model.card.vector_id == self.info.model_fingerprint:  # every query passes here: no file read
+            return model
         recorded = self.workspace.read_json(self.workspace.embed_info) or {}
         check_same_model(model.card, self.info.model_fingerprint, f"the index in {self.workspace.root} was built",
                          "leave --model out (the workspace remembers its model), or re-embed with --overwrite",
