@@ -5,7 +5,9 @@ Every image in cxrtool - training, embedding, search-by-image, tests - goes thro
 whatever the source format:
 
 * DICOM via pydicom + the pylibjpeg plugins (JPEG baseline/extended/lossless, JPEG-LS,
-  JPEG 2000, RLE): modality LUT -> VOI LUT or window -> MONOCHROME1 inversion -> [0, 1].
+  JPEG 2000, RLE): the grayscale pipeline of PS3.3 C.11 - modality LUT -> VOI LUT (the VOI LUT
+  Sequence, or the window with its VOI LUT Function: LINEAR, LINEAR_EXACT, SIGMOID) -> one
+  polarity step (MONOCHROME1 and Presentation LUT Shape INVERSE are the same inversion) -> [0, 1].
 * PNG/JPEG/TIFF via Pillow: 8- or 16-bit, gray or colour (colour -> luminance).
 
 Failures raise :class:`~cxrtool.errors.DecodeError` (or ``NotAnImageError`` for DICOM objects that
@@ -84,7 +86,7 @@ def decode_bytes(data: bytes, name: str = "upload", min_side: int | None = None)
 
 
 def decode_dicom(path: Path, min_side: int | None = None, data: bytes | None = None) -> DecodedImage:
-    """DICOM -> [0, 1]: modality LUT, VOI LUT/window, MONOCHROME1 inversion, any bit depth.
+    """DICOM -> [0, 1]: modality LUT, VOI LUT/window, polarity (see :func:`dicom_to_unit`), any bit depth.
     ``data``: the file's bytes if already read (see :func:`decode_image`)."""
     ds = open_dicom(path, data, pixels=True)
     meta = dicom_safe_meta(ds)
@@ -132,7 +134,7 @@ def _reduced_dicom_pixels(ds: Any, min_side: int, meta: dict[str, Any]) -> np.nd
     """Stored pixel values at a reduced resolution, or None to fall back to a full decode.
 
     Only single-frame, unsigned, grayscale JPEG 2000 / 8-bit JPEG frames take this path; the
-    modality/VOI/MONOCHROME1 pipeline is applied afterwards exactly as for a full decode.
+    modality/VOI/polarity pipeline is applied afterwards exactly as for a full decode.
     """
     from PIL import Image
     from pydicom.encaps import generate_frames
@@ -172,7 +174,7 @@ def _reduced_dicom_pixels(ds: Any, min_side: int, meta: dict[str, Any]) -> np.nd
         return None
     if ts in _J2K_SYNTAXES and arr.dtype == np.uint16:
         precision = _j2k_precision(frame)
-        if precision is None:
+        if precision is None:  # cannot tell how far Pillow widened the samples: full decode
             return None
         if precision < 16:
             arr = arr >> (16 - precision)  # Pillow widens < 16-bit samples to 16 bits
@@ -181,25 +183,48 @@ def _reduced_dicom_pixels(ds: Any, min_side: int, meta: dict[str, Any]) -> np.nd
 
 
 def _j2k_precision(codestream: bytes) -> int | None:
-    """Bit depth of the first component, from the SIZ marker of a raw J2K codestream."""
-    if codestream[:4] != b"\xff\x4f\xff\x51" or len(codestream) < 43:
+    """Bit depth of the first component of a J2K codestream (from its SIZ marker, via pydicom), or
+    None when it cannot be read or the samples are signed (Pillow's reduced decode is then not
+    trusted)."""
+    from pydicom.pixels.utils import get_j2k_parameters
+
+    params = get_j2k_parameters(codestream)
+    if params.get("is_signed") or not params.get("precision"):
         return None
-    return (codestream[42] & 0x7F) + 1
+    return int(params["precision"])
 
 
 def dicom_to_unit(arr: np.ndarray, ds: Any) -> np.ndarray:
-    """Apply the DICOM grayscale pipeline to stored values and scale to [0, 1]."""
-    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+    """Stored grayscale values -> float32 [0, 1], 1 = bright, by the pipeline of PS3.3 C.11.
 
-    x = apply_modality_lut(arr, ds).astype(np.float32)
-    if "VOILUTSequence" in ds:
-        item = ds.VOILUTSequence[0]
-        x = apply_voi_lut(x, ds, prefer_lut=True).astype(np.float32)
-        bits = int(item.LUTDescriptor[2]) or 16
-        lo, hi = 0.0, float(2**bits - 1)
-    elif "WindowCenter" in ds and "WindowWidth" in ds:
-        center = float(_first(ds.WindowCenter))
-        width = max(float(_first(ds.WindowWidth)), 1.0)
+    1. Modality LUT (rescale slope/intercept or Modality LUT Sequence): pydicom's
+       ``apply_modality_lut``.
+    2. VOI LUT: the VOI LUT Sequence if present (pydicom's ``apply_voi``, which handles the
+       descriptor's first-mapped value; output / (2**bits - 1)); else the first window with its VOI
+       LUT Function, computed here straight onto [0, 1] (pydicom's ``apply_windowing`` maps onto a
+       range of its own derived from BitsStored/rescale, and raises on a width below its minimum
+       or an unknown or multi-valued function, where a header's first value is used here). No VOI
+       in the header: 8-bit data its own 0-255, else the data's 0.5-99.5 percentile range.
+    3. One polarity step: MONOCHROME1 and Presentation LUT Shape INVERSE are the same inversion
+       and invert once, y -> 1 - y on the fixed [0, 1] range. Not pydicom's
+       ``apply_presentation_lut``: it inverts about the array's maximum, which differs between a
+       reduced and a full-size decode.
+
+    A VOI that misses the data (< 5 % of the pixels inside the window c +- w/2, whatever its
+    function, or strictly inside a VOI LUT's output range; seen on a real 16-bit DX whose pixel
+    values were offset after the window was written, where pydicom's VOI gives a black image) is
+    replaced by a linear map of the data's own percentile range.
+    """
+    from pydicom.pixels import apply_modality_lut
+
+    modality = apply_modality_lut(arr, ds)
+    values = x = np.asarray(modality, dtype=np.float32)
+    window = None
+    if _has_voi_lut_sequence(ds):
+        x = _apply_voi_lut_sequence(modality, ds)
+        lo, hi = 0.0, 1.0
+    elif (window := _window_of(ds)) is not None:
+        center, width, _ = window
         lo, hi = center - width / 2.0, center + width / 2.0
     elif int(getattr(ds, "BitsStored", 16) or 16) <= 8 and "RescaleSlope" not in ds:
         lo, hi = 0.0, 255.0  # 8-bit display data: its own range, as for a PNG/JPEG
@@ -210,13 +235,81 @@ def dicom_to_unit(arr: np.ndarray, ds: Any) -> np.ndarray:
     sample = _subsample(x)
     inside = float(np.mean((sample > lo) & (sample < hi))) if sample.size else 1.0
     if inside < 0.05:
-        # The header's window misses the data (seen in real exports whose pixel values were
-        # offset after the window was written): fall back to the data's own range.
-        lo, hi = _percentile_range(x)
-    x = _scale(x, lo, hi)
-    if str(getattr(ds, "PhotometricInterpretation", "")).upper() == "MONOCHROME1":
-        x = 1.0 - x
-    return x
+        # The header's VOI misses the data: fall back to the data's own (modality) range.
+        y = _scale(values, *_percentile_range(values))
+    elif window is not None:
+        y = _apply_window(x, *window)
+    else:
+        y = _scale(x, lo, hi)
+    if _inverts(ds):
+        y = 1.0 - y
+    return y.astype(np.float32, copy=False)
+
+
+_VOI_FUNCTIONS = ("LINEAR", "LINEAR_EXACT", "SIGMOID")
+
+
+def _window_of(ds: Any) -> tuple[float, float, str] | None:
+    """(center, width, VOI LUT Function) of the first window, or None if there is no usable one.
+    An unknown function is read as LINEAR (the standard's default); a LINEAR width below 1 as 1."""
+    if "WindowCenter" not in ds or "WindowWidth" not in ds:
+        return None
+    try:
+        center, width = float(_first(ds.WindowCenter)), float(_first(ds.WindowWidth))
+    except (TypeError, ValueError):
+        return None
+    function = str(_first(ds.get("VOILUTFunction")) or "LINEAR").strip().upper()
+    if function not in _VOI_FUNCTIONS:
+        function = "LINEAR"
+    if function == "LINEAR":
+        width = max(width, 1.0)
+    return center, width, function
+
+
+def _apply_window(x: np.ndarray, center: float, width: float, function: str) -> np.ndarray:
+    """PS3.3 C.11.2.1.2 / C.11.2.1.3 with y_min = 0, y_max = 1 (float64 inside: a fractional
+    center would lose ~1e-4 as a float32 next to 16-bit values). Callers guarantee width > 0
+    (>= 1 for LINEAR)."""
+    v = x.astype(np.float64)
+    if function == "SIGMOID":
+        y = 1.0 / (1.0 + np.exp(-4.0 * (v - center) / width))
+    elif function == "LINEAR_EXACT":  # 0 at x <= c - w/2, 1 at x > c + w/2, linear between
+        y = np.clip((v - center) / width + 0.5, 0.0, 1.0)
+    elif width <= 1.0:  # LINEAR with w = 1: a threshold at c - 0.5
+        y = (v > center - 0.5).astype(np.float64)
+    else:  # LINEAR: 0 at x <= c - 0.5 - (w-1)/2, 1 at x > c - 0.5 + (w-1)/2, linear between
+        y = np.clip((v - (center - 0.5)) / (width - 1.0) + 0.5, 0.0, 1.0)
+    return y.astype(np.float32)
+
+
+def _has_voi_lut_sequence(ds: Any) -> bool:
+    """A VOI LUT Sequence whose first item has a descriptor and data (as pydicom's apply_voi_lut)."""
+    seq = ds.get("VOILUTSequence")
+    return bool(seq) and "LUTDescriptor" in seq[0] and "LUTData" in seq[0]
+
+
+def _apply_voi_lut_sequence(values: np.ndarray, ds: Any) -> np.ndarray:
+    """The first VOI LUT of the sequence via pydicom's ``apply_voi``, scaled by the LUT's nominal
+    bit depth to [0, 1]. Values are rounded to integers (box-reduced means and rescaled values are
+    floats; pydicom would truncate them and warn) and clipped to the LUT's input range first, which
+    is what the standard's first/last-entry rule does anyway and keeps pydicom's uint16 index from
+    wrapping."""
+    from pydicom.pixels import apply_voi
+
+    entries, first, bits = (int(v) for v in ds.VOILUTSequence[0].LUTDescriptor)
+    entries = entries or 65536
+    v = np.rint(values) if np.issubdtype(values.dtype, np.floating) else values
+    v = np.clip(v.astype(np.int64), first, first + entries - 1)
+    return (apply_voi(v, ds).astype(np.float32) / float(2 ** (bits or 16) - 1)).clip(0.0, 1.0)
+
+
+def _inverts(ds: Any) -> bool:
+    """True when the display must be inverted once: MONOCHROME1 (0 = white) or Presentation LUT
+    Shape INVERSE. The DX module pairs them (INVERSE "shall be used" with MONOCHROME1): both name
+    the same inversion, so a file carrying both is still inverted once."""
+    photometric = str(ds.get("PhotometricInterpretation") or "").strip().upper()
+    shape = str(_first(ds.get("PresentationLUTShape")) or "").strip().upper()
+    return photometric == "MONOCHROME1" or shape == "INVERSE"
 
 
 # -------------------------------------------------------------------------------------- raster
@@ -296,10 +389,13 @@ def _percentile_range(x: np.ndarray) -> tuple[float, float]:
 
 
 def _first(value: Any) -> Any:
-    """Window values may be multi-valued; the first pair is the default presentation."""
+    """Window values (and VOI LUT Function) may be multi-valued; the first is the default
+    presentation. A single string is one value, not a sequence of characters."""
+    if isinstance(value, (str, bytes)):
+        return value
     try:
         return value[0]
-    except (TypeError, IndexError):
+    except (TypeError, IndexError, KeyError):
         return value
 
 
