@@ -91,7 +91,8 @@ def test_card_holds_chexzero_preprocessing_and_provenance(chexzero):
     state, report, root = chexzero
     card = json.loads((root / "model" / "model.json").read_text())
     image = card["image"]
-    assert (image["resize"], image["interpolation"], image["input_size"]) == ("letterbox", "bicubic", 32)
+    assert (image["resize"], image["interpolation"], image["input_size"]) == ("chexzero_letterbox", "bicubic", 32)
+    assert image["pad_size"] == 320
     assert image["mean"] == [CHEXZERO_MEAN] * 3 and image["std"] == [CHEXZERO_STD] * 3
     assert card["text"]["max_length"] == 77 and card["scoring"]["rule"] == "softmax"
     prov = card["provenance"]

@@ -102,7 +102,7 @@ def test_swin_card_holds_cxr_clip_preprocessing_and_provenance(swin_import, swin
     card = json.loads((out / "model.json").read_text())
     assert card["image"]["backend"] == "hf" and card["image"]["feature"] == "first_token"
     assert card["image"]["mean"] == [0.5] * 3 and card["image"]["std"] == [0.5] * 3
-    assert card["image"]["input_size"] == IMAGE_SIZE and card["image"]["resize"] == "short_side_center_crop"
+    assert card["image"]["input_size"] == IMAGE_SIZE and card["image"]["resize"] == "torchvision_center_crop"
     assert card["text"]["pooling"] == "eos" and card["text"]["max_length"] == 64 and card["embed_dim"] == 16
     assert (out / "image" / "config.json").is_file() and (out / "text" / "config.json").is_file()
     prov = card["provenance"]

@@ -92,3 +92,29 @@ def test_the_bundled_model_is_recorded_by_name(tmp_path):
 
     assert ws.model_of(None) == str(DEFAULT_MODEL_DIR)
     assert ws.model_of("given/name") == "given/name"
+
+
+def test_a_workspace_from_before_a_pixel_pipeline_change_is_refused_with_a_hint(embedded, tmp_path):
+    """Vector ids carry the pixel pipeline's version: a workspace whose vectors were made before
+    decoding or preprocessing changed (its ids have no ``+px`` tag) is never resumed into or
+    searched with new query vectors; the refusal says to re-embed, and --overwrite does."""
+    archive, ws = embedded
+    assert cli("index", "--workspace", str(ws)).returncode == 0
+    copy = tmp_path / "ws"
+    shutil.copytree(ws, copy)
+    info = json.loads((copy / "embed.json").read_text())
+    new_id = info["model_fingerprint"]
+    old_id = new_id.split("+px")[0]  # as cxrtool wrote it before vector ids carried a pixel tag
+    assert "+px2." in new_id and old_id != new_id
+    (copy / "embed.json").write_text(json.dumps({**info, "model_fingerprint": old_id}))
+    for index_json in (copy / "index").glob("gen-*/index.json"):
+        index_json.write_text(index_json.read_text().replace(new_id, old_id))
+
+    search = cli("search", "effusion", "--workspace", str(copy))
+    one_line_error(search, "earlier cxrtool pixel pipeline")
+    embed = cli("embed", str(archive), "--workspace", str(copy))
+    one_line_error(embed, "earlier cxrtool pixel pipeline", "px1; now px2")
+    assert "--overwrite" in embed.stderr
+    again = cli("embed", str(archive), "--workspace", str(copy), "--overwrite", "--json")
+    assert again.returncode == 0 and json.loads(again.stdout)["embedded"] == 8, again.stderr
+    assert json.loads((copy / "embed.json").read_text())["model_fingerprint"] == new_id

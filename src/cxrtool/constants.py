@@ -20,6 +20,12 @@ BUNDLED_MODEL = "bundled"
 MODELS_HOME_ENV = "CXRTOOL_MODELS"
 DEFAULT_MODELS_HOME = "~/.cache/cxrtool/models"
 
+# The pixel pipeline's version: bumped whenever decoding (io/decode.py) or a preprocessing rule
+# (model/transform.py) changes the pixels a model sees. It is part of every vector id (with a hash
+# of the card's image spec), so vectors made before and after a change never mix in one workspace.
+# 2: DICOM VOI LUT functions and Presentation LUT Shape; upstream-exact CXR-CLIP and CheXzero rules.
+PIXELS_VERSION = 2
+
 # Embedding shards: rows per Parquet shard (a shard is the unit of resume).
 SHARD_ROWS = 1024
 

@@ -107,6 +107,9 @@ def check_same_model(card: ModelCard, recorded: str | None, what: str, hint: str
     weights, or of the same weights in another embedding mode, live in another space; this is the
     one place that compares them."""
     if recorded is not None and recorded != card.vector_id:
+        if card.stale_pixels(recorded):
+            hint = ("embed the archive again into this workspace with `cxrtool embed ARCHIVE --overwrite`, then "
+                    "`cxrtool index` (vectors of the old and the new pipeline must not be mixed)")
         named = f" ({recorded_name})" if recorded_name else f" ({recorded[:23]})"
         this = card.provenance.get("name") or card.vector_id[:23] or "unknown"
         raise WorkspaceError(f"{what} with another model{named} than this one ({this})"

@@ -105,7 +105,7 @@ class ImageDecoder:
                     kind = "not_image" if reason.startswith("not an image") else "skipped"
                     return None, {"path": f.rel}, (kind, stage, reason)
             stage = "decode"
-            image = decode_image(f.path, min_side=self.spec.input_size, data=data)
+            image = decode_image(f.path, min_side=self.spec.decode_side, data=data)
             record = image_record(f, image.meta, image.pixels.shape, digest, identity, self.pseudonym_key, entry)
             return preprocess(image.pixels, self.spec), record, None
         except NotAnImageError as exc:

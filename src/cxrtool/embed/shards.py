@@ -25,8 +25,9 @@ embedding       fixed_size_list      L2-normalised image vector, float32 (or flo
 
 No patient names, birth dates, raw patient IDs or accession numbers are ever written (see
 ``cxrtool.io.dicom_header.SAFE_DICOM_FIELDS`` and ``cxrtool.privacy``). File metadata records the
-model's vector id under ``model_fingerprint`` (the weights' fingerprint, plus ``+flip_pair`` for a
-model that writes flip-paired vectors: ``ModelCard.vector_id``) and the embedding dtype.
+model's vector id under ``model_fingerprint`` (the weights' fingerprint, ``+flip_pair`` for a model
+that writes flip-paired vectors, and the pixel tag ``+px2.<spec hash>``: ``ModelCard.vector_id``)
+and the embedding dtype.
 
 Shards are written by :func:`write_shard` and read only by :func:`read_shard` (through
 :func:`read_shard_metadata`, :func:`read_shard_vectors` and :func:`read_collection`), so index,

@@ -16,7 +16,9 @@ image): an image's vector is [f(image); f(mirrored image)] / sqrt(2) and a text'
 straight and the mirrored comparison. Evidence that does not flip with the image (the prior that
 one side looks "more left") cancels between the two halves; side evidence, which flips, adds up.
 Vectors are then 2 x ``embed_dim`` wide (:attr:`ModelCard.output_dim`), and :attr:`vector_id`
-(the fingerprint plus the mode) is what shards and indexes must match.
+(the fingerprint, the mode, and the pixel tag: cxrtool's pixel-pipeline version plus a hash of the
+image spec) is what shards and indexes must match: the same weights fed other pixels write other
+vectors.
 
 ``laterality`` records how well the model was *measured* to tell a finding's side (canonical label
 -> left-vs-right AUROC with its 95 % CI, the number of one-sided images, and what it was measured
@@ -26,12 +28,13 @@ shown to tell (:func:`cxrtool.index.query.side_caveat`); a finding without an en
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cxrtool.constants import LOGIT_SCALE_MAX
+from cxrtool.constants import LOGIT_SCALE_MAX, PIXELS_VERSION
 from cxrtool.errors import ModelError
 
 CARD_FORMAT = "cxrtool-model/1"
@@ -43,9 +46,12 @@ IMAGE_DIR = "image"
 # Geometric rules (implemented in model/transform.py). short_side_center_crop is cxrtool's own
 # (long side rounded); shortest_edge_center_crop is Hugging Face's image processors (long side and
 # crop offset floored); torchvision_center_crop is torchvision Resize(int) + CenterCrop as open_clip
-# uses them (long side floored, crop offset rounded half to even).
+# uses them (long side floored, crop offset rounded half to even) and CXR-CLIP's eval transform
+# does on PIL images; chexzero_letterbox is CheXzero's two steps: letterbox to ``pad_size`` (Pillow
+# LANCZOS, sides floored, pasted at ((pad - new) // 2)) then resize to ``input_size`` (torch bicubic,
+# no antialias, no clamp: torchvision 0.11's tensor Resize after its Normalize).
 RESIZE_RULES = ("short_side_center_crop", "letterbox", "squash", "shortest_edge_center_crop",
-                "torchvision_center_crop")
+                "torchvision_center_crop", "chexzero_letterbox")
 INTERPOLATIONS = ("bilinear", "bicubic", "nearest", "area")
 POOLINGS = ("cls", "eos", "mean", "native")  # native: the family's own pooling (hf-*, open_clip)
 PADDINGS = ("longest", "max_length")  # SigLIP was trained on text padded to max_length
@@ -85,6 +91,12 @@ class ImageSpec:
     timm_kwargs: dict[str, Any] = field(default_factory=dict)
     backend: str = "timm"
     feature: str = "pooled"
+    pad_size: int = 0  # chexzero_letterbox only: the square the image is first letterboxed into (320)
+
+    @property
+    def decode_side(self) -> int:
+        """The short side a reduced-resolution decode must keep (see io/decode.py)."""
+        return max(self.input_size, self.pad_size)
 
 
 @dataclass
@@ -141,27 +153,50 @@ class ModelCard:
         return self.embed_dim * (2 if self.embedding == "flip_pair" else 1)
 
     def mismatch_note(self, other_vector_id: str) -> str:
-        """'' or, when ``other_vector_id`` has this card's weights in another embedding mode, a note
-        saying so (the likely cause: a card edited, or a model retrained with/without flips)."""
+        """'' or, when ``other_vector_id`` has this card's weights, a note saying what differs: the
+        embedding mode (a card edited, a model retrained with/without flips) or the pixels (made by
+        an earlier cxrtool pixel pipeline, or with another image spec in the card)."""
         if not other_vector_id or other_vector_id == self.vector_id:
             return ""
-        if other_vector_id.split("+")[0] != self.fingerprint:
+        fingerprint, mode, pixels = split_vector_id(other_vector_id)
+        if fingerprint != self.fingerprint:
             return ""
-        other = other_vector_id.split("+")[1] if "+" in other_vector_id else "single"
-        return f" (same weights, but its vectors are '{other}' and this model writes '{self.embedding}')"
+        if mode != self.embedding:
+            return f" (same weights, but its vectors are '{mode}' and this model writes '{self.embedding}')"
+        if self.stale_pixels(other_vector_id):
+            return (f" (same weights, but its vectors were made by an earlier cxrtool pixel pipeline "
+                    f"({pixels or 'px1'}; now px{PIXELS_VERSION}): decoding or preprocessing changed since)")
+        return " (same weights, but another image preprocessing in the model card)"
+
+    def stale_pixels(self, other_vector_id: str) -> bool:
+        """True when ``other_vector_id`` is this card's weights and mode made by an older pixel pipeline."""
+        fingerprint, mode, pixels = split_vector_id(other_vector_id)
+        version = int(pixels[2:].split(".")[0]) if pixels[2:3].isdigit() else 1
+        return fingerprint == self.fingerprint and mode == self.embedding and version < PIXELS_VERSION
+
+    @property
+    def pixels_tag(self) -> str:
+        """``px<PIXELS_VERSION>.<8 hex of the image spec>``: which pixels the vectors were made from."""
+        spec = json.dumps(asdict(self.image), sort_keys=True).encode()
+        return f"px{PIXELS_VERSION}.{hashlib.sha256(spec).hexdigest()[:8]}"
 
     @property
     def vector_id(self) -> str:
-        """What vectors must share to be compared: the weights' fingerprint, plus the embedding mode."""
-        return self.fingerprint if self.embedding == "single" or not self.fingerprint \
-            else f"{self.fingerprint}+{self.embedding}"
+        """What vectors must share to be compared: the weights' fingerprint, the embedding mode
+        (``+flip_pair``; nothing for single) and the pixel tag (``+px2.1a2b3c4d``)."""
+        if not self.fingerprint:
+            return ""
+        mode = "" if self.embedding == "single" else f"+{self.embedding}"
+        return f"{self.fingerprint}{mode}+{self.pixels_tag}"
 
     @property
     def vector_tag(self) -> str:
         """A short form of :attr:`vector_id` for file names: 16 hex digits of the fingerprint, plus
-        ``-flip_pair`` for a flip_pair card."""
-        return self.fingerprint[:16] + ("" if self.embedding == "single" or not self.fingerprint
-                                        else f"-{self.embedding}")
+        ``-flip_pair`` for a flip_pair card, plus the pixel tag."""
+        if not self.fingerprint:
+            return ""
+        mode = "" if self.embedding == "single" else f"-{self.embedding}"
+        return f"{self.fingerprint[:16]}{mode}-{self.pixels_tag}"
 
     def validate(self) -> None:
         if self.format != CARD_FORMAT:
@@ -181,6 +216,8 @@ class ModelCard:
             raise ModelError(f"model card: unknown text padding {self.text.padding!r}; use one of {PADDINGS}")
         if self.image.resize not in RESIZE_RULES:
             raise ModelError(f"model card: unknown resize rule {self.image.resize!r}; use one of {RESIZE_RULES}")
+        if (self.image.resize == "chexzero_letterbox") != (self.image.pad_size > 0):
+            raise ModelError("model card: image.pad_size goes with (and only with) the chexzero_letterbox rule")
         if self.text.pooling not in POOLINGS:
             raise ModelError(f"model card: unknown pooling {self.text.pooling!r}; use one of {POOLINGS}")
         if self.embedding not in EMBEDDINGS:
@@ -232,3 +269,12 @@ class ModelCard:
         except json.JSONDecodeError as exc:
             raise ModelError(f"{path}: not valid JSON ({exc})") from None
         return cls.from_dict(data)
+
+
+def split_vector_id(vector_id: str) -> tuple[str, str, str]:
+    """(fingerprint, embedding mode, pixel tag) of a vector id; ids written before pixel tags
+    existed have none ('')."""
+    fingerprint, *rest = vector_id.split("+")
+    mode = next((p for p in rest if not p.startswith("px")), "single")
+    pixels = next((p for p in rest if p.startswith("px")), "")
+    return fingerprint, mode, pixels

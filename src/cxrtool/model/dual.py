@@ -115,7 +115,7 @@ class DualEncoder(nn.Module):
     def preprocess(self, image: ImageLike) -> torch.Tensor:
         """Decode (if needed) and apply the card's eval transform: -> CxSxS tensor."""
         if isinstance(image, (str, Path)):
-            image = decode_image(image, min_side=self.card.image.input_size)
+            image = decode_image(image, min_side=self.card.image.decode_side)
         if isinstance(image, DecodedImage):
             image = image.pixels
         return preprocess(image, self.card.image)

@@ -46,6 +46,8 @@ def resize_to_input(x: torch.Tensor, spec: ImageSpec) -> torch.Tensor:
         else:
             top, left = int(round((nh - size) / 2.0)), int(round((nw - size) / 2.0))
         return x[..., top : top + size, left : left + size]
+    if spec.resize == "chexzero_letterbox":
+        return _chexzero_letterbox(x, spec)
     # letterbox: whole image, long side = size, padded with black
     scale = size / max(h, w)
     nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
@@ -56,9 +58,41 @@ def resize_to_input(x: torch.Tensor, spec: ImageSpec) -> torch.Tensor:
     return out
 
 
+def _chexzero_letterbox(x: torch.Tensor, spec: ImageSpec) -> torch.Tensor:
+    """CheXzero's ``data_process.preprocess(img, desired_size=320)`` then its eval ``Resize``.
+
+    Step 1 as Pillow ran it there: long side to ``pad_size`` with the short side floored, LANCZOS
+    (its ``Image.ANTIALIAS``), on the 8-bit image CheXzero always had (it read 8-bit PNG/JPEG with
+    cv2): Pillow resamples 8-bit images in two passes with the overshoot clipped in between, up to
+    4 grey levels away from a float resize at sharp edges, so the image is quantised to 8 bits here
+    too. Pasted at ((pad - new) // 2) on black. Step 2 as torchvision 0.11's tensor
+    ``Resize(224, BICUBIC)`` ran it: ``interpolate`` without antialias, and no clamp (it ran after
+    ``Normalize``, on unbounded values)."""
+    from PIL import Image
+
+    pad, (h, w) = spec.pad_size, x.shape[-2:]
+    ratio = pad / max(h, w)
+    nw, nh = int(w * ratio), int(h * ratio)
+    gray8 = np.round(x[0, 0].detach().cpu().numpy().clip(0.0, 1.0) * 255.0).astype(np.uint8)
+    small = np.asarray(Image.fromarray(gray8, mode="L").resize((nw, nh), Image.Resampling.LANCZOS),
+                       dtype=np.float32) / 255.0
+    canvas = np.zeros((pad, pad), dtype=np.float32)
+    top, left = (pad - nh) // 2, (pad - nw) // 2
+    canvas[top : top + nh, left : left + nw] = small
+    out = torch.from_numpy(canvas)[None, None].to(x.device)
+    if pad == spec.input_size:
+        return out
+    return F.interpolate(out, size=(spec.input_size, spec.input_size), mode=spec.interpolation,
+                         align_corners=False if spec.interpolation in ("bilinear", "bicubic") else None)
+
+
 def normalize(x: torch.Tensor, spec: ImageSpec) -> torch.Tensor:
-    """Nx1xSxS in [0, 1] -> NxCxSxS normalised (grayscale replicated to C channels)."""
-    x = x.clamp(0.0, 1.0).expand(-1, spec.in_channels, -1, -1)
+    """Nx1xSxS in [0, 1] -> NxCxSxS normalised (grayscale replicated to C channels). Values are
+    clamped to [0, 1] first (an antialiased resize overshoots), except under chexzero_letterbox,
+    whose upstream resized already-normalised values and kept the overshoot."""
+    if spec.resize != "chexzero_letterbox":
+        x = x.clamp(0.0, 1.0)
+    x = x.expand(-1, spec.in_channels, -1, -1)
     mean = torch.tensor(spec.mean, dtype=x.dtype).view(1, -1, 1, 1)
     std = torch.tensor(spec.std, dtype=x.dtype).view(1, -1, 1, 1)
     return (x - mean) / std

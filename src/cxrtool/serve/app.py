@@ -200,7 +200,7 @@ def create_app(workspace: str | Path | None = None, model: DualEncoder | str | N
         label = Path(name).name or "upload"
 
         def go() -> list[Hit]:
-            decoded = decode_bytes(data, label, min_side=service.images.model.card.image.input_size)
+            decoded = decode_bytes(data, label, min_side=service.images.model.card.image.decode_side)
             return service.search(image=decoded, target=opts.target, k=opts.k, filters=opts.filters,
                                   per_study=opts.per_study, dedupe=opts.dedupe)
 

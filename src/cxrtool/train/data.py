@@ -119,7 +119,7 @@ class StudyDataset(Dataset):
         self.spec, self.bank, self.seed, self.train = spec, bank, seed, train
         self.max_negatives, self.hflip_prob, self.side_negatives = max_negatives, hflip_prob, side_negatives
         self.clahe_p, self.crop_scale = clahe_p, tuple(crop_scale)
-        self.side = round(spec.input_size * 1.15)
+        self.side = round(spec.decode_side * 1.15)
         self.epoch = 0
         self.errors: list[str] = []
         self.cached: list[list[torch.Tensor]] | None = None

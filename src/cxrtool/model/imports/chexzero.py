@@ -10,11 +10,12 @@ pytorch_to_hf`` script does (``attn.in_proj_*`` split into q/k/v, ``text_project
 through the ``hf-clip`` family (a ``save_pretrained`` directory that transformers also loads, plus
 the card), so embed, search, classify and evaluate use it unchanged.
 
-Preprocessing, as CheXzero's ``data_process.py`` / ``zero_shot.py`` did it: the image is scaled so
-its long side fits and padded with black to a square (CheXzero: 320 px, then ``Resize(224,
-bicubic)``); pixel values are normalised with CheXzero's own statistics, mean 101.48761 and std
-83.43944 on the 0-255 scale (not OpenAI's ImageNet-like mean/std). cxrtool letterboxes straight to
-224 with bicubic interpolation: the same geometry, one resampling step instead of two.
+Preprocessing, exactly as CheXzero's ``data_process.preprocess`` / ``zero_shot.py`` did it with
+its pinned versions (the card's ``chexzero_letterbox`` rule): the long side scaled to 320 px with
+the short side floored (Pillow LANCZOS, its ``Image.ANTIALIAS``), pasted centred on a black 320 px
+square, then torchvision 0.11's tensor ``Resize(224, bicubic)`` (no antialias, no clamp); pixel
+values are normalised with CheXzero's own statistics, mean 101.48761 and std 83.43944 on the 0-255
+scale (not OpenAI's ImageNet-like mean/std).
 
 Tokenizer: OpenAI's CLIP BPE, 77 tokens, lower-cased (CheXzero's ``simple_tokenizer.py``). By
 default it is built from the BPE file that the open_clip package ships (the same file CheXzero
@@ -57,6 +58,7 @@ DEFAULT_TOKENIZER_HUB = "openai/clip-vit-base-patch32"
 # CheXzero's Normalize((101.48761,)*3, (83.43944,)*3) on 0-255 pixels, expressed on [0, 1].
 CHEXZERO_MEAN = 101.48761 / 255.0
 CHEXZERO_STD = 83.43944 / 255.0
+CHEXZERO_PAD = 320  # data_process.preprocess(img, desired_size=320)
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
 BPE_MERGES = 49152 - 256 - 2  # merges OpenAI's SimpleTokenizer reads from the BPE file
 
@@ -255,13 +257,14 @@ def import_chexzero(checkpoint: str | Path, out_dir: str | Path | None = None, t
     used, dropped = place_weights(native, state, openai_source_key, {}, path.name, LAYOUT, convert=openai_to_hf)
     size, mean, std = int(config.vision_config.image_size), [CHEXZERO_MEAN] * 3, [CHEXZERO_STD] * 3
     # For transformers users of the directory: HF processors cannot pad to a square, so this squashes;
-    # cxrtool follows the card (letterbox), as CheXzero did.
+    # cxrtool follows the card (CheXzero's two-step letterbox).
     processor = CLIPImageProcessor(size={"height": size, "width": size}, do_center_crop=False, resample=3,
                                    image_mean=mean, image_std=std)
     name = f"CheXzero {path.stem}"
     model = wrap_hf_model(native, processor, tok, name)
-    model.card.image = ImageSpec(feature_dim=int(config.vision_config.hidden_size), input_size=size, resize="letterbox",
-                                 interpolation="bicubic", mean=mean, std=std)
+    model.card.image = ImageSpec(feature_dim=int(config.vision_config.hidden_size), input_size=size,
+                                 resize="chexzero_letterbox", pad_size=CHEXZERO_PAD, interpolation="bicubic",
+                                 mean=mean, std=std)
     model.card.validate()
     dtypes = Counter(str(v.dtype).removeprefix("torch.") for v in state.values())
     report = ImportReport(format=FORMAT, source=str(path), sha256=digest, tensors=used, dropped=dropped,
@@ -271,8 +274,8 @@ def import_chexzero(checkpoint: str | Path, out_dir: str | Path | None = None, t
     provenance = {
         "name": name, "imported_from": FORMAT, "source_file": path.name, "source_sha256": digest,
         "source_dtypes": dict(dtypes), "licence": LICENCE, "architecture": report.architecture,
-        "tokenizer": tok_source, "preprocessing": "letterbox to a square, bicubic, CheXzero mean/std "
-        "(101.48761, 83.43944 on 0-255); CheXzero letterboxed at 320 px then resized to 224",
+        "tokenizer": tok_source, "preprocessing": "as CheXzero: letterbox to 320 px (Pillow LANCZOS, sides floored), "
+        f"then bicubic resize to {size} without antialias, CheXzero mean/std (101.48761, 83.43944 on 0-255)",
         "cxrtool_version": __version__,
     }
     save_model_dir(model, out, provenance=provenance)

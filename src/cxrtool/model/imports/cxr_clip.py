@@ -83,7 +83,9 @@ SWIN_RENAMES = (
 _BLOCK = re.compile(r"^(encoder\.layers\.\d+\.blocks\.\d+\.)(.*)$")
 
 # The preprocessing contract CXR-CLIP trained and evaluated with (its data_utils.transform_image and
-# configs/transform: Resize(short side) + CenterCrop at base.image_size; 8-bit images as RGB).
+# configs/transform: torchvision Resize(int) + CenterCrop at base.image_size on a PIL image, i.e. the
+# long side floored and the crop offset rounded: the card's torchvision_center_crop rule; 8-bit
+# images as RGB).
 IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]  # ResNet ("imagenet")
 HF_MEAN, HF_STD = [0.5, 0.5, 0.5], [0.5, 0.5, 0.5]  # Swin ("huggingface")
 IMAGE_SIZE = 224  # configs/train.yaml base.image_size
@@ -219,11 +221,12 @@ def build_cxr_clip_model(state: Mapping[str, torch.Tensor], config: Any, text_en
     if arch == "resnet50":
         image = timm.create_model("resnet50", pretrained=False, num_classes=0)
         spec = ImageSpec(timm_name="resnet50", feature_dim=2048, input_size=image_size, interpolation="bilinear",
-                         mean=IMAGENET_MEAN, std=IMAGENET_STD)
+                         resize="torchvision_center_crop", mean=IMAGENET_MEAN, std=IMAGENET_STD)
     else:
         image = AutoModel.from_config(swin_config(state, image_size, source))
         spec = ImageSpec(timm_name="", backend="hf", feature="first_token", feature_dim=int(image.num_features),
-                         input_size=image_size, interpolation="bilinear", mean=HF_MEAN, std=HF_STD)
+                         input_size=image_size, interpolation="bilinear", resize="torchvision_center_crop",
+                         mean=HF_MEAN, std=HF_STD)
     card = ModelCard(
         image=spec,
         text=TextSpec(feature_dim=int(text_config.hidden_size),
