@@ -93,3 +93,65 @@ def test_a_dicom_without_preamble_is_found_and_decoded_like_the_original(tmp_pat
     bare = read_shard_vectors(tmp_path / "ws2" / "shards")[1][0]
     full = tiny_model.encode_images([original])[0]
     assert float(bare @ full) > 0.99999
+
+
+def _mixed_archive(tmp_path):
+    """Real images beside everything else a real archive folder holds."""
+    archive = tmp_path / "archive"
+    shutil.copytree(ARCHIVE / "hannover" / "case01", archive / "case01")
+    shutil.copy(ARCHIVE / "pacs/PAT0001/STUDY0001/SERIES01/IM000001", archive / "IM000001")  # DICOM, no extension
+    (archive / "README.txt").write_text("exported 2026-12-01\n")
+    (archive / "labels.csv").write_text("path,label\ncase01/x.png,0\n")
+    (archive / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+    (archive / ".git").mkdir()
+    (archive / ".git" / "config").write_text("[core]\n")
+    (archive / "gone.png").symlink_to(tmp_path / "nowhere.png")  # a link to nothing
+    os.mkfifo(archive / "pipe")  # opening it to sniff for DICM would wait forever
+    return archive
+
+
+def test_every_file_ends_embedded_skipped_or_failed_and_validate_agrees(tmp_path, tiny_model):
+    from cxrtool.embed.validate import archive_entries, validate_workspace
+
+    archive = _mixed_archive(tmp_path)
+    s = embed_archive(archive, tmp_path / "ws", tiny_model, workers=0, progress=False)
+    rows = {r["path"]: r for r in read_errors(tmp_path / "ws")}
+    embedded = set(read_shard_metadata(tmp_path / "ws" / "shards", ["path"]).column("path").to_pylist())
+    assert embedded == {"IM000001", next(p.relative_to(archive).as_posix() for p in archive.rglob("*.png")
+                                         if not p.is_symlink())}
+    assert {p: (r["kind"], r["reason"].split(" (")[0]) for p, r in rows.items()} == {
+        "README.txt": ("not_image", "not an image"), "labels.csv": ("not_image", "not an image"),
+        ".DS_Store": ("skipped", "hidden file"), ".git": ("skipped", "hidden folder"),
+        "gone.png": ("error", "cannot read the file"), "pipe": ("skipped", "not a regular file")}
+    assert archive_entries(archive) == embedded | set(rows)  # every entry, exactly one row each
+    assert s.embedded == 2 and s.not_images == 2 and s.failed == 1 and s.found == 8 and s.other_files == 5
+    report = validate_workspace(archive, tmp_path / "ws")
+    assert report.ok and report.files == 8, report
+    again = embed_archive(archive, tmp_path / "ws", tiny_model, workers=0, progress=False)
+    assert again.already_done == 8 and again.embedded == 0 and len(read_errors(tmp_path / "ws")) == 6
+
+
+def test_validate_walks_the_archive_itself_and_finds_what_discovery_missed(tmp_path, tiny_model, monkeypatch):
+    """A discovery blind spot (simulated: one real PNG dropped from discovery's list) is reported by
+    validate as missing, because validate does not ask discovery what the archive holds."""
+    import cxrtool.embed.readers as readers
+    from cxrtool.embed.validate import validate_workspace
+
+    archive = tmp_path / "archive"
+    shutil.copytree(ARCHIVE / "hannover", archive)
+    blind = sorted(p.relative_to(archive).as_posix() for p in archive.rglob("*.png"))[3]
+    real = readers.discover_archive
+    monkeypatch.setattr(readers, "discover_archive", lambda root, **kw: (f for f in real(root, **kw) if f.rel != blind))
+    s = embed_archive(archive, tmp_path / "ws", tiny_model, workers=0, progress=False)
+    assert s.embedded == 7 and s.failed == 0
+    report = validate_workspace(archive, tmp_path / "ws")
+    assert not report.ok and report.missing == [blind]
+
+
+def test_an_archive_of_other_files_only_says_no_images(tmp_path, tiny_model_dir):
+    archive = tmp_path / "notes"
+    archive.mkdir()
+    (archive / "README.txt").write_text("nothing here\n")
+    proc = cli("embed", str(archive), "--workspace", str(tmp_path / "ws"), "--model", str(tiny_model_dir))
+    assert proc.returncode == 3 and "no DICOM, PNG or JPEG files found" in proc.stdout, (proc.stdout, proc.stderr)
+    assert "1 not images" in proc.stdout

@@ -54,7 +54,7 @@ def test_embed_writes_shards_with_ids_and_logs_bad_files(small_archive, tmp_path
     row = next(r for r in meta.to_pylist() if r["path"] == "pacs/PAT0001/STUDY0001/SERIES01/IM000001")
     assert row["modality"] == "CR" and row["view"] == "PA" and row["sop_uid"] and row["study_key"]
     ids, vecs, fp = read_shard_vectors(Workspace(ws).shards)
-    assert vecs.shape == (9, 32) and fp == tiny_model.card.fingerprint
+    assert vecs.shape == (9, 32) and fp == tiny_model.card.vector_id
     np.testing.assert_allclose(np.linalg.norm(vecs, axis=1), 1.0, atol=1e-5)
 
 
@@ -230,6 +230,44 @@ def test_header_filters_and_duplicate_instances_are_skipped_with_reasons(tmp_pat
     assert again.embedded == 0 and again.already_done == 4
 
 
+def test_a_chest_filter_keeps_every_chest_spelling_and_the_summary_counts_other_body_parts(tmp_path, tiny_model):
+    """Real mixed exports hold hips and hands beside chests; a chest filter must not lose a site's own
+    spelling of the chest, and without one the summary says how many other body parts were embedded."""
+    from cxrtool.io.classify import HeaderFilter
+
+    root = tmp_path / "mixed"
+    root.mkdir()
+    chest = ARCHIVE / "pacs/PAT0001/STUDY0001/SERIES01/IM000001"
+    for i, part in enumerate(["CHEST", "THORAX", "PORTABLE CHEST", "TORAX", "", "HIP"]):
+        ds = pydicom.dcmread(chest)
+        ds.SOPInstanceUID = pydicom.uid.generate_uid()
+        if part:
+            ds.BodyPartExamined = part
+        else:
+            del ds.BodyPartExamined
+        ds.save_as(root / f"im{i}")
+    shutil.copy(ARCHIVE / "pacs/PAT0004/STUDY0001/SERIES07/IM000001", root / "tibia")  # a real EXTREMITY CR
+    s = embed_archive(root, tmp_path / "chest", tiny_model, workers=0, progress=False,
+                      header_filter=HeaderFilter(body_parts=("CHEST",)))
+    assert s.embedded == 5 and s.skipped == {"body part HIP not in CHEST": 1, "body part EXTREMITY not in CHEST": 1}
+    assert s.other_body_parts == {}
+    every = embed_archive(root, tmp_path / "any", tiny_model, workers=0, progress=False)
+    assert every.embedded == 7 and every.other_body_parts == {"HIP": 1, "EXTREMITY": 1}
+
+
+def test_embed_summary_recommends_the_chest_filter_on_a_mixed_export(tmp_path, tiny_model_dir):
+    from .test_integrity import cli
+
+    root = tmp_path / "archive"
+    shutil.copytree(ARCHIVE / "pacs", root)
+    proc = cli("embed", str(root), "--workspace", str(tmp_path / "ws"), "--model", str(tiny_model_dir))
+    assert proc.returncode == 0, proc.stderr
+    note = [line for line in proc.stdout.splitlines() if "note:" in line]
+    assert len(note) == 1 and "EXTREMITY 7" in note[0] and "HIP 2" in note[0] and "--body-part CHEST" in note[0]
+    help_text = cli("embed", "--help", env={"COLUMNS": "200"}).stdout
+    assert "PORTABLE CHEST" in help_text and "hips, hands" in help_text
+
+
 def test_identity_only_as_keyed_hashes_with_the_given_or_installation_key(small_archive, tmp_path, tiny_model):
     from cxrtool.embed.shards import content_hash
     from cxrtool.privacy import pseudonym
@@ -360,7 +398,7 @@ def test_dicomdir_is_not_an_image_and_its_references_are_embedded(tmp_path, tiny
     ws = tmp_path / "ws"
     s = embed_archive(root, ws, tiny_model, workers=0, progress=False)
     assert s.embedded == 3 and s.failed == 0 and s.not_images == 0
-    assert s.skipped == {"DICOMDIR (media directory)": 1}
+    assert s.skipped == {"DICOMDIR (media directory)": 2}  # the DICOMDIR itself and its copy under another name
     assert set(read_shard_metadata(Workspace(ws).shards, ["path"]).column("path").to_pylist()) == {
         *referenced, "extra/IM000009"}
     assert validate_workspace(root, ws).ok
@@ -376,10 +414,11 @@ def test_file_referenced_by_dicomdir_but_missing_gets_one_error_row(tmp_path, ti
     s = embed_archive(root, ws, tiny_model, workers=0, progress=False)
     assert s.embedded == 1 and s.failed == 1
     rows = [json.loads(x) for x in (ws / "errors.jsonl").read_text().splitlines()]
-    assert rows == [{"path": referenced[0], "kind": "error", "stage": "discover",
+    assert rows == [{"path": "DICOMDIR", "kind": "skipped", "stage": "discover", "reason": "DICOMDIR (media directory)"},
+                    {"path": referenced[0], "kind": "error", "stage": "discover",
                      "reason": "referenced by DICOMDIR but missing"}]
     assert validate_workspace(root, ws).ok
-    assert embed_archive(root, ws, tiny_model, workers=0, progress=False).already_done == 2  # not retried
+    assert embed_archive(root, ws, tiny_model, workers=0, progress=False).already_done == 3  # not retried
 
 
 def test_each_run_appends_its_stage_times_to_the_run_log(small_archive, tmp_path, tiny_model):
@@ -391,7 +430,7 @@ def test_each_run_appends_its_stage_times_to_the_run_log(small_archive, tmp_path
     embed_archive(small_archive, ws, tiny_model, workers=0, progress=False)
     runs = [json.loads(x) for x in (ws / "embed-runs.jsonl").read_text().splitlines()]
     assert [r["embedded"] for r in runs] == [9, 0] and [r["already_done"] for r in runs] == [0, 11]
-    assert runs[0]["model_fingerprint"] == tiny_model.card.fingerprint and runs[0]["cxrtool_version"] == __version__
+    assert runs[0]["model_fingerprint"] == tiny_model.card.vector_id and runs[0]["cxrtool_version"] == __version__
     assert runs[0]["finished_at"] and "failures" not in runs[0]
     for name in ("discover_seconds", "wait_seconds", "model_seconds", "write_seconds"):
         assert 0 <= runs[0][name] <= runs[0]["seconds"]

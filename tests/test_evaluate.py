@@ -302,7 +302,7 @@ def test_evaluate_reads_shards_with_a_labels_csv(tiny_model, tiny_model_dir, tmp
     (tmp_path / "ws" / "shards").mkdir(parents=True)
     write_shard(tmp_path / "ws" / "shards" / "shard-00000.parquet",
                 [{"id": image_id(r["path"]), "path": r["path"], "view": r["view"]} for r in rows], vecs,
-                model.card.fingerprint)
+                model.card.vector_id)
     with open(tmp_path / "labels.csv", "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["path", "patient_id", "sex", "age", "effusion", "no_finding"])

@@ -87,7 +87,7 @@ def test_whole_pipeline_runs_with_a_siglip_model(siglip_dir, tmp_path):
     embedded = json.loads(res.stdout)["embedded"]
     assert embedded > 100
     info = json.loads((tmp_path / "ws" / "embed.json").read_text())
-    assert info["model_fingerprint"] == load_model(model).card.fingerprint and info["embed_dim"] == 32
+    assert info["model_fingerprint"] == load_model(model).card.vector_id and info["embed_dim"] == 32
     res = runner.invoke(app, ["index", "--workspace", ws, "--model", model, "--json"])
     assert res.exit_code == 0, res.output
     res = runner.invoke(app, ["search", "pleural effusion", "--workspace", ws, "--model", model, "-k", "5", "--json"])

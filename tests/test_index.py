@@ -196,7 +196,7 @@ def test_cli_filters_outputs_and_contact_sheet(tmp_path, tiny_model, tiny_model_
 
 def test_text_queries_get_their_own_tuned_depth(tmp_path, tiny_model):
     dim = tiny_model.card.embed_dim
-    ws, _, _ = make_workspace(tmp_path / "ws", [(0, 4_000)], dim=dim, fingerprint=tiny_model.card.fingerprint)
+    ws, _, _ = make_workspace(tmp_path / "ws", [(0, 4_000)], dim=dim, fingerprint=tiny_model.card.vector_id)
     info = build_index(ws.root, "ivf", model=tiny_model)
     assert info.text_queries > 50 and info.text_recall_at_10 is not None and info.text_nprobe >= info.nprobe
     other = build_index(ws.root, "ivf", rebuild=True)  # no matching model at hand: the 4x rule
@@ -210,7 +210,7 @@ def test_a_query_naming_a_finding_searches_with_the_banks_sentences(tmp_path, ti
     from cxrtool.data.sides import swap_sides
 
     dim = tiny_model.card.embed_dim
-    ws, _, _ = make_workspace(tmp_path / "ws", [(0, 2_000)], dim=dim, fingerprint=tiny_model.card.fingerprint)
+    ws, _, _ = make_workspace(tmp_path / "ws", [(0, 2_000)], dim=dim, fingerprint=tiny_model.card.vector_id)
     build_index(ws.root, "flat")
     index = Index.open(ws.root, model=tiny_model)
     expanded = index.embed_query("left pleural effusion")

@@ -172,7 +172,7 @@ def test_an_index_row_pointing_outside_the_archive_is_not_served(tmp_path, tiny_
             {"id": 3, "path": str(tmp_path / "outside.png"), "study_key": "s3", "rows": 1, "columns": 1}]
     vectors = np.eye(3, tiny_model.card.embed_dim, dtype=np.float32)
     ws.shards.mkdir(parents=True)
-    write_shard(ws.shards / "shard-00000.parquet", rows, vectors, tiny_model.card.fingerprint)
+    write_shard(ws.shards / "shard-00000.parquet", rows, vectors, tiny_model.card.vector_id)
     ws.write_json(ws.embed_info, {"archive": str(archive)})
     build_index(ws.root, model=tiny_model)
     with serving(create_app(ws.root, model=tiny_model)) as base, httpx.Client(base_url=base) as client:

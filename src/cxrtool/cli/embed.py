@@ -46,7 +46,10 @@ def embed_cmd(
     retry_errors: bool = typer.Option(False, help="Try files that failed in an earlier run again."),
     modality: str = typer.Option(",".join(RADIOGRAPH_MODALITIES),
                                  help="DICOM modalities to embed, comma-separated, or 'any' (e.g. CR,DX,OT)."),
-    body_part: str = typer.Option(None, help="Keep only these BodyPartExamined values, e.g. CHEST (missing = kept)."),
+    body_part: str = typer.Option(None, help="Keep only these BodyPartExamined values (missing = kept). Recommended "
+                                  "for mixed PACS exports: CHEST, which keeps every chest spelling (THORAX, "
+                                  "PORTABLE CHEST, TORAX, LUNG) and leaves out hips, hands and knees that would "
+                                  "otherwise answer chest queries. Default: any (the summary counts the others)."),
     view: str = typer.Option(None, help="Keep only these ViewPosition values, e.g. PA,AP (missing = kept)."),
     multiframe: bool = typer.Option(False, help="Embed the first frame of multi-frame objects instead of skipping."),
     pseudonym_key: str = typer.Option(None, envvar="CXRTOOL_PSEUDONYM_KEY",
@@ -81,7 +84,7 @@ def embed_cmd(
                                   header_filter=filters, shard_rows=shard_rows, pseudonym_key=pseudonym_key,
                                   keep_study_date=keep_study_date, float16=float16, manifest=manifest,
                                   num_parts=num_parts, part_index=part_index, progress=not as_json, wait=not no_wait))
-    code = EXIT_NOTHING if s.found == 0 else EXIT_FAILURES if s.failed or s.failed_earlier else 0
+    code = EXIT_NOTHING if s.found == s.other_files else EXIT_FAILURES if s.failed or s.failed_earlier else 0
     if as_json:
         print_json(s.to_dict())
         raise typer.Exit(code)
@@ -96,6 +99,11 @@ def embed_cmd(
              "file": "one study per file (no known layout)"}
     if s.study_rules:
         say("  studies from: " + ", ".join(f"{rules.get(r, r)} {n}" for r, n in sorted(s.study_rules.items())))
+    if s.other_body_parts and body_part is None:
+        parts = ", ".join(f"{p} {n}" for p, n in s.other_body_parts.items())
+        say(f"  note: {sum(s.other_body_parts.values())} embedded images name another body part than the chest "
+            f"({parts}); they will answer chest queries too. `--body-part CHEST` leaves them out "
+            "(with --overwrite for this workspace); `search --body-part` filters at query time")
     say(f"{s.images_per_second:.1f} img/s in {s.seconds:.1f}s: discover {s.discover_seconds:.1f}s, waiting for "
         f"decode {s.wait_seconds:.1f}s, model {s.model_seconds:.1f}s, writing {s.write_seconds:.1f}s")
     for f in s.failures[:10]:
@@ -103,6 +111,6 @@ def embed_cmd(
     if s.failed or s.failed_earlier:
         say(f"all failures are listed in {Path(s.workspace) / 'errors.jsonl'} (`cxrtool errors` shows them; "
             "`--retry-errors` tries them again); exit status 1")
-    if s.found == 0:
+    if s.found == s.other_files:
         out.print("[yellow]no DICOM, PNG or JPEG files found[/]")
     raise typer.Exit(code)

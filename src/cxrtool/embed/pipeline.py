@@ -31,7 +31,7 @@ from cxrtool.embed.runner import Runner
 from cxrtool.embed.shards import BadShard, ShardScan, UnreadableShardError, read_shard
 from cxrtool.embed.writer import ShardWriter
 from cxrtool.errors import WorkspaceError
-from cxrtool.io.classify import HeaderFilter
+from cxrtool.io.classify import HeaderFilter, is_chest
 from cxrtool.locks import workspace_lock
 from cxrtool.model.dual import DualEncoder
 from cxrtool.model.factory import load_model
@@ -47,7 +47,8 @@ __all__ = ["STAGES", "EmbedSummary", "default_batch_size", "default_workers", "e
 class EmbedSummary:
     archive: str
     workspace: str
-    found: int = 0
+    found: int = 0  # every file this run accounts for (images and other files)
+    other_files: int = 0  # of which not candidate images (not images, hidden, links): each has an errors.jsonl row
     already_done: int = 0
     embedded: int = 0
     failed: int = 0  # in this run
@@ -55,6 +56,8 @@ class EmbedSummary:
     not_images: int = 0
     skipped: dict[str, int] = field(default_factory=dict)  # reason -> count (filters, duplicates)
     study_rules: dict[str, int] = field(default_factory=dict)  # how rows got their study: dicom, nih, file, ...
+    # embedded rows whose header names a body part that is not the chest (BodyPartExamined -> count)
+    other_body_parts: dict[str, int] = field(default_factory=dict)
     shards_written: int = 0
     seconds: float = 0.0
     discover_seconds: float = 0.0  # walking the archive and reading back what earlier runs did
@@ -218,10 +221,12 @@ def _embed_locked(ws: Workspace, archive: Path, model: DualEncoder, distributor:
         writer.failed += len(missing)
         writer.failures += [{"path": p, "stage": "discover", "reason": reason} for p in missing[:10]]
     earlier = len(failed_before & stats.keys)  # this run's share only (a part counts its own files)
-    summary = EmbedSummary(str(archive), str(ws.root), found=stats.found, already_done=stats.already_done,
+    summary = EmbedSummary(str(archive), str(ws.root), found=stats.found, other_files=stats.other,
+                           already_done=stats.already_done,
                            embedded=writer.written, failed=writer.failed, failed_earlier=earlier,
                            not_images=writer.not_images,
                            skipped=writer.skipped, study_rules=dict(writer.study_rules),
+                           other_body_parts={p: n for p, n in writer.body_parts.most_common() if p and not is_chest(p)},
                            shards_written=writer.shards_written,
                            discover_seconds=done_seconds + stats.list_seconds,
                            wait_seconds=stats.read_seconds, model_seconds=stats.map_seconds,

@@ -15,13 +15,14 @@ from cxrtool.io.discover import ArchiveFile, classify_file, discover_archive
 
 
 class ArchiveReader:
-    """Every image under an archive folder (or one file), in a stable sorted order."""
+    """Every image under an archive folder (or one file), in a stable sorted order, and a row for
+    every other entry (not an image, hidden, a link to nothing), so each file ends in one row."""
 
     def __init__(self, archive: Path) -> None:
         self.root = archive
 
     def items(self) -> list[ArchiveFile]:
-        return list(discover_archive(self.root))
+        return list(discover_archive(self.root, every_file=True))
 
 
 class FileListReader:

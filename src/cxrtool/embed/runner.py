@@ -52,6 +52,7 @@ class RunStats:
     map_seconds: float = 0.0  # the model
     write_seconds: float = 0.0
     keys: set[str] = field(default_factory=set)  # the keys (.rel) of this process's items
+    other: int = 0  # items that are rows only, not candidate images (kind "other": not images, hidden, links)
 
 
 class Runner:
@@ -75,6 +76,7 @@ class Runner:
         stats.list_seconds = time.perf_counter() - t
         stats.found = len(items)
         stats.keys = {f.rel for f in items}
+        stats.other = sum(1 for f in items if getattr(f, "kind", "") == "other")
         todo = [f for f in items if f.rel not in self.done]
         stats.already_done = stats.found - len(todo)
         problems = [f for f in todo if f.problem]  # found unusable by the reader: failures, no decode

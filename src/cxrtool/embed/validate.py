@@ -1,16 +1,21 @@
 """Check that a workspace accounts for exactly the archive: every file embedded once or listed
 with a reason, nothing twice, nothing foreign, one model, every shard verified. The merge check
-for partitioned runs, and the deep check of shards (their bytes against the writer's checksum)."""
+for partitioned runs, and the deep check of shards (their bytes against the writer's checksum).
+
+The archive is walked here on its own (:func:`archive_entries`), not through the embed run's
+discovery, so a file discovery never saw (its blind spots are what validate exists to catch) is
+reported missing instead of passing unseen."""
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from cxrtool.embed.pipeline import read_error_paths
 from cxrtool.embed.shards import BadShard, UnreadableShardError, file_checksum, read_ledger, read_shard, scan_shards
-from cxrtool.io.discover import discover_archive
+from cxrtool.io.discover import archive_rel
 from cxrtool.workspace import Workspace
 
 
@@ -35,9 +40,48 @@ class ValidationReport:
         return {**asdict(self), "ok": self.ok}
 
 
+def archive_entries(root: Path) -> set[str]:
+    """Every entry a complete run must account for, by its own walk: each non-folder entry (regular
+    file, link, special file) once; as one entry each, a hidden folder, a folder that cannot be
+    listed, and a folder reached a second time (a loop, a second link to it, or a link to a folder
+    inside the archive, which is walked by its own path): embed lists each of these as one row."""
+    root = Path(root)
+    if not root.is_dir():
+        return {root.name}
+    real_root = root.resolve()
+    entries: set[str] = set()
+    st = root.stat()
+    visited = {(st.st_dev, st.st_ino)}
+    stack = [root]
+    while stack:
+        folder = stack.pop()
+        try:
+            children = sorted(os.scandir(folder), key=lambda e: e.name)
+        except OSError:
+            entries.add(archive_rel(folder, root))
+            continue
+        subfolders = []
+        for child in children:
+            path = Path(child.path)
+            rel = archive_rel(path, root)
+            try:
+                is_dir = child.is_dir(follow_symlinks=True)
+                key = (child.stat().st_dev, child.stat().st_ino) if is_dir else None
+            except OSError:
+                is_dir, key = False, None
+            if not is_dir or child.name.startswith(".") or key in visited or \
+                    (child.is_symlink() and path.resolve().is_relative_to(real_root)):
+                entries.add(rel)
+            else:
+                visited.add(key)
+                subfolders.append(path)
+        stack.extend(reversed(subfolders))
+    return entries
+
+
 def validate_workspace(archive: str | Path, workspace: str | Path | None = None, limit: int = 20) -> ValidationReport:
     ws = Workspace.resolve(workspace)
-    files = {f.rel for f in discover_archive(Path(archive))}
+    files = archive_entries(Path(archive))
     info = ws.read_json(ws.embed_info) or {}
     scan = scan_shards(ws.shards, info.get("model_fingerprint"))
     bad = list(scan.bad)

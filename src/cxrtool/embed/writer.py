@@ -46,9 +46,11 @@ class ShardWriter:
         self.skipped: dict[str, int] = {}  # reason -> count (filters, duplicates)
         self.failures: list[dict] = []  # the first MAX_FAILURES_KEPT errors; all are in errors.jsonl
         self.study_rules: Counter[str] = Counter()  # which rule gave each written row its study (io/layouts.py)
+        self.body_parts: Counter[str] = Counter()  # BodyPartExamined of the written rows ("" when absent)
 
     def write(self, rows: list[dict], vectors: np.ndarray) -> None:
         self.study_rules.update(r["study_rule"] for r in rows if r.get("study_rule"))
+        self.body_parts.update(r.get("body_part") or "" for r in rows)
         self.rows.extend(rows)
         self.vectors.append(vectors)
         self.written += len(rows)

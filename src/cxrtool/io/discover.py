@@ -4,9 +4,12 @@ DICOMs are recognised by content (the 'DICM' signature), so files without an ext
 usual case in PACS exports (``IM000001``) - are found too. A DICOMDIR (the index of a DICOM
 medium) is not an image: it is read for the files its records reference, which count as DICOM
 without sniffing, and each referenced file missing on disk is reported. Files no DICOMDIR
-references are still found by the walk. Anything else that is readable and not an image is
-skipped quietly; what cannot be read at all (permissions, a folder that cannot be listed) is
-reported, so it is never silently missing from a run. Directory symlinks are followed (research
+references are still found by the walk. What cannot be read at all (permissions, a folder that
+cannot be listed) is reported, so it is never silently missing from a run. With
+``every_file=True`` (embed, validate) every other entry gets its row too: a file that is not an
+image ("not_image"), a hidden file or folder (name starting with '.'; a hidden folder is one row,
+not walked), a DICOMDIR, a link to nothing or a special file ("skipped"), so each regular file
+under the archive ends embedded, skipped or failed, never unsaid. Directory symlinks are followed (research
 data is often linked in: ``archive/nih -> /data/nih/images``); a link back into a folder already
 walked (a loop, or a second way to the same folder) is reported once and not followed again.
 """
@@ -20,6 +23,7 @@ from pathlib import Path
 from urllib.parse import quote, unquote_to_bytes
 
 from cxrtool.constants import DICOM_SUFFIXES, RASTER_SUFFIXES
+from cxrtool.io.classify import MEDIA_DIRECTORY_REASON
 from cxrtool.io.dicom_header import UnreadableDicomError, has_dicom_signature, open_dicom
 
 DICOMDIR_NAME = "DICOMDIR"
@@ -37,9 +41,9 @@ class ArchiveFile:
 
     path: Path
     rel: str
-    kind: str  # "dicom" | "raster" | "unknown" (only with a problem)
+    kind: str  # "dicom" | "raster" | "unknown" or "other" (only with a problem)
     problem: str | None = None
-    problem_kind: str = "error"  # how errors.jsonl lists the problem: "error", or "skipped" (said, not a failure)
+    problem_kind: str = "error"  # how errors.jsonl lists it: "error", "not_image" or "skipped" (said, not failures)
 
 
 def archive_rel(path: Path, root: Path) -> str:
@@ -102,17 +106,34 @@ def dicomdir_references(dicomdir: Path) -> list[Path]:
     return refs
 
 
-def discover_archive(root: str | Path) -> Iterator[ArchiveFile]:
+def _other_entry(path: Path, rel: str) -> ArchiveFile:
+    """The row of an entry that is not an image cxrtool reads (see ``every_file``)."""
+    if path.name.upper() == DICOMDIR_NAME:
+        return ArchiveFile(path.absolute(), rel, "other", MEDIA_DIRECTORY_REASON, "skipped")
+    if path.name.startswith("."):
+        return ArchiveFile(path.absolute(), rel, "other", "hidden file (name starts with '.')", "skipped")
+    if path.is_symlink() and not path.exists():
+        return ArchiveFile(path.absolute(), rel, "other", "a link to nothing (dangling symlink)", "skipped")
+    if not path.is_file():
+        return ArchiveFile(path.absolute(), rel, "other", "not a regular file (pipe, socket or device)", "skipped")
+    suffix = path.suffix.lower() or "no extension"
+    return ArchiveFile(path.absolute(), rel, "other", f"not an image ({suffix}; no DICOM signature)", "not_image")
+
+
+def discover_archive(root: str | Path, every_file: bool = False) -> Iterator[ArchiveFile]:
     """Yield the images under ``root`` in a stable (sorted) order; a single file is allowed.
 
     Files referenced by a DICOMDIR are matched case-insensitively (media written on ISO 9660
-    spell IDs in upper case; copies on a case-sensitive disk may not).
+    spell IDs in upper case; copies on a case-sensitive disk may not). ``every_file``: also
+    yield a row (with its ``problem``) for every entry that is not an image (module docstring).
     """
     root = Path(root)
     if root.is_file():
         kind, problem = _classify(root)
         if kind and root.name.upper() != DICOMDIR_NAME:
             yield ArchiveFile(root.resolve(), root.name, kind, problem)
+        elif every_file:
+            yield _other_entry(root, root.name)
         return
     referenced: dict[str, Path] = {}  # lower-cased archive-relative path -> path the DICOMDIR names
     seen: set[str] = set()
@@ -132,8 +153,13 @@ def discover_archive(root: str | Path) -> Iterator[ArchiveFile]:
         except OSError:
             pass
         keep = []
-        for d in sorted(d for d in dirnames if not d.startswith(".")):
+        for d in sorted(dirnames):
             sub = here / d
+            if d.startswith("."):
+                if every_file:
+                    yield ArchiveFile(sub.absolute(), archive_rel(sub, root), "other",
+                                      "hidden folder (name starts with '.'): not walked", "skipped")
+                continue
             try:
                 st = sub.stat()
             except OSError as exc:  # a dangling link or an unreadable folder: said, not skipped silently
@@ -153,6 +179,9 @@ def discover_archive(root: str | Path) -> Iterator[ArchiveFile]:
             walked[(st.st_dev, st.st_ino)] = archive_rel(sub, root)
             keep.append(d)
         dirnames[:] = keep
+        if every_file:
+            for name in sorted(n for n in filenames if n.startswith(".")):
+                yield _other_entry(here / name, archive_rel(here / name, root))
         names = sorted(n for n in filenames if not n.startswith("."))
         for name in (n for n in names if n.upper() == DICOMDIR_NAME):
             path = Path(dirpath) / name
@@ -169,17 +198,25 @@ def discover_archive(root: str | Path) -> Iterator[ArchiveFile]:
                 except ValueError:  # outside the archive: not ours to report
                     continue
         for name in names:
-            if name.upper() == DICOMDIR_NAME:
-                continue
             path = Path(dirpath) / name
             rel = archive_rel(path, root)
+            if name.upper() == DICOMDIR_NAME:
+                if every_file:
+                    yield _other_entry(path, rel)
+                continue
             if rel.lower() in referenced:
                 seen.add(rel.lower())
                 yield ArchiveFile(path.resolve(), rel, "dicom")
                 continue
+            if not path.is_file() and not path.is_symlink():  # a pipe (opening one would wait forever), a socket
+                if every_file:
+                    yield _other_entry(path, rel)
+                continue
             kind, problem = _classify(path)
             if kind:
                 yield ArchiveFile(path.resolve(), rel, kind, problem)
+            elif every_file:
+                yield _other_entry(path, rel)
     for exc in unlisted:
         folder = Path(exc.filename or root)
         yield ArchiveFile(folder.resolve(), archive_rel(folder, root), "unknown",
