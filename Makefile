@@ -11,7 +11,7 @@ STAMP := $(BIN)/.cxrtool-installed
 SHARED_DATA ?= ../shared/data
 QUERY ?= cardiomegaly
 
-.PHONY: install browser demo test test-fast lint bench sample-data default-model clean
+.PHONY: install debs browser demo test test-fast lint bench sample-data default-model clean
 
 $(PY):
 	python3 -m venv $(CURDIR)/.venv
@@ -30,19 +30,24 @@ demo: install
 	$(BIN)/cxrtool search "$(QUERY)" -k 5
 	$(BIN)/cxrtool search "pleural effusion" -k 5
 
-## browser: Debian's chromium for the serve page tests (Playwright drives it; it never downloads a browser).
-## Without root or sudo, or without a package source, the browser tests skip and say why.
-browser:
-	@if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null; then \
+## debs: Debian packages the tests use: chromium (the serve page, driven by Playwright, which never
+## downloads a browser) and orthanc + orthanc-dicomweb (a real PACS for the DICOMweb tests). Only the
+## missing ones are installed; without root or sudo, or without a package source, those tests skip and say why.
+DEBS_NEEDED = $(if $(wildcard /usr/bin/chromium),,chromium) \
+	$(if $(wildcard /usr/sbin/Orthanc),,orthanc) \
+	$(if $(wildcard /usr/share/orthanc/plugins/libOrthancDicomWeb.so),,orthanc-dicomweb)
+debs:
+	@if [ -n "$(strip $(DEBS_NEEDED))" ] && command -v apt-get >/dev/null; then \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; elif command -v sudo >/dev/null && sudo -n true 2>/dev/null; then SUDO=sudo; \
-	  else echo "chromium is missing and cannot be installed (not root, no sudo): the browser tests will skip"; exit 0; fi; \
-	  echo "installing chromium (apt-get) for the serve page tests"; \
-	  $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null \
-	    || echo "apt-get could not install chromium: the browser tests will skip"; \
+	  else echo "$(strip $(DEBS_NEEDED)) missing and cannot be installed (not root, no sudo): their tests will skip"; exit 0; fi; \
+	  echo "installing $(strip $(DEBS_NEEDED)) (apt-get) for the page and PACS tests"; \
+	  $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(DEBS_NEEDED) >/dev/null \
+	    || echo "apt-get could not install $(strip $(DEBS_NEEDED)): their tests will skip"; \
 	fi
+browser: debs
 
-## test: the whole suite (unit + end-to-end CLI on sample_data, the serve page in headless chromium)
-test: install browser
+## test: the whole suite (unit + end-to-end CLI on sample_data, the serve page in headless chromium, a real Orthanc)
+test: install debs
 	$(BIN)/python -m pytest -q
 
 test-fast: install

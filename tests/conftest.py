@@ -9,6 +9,7 @@ asserts something a random model only gets right by luck (the suite passes with 
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -77,3 +78,29 @@ def clip_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def siglip_dir(tmp_path_factory):
     return build_hf_siglip(tmp_path_factory.mktemp("native") / "tiny-siglip")
+
+
+# The serve page's browser: Debian's chromium driven by Playwright (`make test` installs it).
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+
+def chromium_path() -> str | None:
+    for name in ("chromium", "chromium-browser"):
+        found = shutil.which(name)
+        if found:
+            return found
+    return "/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None
+
+
+@pytest.fixture(scope="module")
+def browser():
+    executable = chromium_path()
+    if executable is None:
+        pytest.skip("Chromium is not installed (`make test` installs Debian's chromium with apt-get; "
+                    "it could not here: no root, no sudo or no package source)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is missing: pip install -e '.[dev]'")
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()

@@ -414,7 +414,8 @@ def test_file_referenced_by_dicomdir_but_missing_gets_one_error_row(tmp_path, ti
     s = embed_archive(root, ws, tiny_model, workers=0, progress=False)
     assert s.embedded == 1 and s.failed == 1
     rows = [json.loads(x) for x in (ws / "errors.jsonl").read_text().splitlines()]
-    assert rows == [{"path": "DICOMDIR", "kind": "skipped", "stage": "discover", "reason": "DICOMDIR (media directory)"},
+    assert rows == [{"path": "DICOMDIR", "kind": "skipped", "stage": "discover",
+                     "reason": "DICOMDIR (media directory)"},
                     {"path": referenced[0], "kind": "error", "stage": "discover",
                      "reason": "referenced by DICOMDIR but missing"}]
     assert validate_workspace(root, ws).ok

@@ -5,8 +5,6 @@ errors, keep using the page while a query runs. Screenshots go to test-artifacts
 from __future__ import annotations
 
 import base64
-import shutil
-from pathlib import Path
 
 import pytest
 
@@ -17,31 +15,8 @@ from .conftest import REPO
 from .serve_helpers import UPLOAD_DICOM, build_workspace, serving
 
 ARTIFACTS = REPO / "test-artifacts" / "serve"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run"]
 LOADED = "() => { const imgs = [...document.querySelectorAll('.card img')]; " \
          "return imgs.length > 0 && imgs.every(i => i.complete && i.naturalWidth > 0); }"
-
-
-def chromium_path() -> str | None:
-    for name in ("chromium", "chromium-browser"):
-        found = shutil.which(name)
-        if found:
-            return found
-    return "/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None
-
-
-@pytest.fixture(scope="module")
-def browser():
-    executable = chromium_path()
-    if executable is None:
-        pytest.skip("Chromium is not installed (`make test` installs Debian's chromium with apt-get; "
-                    "it could not here: no root, no sudo or no package source)")
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is missing: pip install -e '.[dev]'")
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
 
 
 @pytest.fixture(scope="module")

@@ -33,7 +33,9 @@ def _names(value: str | None) -> tuple[str, ...] | None:
 
 
 def embed_cmd(
-    archive: Path = typer.Argument(..., help="Folder of DICOM (with or without extension), PNG or JPEG files."),
+    archive: str = typer.Argument(..., help="Folder of DICOM (with or without extension), PNG or JPEG files, or a "
+                                  "PACS over DICOMweb: dicomweb+http(s)://HOST:PORT/PATH (credentials from "
+                                  "$CXRTOOL_DICOMWEB_TOKEN, or $CXRTOOL_DICOMWEB_USER + $CXRTOOL_DICOMWEB_PASSWORD)."),
     workspace: Path = typer.Option(None, help=WORKSPACE_HELP),
     model: str = typer.Option(None, help=MODEL_HELP),
     batch_size: int = typer.Option(None, help="Images per model batch (default: 4 on CPU, 2 for a flip_pair "
@@ -65,6 +67,11 @@ def embed_cmd(
     part_index: int = typer.Option(0, help="Which part (0..N-1) this process embeds; check the union with validate."),
     num_shards: int = typer.Option(None, "--num-shards", hidden=True, help="Old name of --num-parts."),
     shard_index: int = typer.Option(None, "--shard-index", hidden=True, help="Old name of --part-index."),
+    connections: int = typer.Option(4, min=1, max=64, help="DICOMweb: concurrent downloads (at most batch size x "
+                                    "connections instances are held at once)."),
+    since: str = typer.Option(None, help="DICOMweb: only studies on or after this StudyDate (YYYY-MM-DD)."),
+    until: str = typer.Option(None, help="DICOMweb: only studies on or before this StudyDate (YYYY-MM-DD)."),
+    study: list[str] = typer.Option(None, help="DICOMweb: only this StudyInstanceUID (repeatable)."),
     no_wait: bool = typer.Option(False, "--no-wait", help=NO_WAIT_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
@@ -83,7 +90,9 @@ def embed_cmd(
                                   device=pick_device(device), overwrite=overwrite, retry_errors=retry_errors,
                                   header_filter=filters, shard_rows=shard_rows, pseudonym_key=pseudonym_key,
                                   keep_study_date=keep_study_date, float16=float16, manifest=manifest,
-                                  num_parts=num_parts, part_index=part_index, progress=not as_json, wait=not no_wait))
+                                  num_parts=num_parts, part_index=part_index, progress=not as_json, wait=not no_wait,
+                                  connections=connections, since=since, until=until,
+                                  studies=tuple(study) if study else None))
     code = EXIT_NOTHING if s.found == s.other_files else EXIT_FAILURES if s.failed or s.failed_earlier else 0
     if as_json:
         print_json(s.to_dict())
@@ -94,6 +103,8 @@ def embed_cmd(
         f"{s.not_images} not images, {sum(s.skipped.values())} skipped, {s.failed} failed{earlier} -> {s.workspace}")
     for reason, n in s.skipped.items():
         say(f"  skipped {n}: {reason}")
+    for reason, n in s.filtered.items():
+        say(f"  left out by the server query {n}: {reason}")
     rules = {"dicom": "StudyInstanceUID", "manifest": "the manifest", "nih": "NIH file names",
              "mimic-cxr": "MIMIC-CXR folders", "chexpert": "CheXpert folders",
              "file": "one study per file (no known layout)"}
@@ -112,5 +123,6 @@ def embed_cmd(
         say(f"all failures are listed in {Path(s.workspace) / 'errors.jsonl'} (`cxrtool errors` shows them; "
             "`--retry-errors` tries them again); exit status 1")
     if s.found == s.other_files:
-        out.print("[yellow]no DICOM, PNG or JPEG files found[/]")
+        out.print("[yellow]no DICOM, PNG or JPEG files found[/]" if not s.archive.startswith("dicomweb+")
+                  else "[yellow]the server's query found no instances to embed[/]")
     raise typer.Exit(code)

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from cxrtool.index.search import Hit, Index
 
 CSV_FIELDS = ["rank", "score", "id", "path", "study_key", "view", "modality", "body_part", "study_date",
-              "patient_key", "views_in_study", "text"]
+              "patient_key", "views_in_study", "text", "series_uid", "sop_uid", "retrieve_url", "viewer_url"]
 
 
 def _patient_keys(patients: list[str]) -> tuple[str, ...]:
@@ -54,6 +54,10 @@ def search_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print results as JSON."),
     as_csv: bool = typer.Option(False, "--csv", help="Print results as CSV."),
     save_grid_to: Path = typer.Option(None, "--save-grid", help="Also write a contact sheet PNG of the results."),
+    viewer_url: str = typer.Option(None, help="A viewer link for each hit from this template, e.g. "
+                                   "'https://pacs/viewer?StudyInstanceUIDs={study_uid}' ({base}, {study_uid}, "
+                                   "{series_uid}, {sop_uid}, {path}); default $CXRTOOL_VIEWER_URL."),
+    links: bool = typer.Option(False, "--links", help="Show each hit's retrieve URL (and viewer URL) in the table."),
 ) -> None:
     """Rank the workspace's images (or reports) by similarity to a text query or an example image,
     optionally restricted by metadata before ranking."""
@@ -62,6 +66,7 @@ def search_cmd(
     def go() -> tuple[list[Hit], Index]:
         from cxrtool.index.filters import Filters
         from cxrtool.index.grid import save_grid
+        from cxrtool.index.links import Links, viewer_template
         from cxrtool.index.search import Index
 
         filters = Filters(views=tuple(view or ()), modalities=tuple(modality or ()), body_parts=tuple(body_part or ()),
@@ -70,6 +75,9 @@ def search_cmd(
         index = Index.open(workspace, "reports" if reports else target, model, progress=True)
         hits = index.search(query, image, k=k, filters=filters, per_study=per_study, dedupe=dedupe or None,
                             expand=not exact)
+        if index.target == "images":
+            archive = (index.workspace.read_json(index.workspace.embed_info) or {}).get("archive")
+            Links(archive, viewer_template(viewer_url)).fill(hits)
         if save_grid_to is not None:
             if index.target == "reports":
                 raise WorkspaceError("--save-grid draws images; it does not apply to report results")
@@ -89,12 +97,13 @@ def search_cmd(
         writer.writeheader()
         writer.writerows(h.to_dict() for h in hits)
     else:
-        _print_table(hits, query, image, index.target == "reports", per_study)
+        _print_table(hits, query, image, index.target == "reports", per_study, links)
     if save_grid_to is not None and not as_json and not as_csv:
         out.print(f"contact sheet: {save_grid_to}")
 
 
-def _print_table(hits: list[Hit], query: str | None, image: Path | None, reports: bool, per_study: bool) -> None:
+def _print_table(hits: list[Hit], query: str | None, image: Path | None, reports: bool, per_study: bool,
+                 links: bool = False) -> None:
     from rich.table import Table
 
     title = f'"{query}"' if query is not None else f"images like {image}"
@@ -118,10 +127,11 @@ def _print_table(hits: list[Hit], query: str | None, image: Path | None, reports
     table.add_column("type")
     if per_study:
         table.add_column("views", justify="right")
-    table.add_column("path", overflow="fold", ratio=1, min_width=24)
+    table.add_column("link" if links else "path", overflow="fold", ratio=1, min_width=24)
     for h in hits:
         study = h.study_key if len(h.study_key) <= 22 else "…" + h.study_key[-21:]
         kind = h.modality or Path(h.path).suffix.lstrip(".").upper() or "-"
         cells = [str(h.rank), f"{h.score:.3f}", study, h.view or "-", kind]
-        table.add_row(*cells, *([str(h.views_in_study)] if per_study else []), h.path)
+        where = (h.viewer_url or h.retrieve_url or h.path) if links else h.path
+        table.add_row(*cells, *([str(h.views_in_study)] if per_study else []), where)
     out.print(table)

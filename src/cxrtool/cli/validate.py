@@ -10,7 +10,8 @@ from cxrtool.cli.common import WORKSPACE_HELP, out, print_json, run
 
 
 def validate_cmd(
-    archive: Path = typer.Argument(..., help="The archive folder that was embedded."),
+    archive: str = typer.Argument(..., help="The archive folder that was embedded, or its DICOMweb source "
+                                  "(dicomweb+http://HOST:PORT/PATH: compared with the server's instance list)."),
     workspace: Path = typer.Option(None, help=WORKSPACE_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:

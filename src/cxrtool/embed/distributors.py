@@ -66,6 +66,42 @@ class DecodeWorkers:
         yield from loader
 
 
+class Threads:
+    """Fetch and decode in ``connections`` threads of this process, in item order, with at most
+    ``batch_size x connections`` items in flight (memory stays bounded): for a DICOMweb source,
+    where the wait is the network and the decode libraries release the GIL for the pixels."""
+
+    def __init__(self, connections: int) -> None:
+        self.workers = connections
+
+    def select(self, items: Sequence[ArchiveFile]) -> list[ArchiveFile]:
+        return list(items)
+
+    def decoded(self, items: Sequence[ArchiveFile], decode: Callable[[ArchiveFile], Any],
+                batch_size: int) -> Iterator[list[Any]]:
+        from collections import deque
+        from concurrent.futures import ThreadPoolExecutor
+        from itertools import islice
+
+        pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="cxrtool-fetch")
+        try:
+            todo = iter(items)
+            pending = deque(pool.submit(decode, f) for f in islice(todo, batch_size * self.workers))
+            batch: list[Any] = []
+            while pending:
+                batch.append(pending.popleft().result())
+                nxt = next(todo, None)
+                if nxt is not None:
+                    pending.append(pool.submit(decode, nxt))
+                if len(batch) == batch_size:
+                    yield batch
+                    batch = []
+            if batch:
+                yield batch
+        finally:  # a failure (the server gone): drop what is queued, do not wait on it
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
 class Parts:
     """Part ``index`` of ``total`` of the archive (by a hash of each path), decoded by ``inner``."""
 

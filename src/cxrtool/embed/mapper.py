@@ -19,6 +19,7 @@ from cxrtool.errors import DecodeError, NotAnImageError
 from cxrtool.io.classify import HeaderFilter
 from cxrtool.io.decode import decode_image
 from cxrtool.io.dicom_header import read_dicom_header
+from cxrtool.io.dicomweb import RemoteReadError
 from cxrtool.io.discover import ArchiveFile
 from cxrtool.io.layouts import raster_identity
 from cxrtool.model.card import ImageSpec
@@ -83,7 +84,9 @@ class ImageDecoder:
 
     def __call__(self, f: ArchiveFile) -> Decoded:
         try:
-            data = f.path.read_bytes()
+            data = f.read_bytes()
+        except RemoteReadError as exc:  # the server's answer for this instance (HTTP status)
+            return None, {"path": f.rel}, ("error", "read", f"cannot retrieve the instance ({exc.reason})")
         except OSError as exc:  # reason without the file name: absolute paths stay out of outputs
             return None, {"path": f.rel}, ("error", "read",
                                            f"cannot read the file ({exc.strerror or type(exc).__name__})")

@@ -18,20 +18,22 @@ import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 from cxrtool import __version__
 from cxrtool.constants import SHARD_ROWS
-from cxrtool.embed.distributors import DecodeWorkers, Distributor, Parts
+from cxrtool.embed.distributors import DecodeWorkers, Distributor, Parts, Threads
 from cxrtool.embed.errors_log import STAGES, error_line, read_error_paths, read_errors
 from cxrtool.embed.manifest_join import load_manifest_join
 from cxrtool.embed.mapper import ImageDecoder, ImageMapper, image_record
 from cxrtool.embed.quarantine import clear, quarantine, verified_shards
-from cxrtool.embed.readers import ArchiveReader
+from cxrtool.embed.readers import ArchiveReader, DicomWebReader
 from cxrtool.embed.runner import Runner
 from cxrtool.embed.shards import BadShard, ShardScan, UnreadableShardError, read_shard
 from cxrtool.embed.writer import ShardWriter
 from cxrtool.errors import WorkspaceError
 from cxrtool.io.classify import HeaderFilter, is_chest
+from cxrtool.io.dicomweb import is_dicomweb, parse_source, source_label
 from cxrtool.locks import workspace_lock
 from cxrtool.model.dual import DualEncoder
 from cxrtool.model.factory import load_model
@@ -55,6 +57,8 @@ class EmbedSummary:
     failed_earlier: int = 0  # files that failed in an earlier run and were not retried (still not embedded)
     not_images: int = 0
     skipped: dict[str, int] = field(default_factory=dict)  # reason -> count (filters, duplicates)
+    # DICOMweb: instances the server-side query left out, per reason (never downloaded, no error rows)
+    filtered: dict[str, int] = field(default_factory=dict)
     study_rules: dict[str, int] = field(default_factory=dict)  # how rows got their study: dicom, nih, file, ...
     # embedded rows whose header names a body part that is not the chest (BodyPartExamined -> count)
     other_body_parts: dict[str, int] = field(default_factory=dict)
@@ -146,6 +150,10 @@ def embed_archive(
     part_index: int = 0,
     progress: bool = True,
     wait: bool = True,
+    connections: int = 4,
+    since: str | None = None,
+    until: str | None = None,
+    studies: tuple[str, ...] | None = None,
 ) -> EmbedSummary:
     """Embed every image under ``archive`` into shards in the workspace; resumes by default.
 
@@ -157,36 +165,60 @@ def embed_archive(
     One writer at a time: the run holds the workspace's embed lock (a part holds its own part's),
     and waits for another holder, or with ``wait=False`` refuses at once (:mod:`cxrtool.locks`).
     Shards that fail verification are moved to ``<workspace>/quarantine/`` and their files embedded anew.
+
+    ``archive`` may be a DICOMweb source, ``dicomweb+http(s)://HOST:PORT/PATH``
+    (:mod:`cxrtool.io.dicomweb`): its instances are listed by QIDO-RS (``since``/``until`` on
+    StudyDate, or ``studies``; modality and body part from ``header_filter`` at series level) and
+    retrieved by WADO-RS in ``connections`` threads; each instance's identity is its WADO-RS path,
+    so resume, incremental runs and validate work as for a folder.
     """
     if not (num_parts >= 1 and 0 <= part_index < num_parts):
         raise WorkspaceError(f"part {part_index} of {num_parts} is not a valid partition",
                              "use --num-parts N --part-index i with 0 <= i < N")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    archive = Path(archive).resolve()
-    if not archive.exists():
-        raise WorkspaceError(f"{archive}: no such file or folder")
+    header_filter = header_filter or HeaderFilter()
+    if is_dicomweb(archive):
+        if manifest:
+            raise WorkspaceError("--manifest joins files of a folder; a DICOMweb source takes studies, patients "
+                                 "and views from the DICOM headers", "leave --manifest out")
+        base = parse_source(str(archive))
+        archive = source_label(base)
+        reader: Any = DicomWebReader(base, header_filter, since, until, studies, connections)
+        distributor: Distributor = Threads(connections)
+    else:
+        if since or until or studies:
+            raise WorkspaceError("--since, --until and --study query a DICOMweb source; a folder is walked whole",
+                                 "leave them out for a folder")
+        archive = Path(archive).resolve()
+        if not archive.exists():
+            raise WorkspaceError(f"{archive}: no such file or folder")
+        reader = ArchiveReader(archive)
+        distributor = None
     ws = Workspace.resolve(workspace)
     if not isinstance(model, DualEncoder):
         model = load_model(ws.model_of(model), device=device)
     model.to(device).eval()
     workers = default_workers(device) if workers is None else workers
-    distributor: Distributor = DecodeWorkers(workers, pin_memory=device.startswith("cuda"))
+    if distributor is None:
+        distributor = DecodeWorkers(workers, pin_memory=device.startswith("cuda"))
+    else:
+        workers = connections
     out_dir = ws.shards
     if num_parts > 1:  # a part keeps its own folder (shards + errors.jsonl); --overwrite clears only that
         distributor = Parts(part_index, num_parts, distributor)
         out_dir = ws.shards / distributor.name
     part = distributor.name if num_parts > 1 else None
     with workspace_lock(ws.root, "embed-images", "cxrtool embed", wait, part):
-        return _embed_locked(ws, archive, model, distributor, out_dir, device, workers, batch_size, shard_rows,
-                             overwrite, retry_errors, header_filter, pseudonym_key, keep_study_date, float16,
-                             manifest, f"{part_index}/{num_parts}", progress)
+        return _embed_locked(ws, archive, reader, model, distributor, out_dir, device, workers, batch_size,
+                             shard_rows, overwrite, retry_errors, header_filter, pseudonym_key, keep_study_date,
+                             float16, manifest, f"{part_index}/{num_parts}", progress)
 
 
-def _embed_locked(ws: Workspace, archive: Path, model: DualEncoder, distributor: Distributor, out_dir: Path,
-                  device: str, workers: int, batch_size: int | None, shard_rows: int, overwrite: bool,
-                  retry_errors: bool, header_filter: HeaderFilter | None, pseudonym_key: str | None,
-                  keep_study_date: bool, float16: bool, manifest: str | Path | None, part: str,
-                  progress: bool) -> EmbedSummary:
+def _embed_locked(ws: Workspace, archive: Path | str, reader: Any, model: DualEncoder, distributor: Distributor,
+                  out_dir: Path, device: str, workers: int, batch_size: int | None, shard_rows: int,
+                  overwrite: bool, retry_errors: bool, header_filter: HeaderFilter | None,
+                  pseudonym_key: str | None, keep_study_date: bool, float16: bool, manifest: str | Path | None,
+                  part: str, progress: bool) -> EmbedSummary:
     """The embed run proper, with the workspace's (or this part's) writer lock held."""
     _check_workspace(ws, archive, model, overwrite, out_dir if out_dir != ws.shards else ws.root)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -207,10 +239,12 @@ def _embed_locked(ws: Workspace, archive: Path, model: DualEncoder, distributor:
                          errors_path=ws.errors if out_dir == ws.shards else out_dir / "errors.jsonl")
     ws.write_json(ws.embed_info, {"archive": str(archive), "model": model.card.provenance.get("name", ""),
                                   "model_ref": model.origin or None, "model_fingerprint": model.card.vector_id,
-                                  "embed_dim": model.card.output_dim})
+                                  "embed_dim": model.card.output_dim,
+                                  **({"query": {"modalities": list(header_filter.modalities or []) or None,
+                                                "body_parts": list(header_filter.body_parts or []) or None}}
+                                     if isinstance(archive, str) else {})})
     batch_size = batch_size or default_batch_size(device, model)
-    runner = Runner(ArchiveReader(archive), ImageMapper(model, decoder, seen_sops), writer, distributor,
-                    batch_size, done)
+    runner = Runner(reader, ImageMapper(model, decoder, seen_sops), writer, distributor, batch_size, done)
     stats = runner.run(progress=progress)
     if join is not None and part == "0/1":  # manifest images with no file: one errors.jsonl row each, once
         matched = {id(e) for rel in stats.keys if (e := join.lookup(rel, archive / rel)) is not None}
@@ -225,7 +259,8 @@ def _embed_locked(ws: Workspace, archive: Path, model: DualEncoder, distributor:
                            already_done=stats.already_done,
                            embedded=writer.written, failed=writer.failed, failed_earlier=earlier,
                            not_images=writer.not_images,
-                           skipped=writer.skipped, study_rules=dict(writer.study_rules),
+                           skipped=writer.skipped, filtered=dict(getattr(reader, "filtered", {})),
+                           study_rules=dict(writer.study_rules),
                            other_body_parts={p: n for p, n in writer.body_parts.most_common() if p and not is_chest(p)},
                            shards_written=writer.shards_written,
                            discover_seconds=done_seconds + stats.list_seconds,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 from cxrtool.io.discover import ArchiveFile, classify_file, discover_archive
 
@@ -41,3 +42,23 @@ class FileListReader:
             problem = None if kind else ("no such file" if not path.exists() else "not an image cxrtool reads")
             out.append(ArchiveFile(path, rel, kind or "unknown", problem))
         return out
+
+
+class DicomWebReader:
+    """The instances a DICOMweb server holds that pass ``keep`` (series-level Modality and
+    BodyPartExamined, checked from QIDO answers before any download), within the StudyDate range or
+    the given studies. ``filtered`` counts what the query left out, per reason, after ``items()``."""
+
+    def __init__(self, base: str, keep: Any, since: str | None = None, until: str | None = None,
+                 studies: tuple[str, ...] | None = None, connections: int = 4) -> None:
+        self.base, self.keep, self.since, self.until, self.studies = base, keep, since, until, studies
+        self.connections = connections
+        self.filtered: dict[str, int] = {}
+
+    def items(self) -> list[Any]:
+        from cxrtool.io.dicomweb import client_for, list_instances
+
+        listing = list_instances(client_for(self.base, self.connections), self.keep, self.since, self.until,
+                                 self.studies, self.connections)
+        self.filtered = dict(listing.filtered)
+        return listing.items

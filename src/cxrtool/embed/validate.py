@@ -79,10 +79,31 @@ def archive_entries(root: Path) -> set[str]:
     return entries
 
 
+def server_entries(source: str, query: dict | None) -> set[str]:
+    """What a DICOMweb source holds for the recorded query (modalities, body parts; no date
+    range: validate asks whether the workspace accounts for the whole server, whatever ``--since``
+    the runs used), as embed names instances: their WADO-RS paths."""
+    from cxrtool.io.classify import HeaderFilter
+    from cxrtool.io.dicomweb import client_for, list_instances, parse_source
+
+    query = query or {}
+    keep = HeaderFilter() if "modalities" not in query else HeaderFilter(
+        tuple(query["modalities"]) if query.get("modalities") else None,
+        tuple(query["body_parts"]) if query.get("body_parts") else None)
+    return {item.rel for item in list_instances(client_for(parse_source(source)), keep).items}
+
+
 def validate_workspace(archive: str | Path, workspace: str | Path | None = None, limit: int = 20) -> ValidationReport:
+    from cxrtool.io.dicomweb import is_dicomweb, parse_source, source_label
+
     ws = Workspace.resolve(workspace)
-    files = archive_entries(Path(archive))
     info = ws.read_json(ws.embed_info) or {}
+    if is_dicomweb(archive):
+        archive = source_label(parse_source(str(archive)))
+        files = server_entries(str(archive), info.get("query"))
+    else:
+        archive = Path(archive).resolve()
+        files = archive_entries(archive)
     scan = scan_shards(ws.shards, info.get("model_fingerprint"))
     bad = list(scan.bad)
     rows: list[str] = []
@@ -102,6 +123,6 @@ def validate_workspace(archive: str | Path, workspace: str | Path | None = None,
     embedded = set(rows)
     dups = sorted(p for p, n in Counter(rows).items() if n > 1)
     return ValidationReport(
-        str(Path(archive).resolve()), str(ws.root), len(files), len(embedded), len(errors - embedded),
+        str(archive), str(ws.root), len(files), len(embedded), len(errors - embedded),
         dups[:limit], sorted(files - embedded - errors)[:limit], sorted(embedded - files)[:limit],
         [scan.vector_id] if scan.good else [], [{"path": str(b.path), "reason": b.reason} for b in bad])

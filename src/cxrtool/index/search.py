@@ -50,6 +50,10 @@ class Hit:
     patient_key: str = ""
     text: str = ""  # report text, for report results
     views_in_study: int = 1  # with per_study: how many of the study's images matched
+    series_uid: str = ""
+    sop_uid: str = ""
+    retrieve_url: str = ""  # the source: WADO-RS URL (DICOMweb) or file path (index/links.py)
+    viewer_url: str = ""  # from the user's viewer template, if set
     extra: dict = field(default_factory=dict, repr=False)
 
     def to_dict(self) -> dict:
@@ -63,7 +67,8 @@ def _hit(rank: int, score: float, row: dict, reports: bool) -> Hit:
     if reports:
         return Hit(rank, round(score, 4), int(row["id"]), s("report_key"), s("study_key"), text=s("text"), extra=row)
     return Hit(rank, round(score, 4), int(row["id"]), s("path"), s("study_key"), s("view"), s("modality"),
-               s("body_part"), s("study_date"), s("patient_key"), extra=row)
+               s("body_part"), s("study_date"), s("patient_key"), series_uid=s("series_uid"), sop_uid=s("sop_uid"),
+               extra=row)
 
 
 class Index:

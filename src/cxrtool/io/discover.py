@@ -45,6 +45,10 @@ class ArchiveFile:
     problem: str | None = None
     problem_kind: str = "error"  # how errors.jsonl lists it: "error", "not_image" or "skipped" (said, not failures)
 
+    def read_bytes(self) -> bytes:
+        """The file's bytes (a work item's one read; a remote item fetches them instead)."""
+        return self.path.read_bytes()
+
 
 def archive_rel(path: Path, root: Path) -> str:
     """``path`` relative to the archive root, as stored in shards. A name that is not valid UTF-8

@@ -64,6 +64,8 @@ class ImageHit(BaseModel):
     views_in_study: int
     thumb: str
     image: str
+    retrieve_url: str = ""  # the WADO-RS URL (DICOMweb) or file path of the source
+    viewer_url: str = ""  # from the viewer URL template, if one is set
 
 
 class ReportHit(BaseModel):
@@ -99,7 +101,7 @@ def _image_hit(h: Hit) -> ImageHit:
     return ImageHit(rank=h.rank, score=h.score, id=str(h.id), path=h.path, study_key=h.study_key, view=h.view,
                     modality=h.modality, body_part=h.body_part, study_date=h.study_date,
                     views_in_study=h.views_in_study, thumb=f"/api/images/{h.id}/thumb",
-                    image=f"/api/images/{h.id}/image")
+                    image=f"/api/images/{h.id}/image", retrieve_url=h.retrieve_url, viewer_url=h.viewer_url)
 
 
 def _report_hit(h: Hit) -> ReportHit:
@@ -138,11 +140,11 @@ def search_options(
 def create_app(workspace: str | Path | None = None, model: DualEncoder | str | None = None,
                archive: str | Path | None = None, device: str = "cpu", max_upload_mb: float = SERVE_MAX_UPLOAD_MB,
                cache: bool = True, host: str = SERVE_HOST, search_threads: int = 2,
-               render_threads: int = 2) -> FastAPI:
+               render_threads: int = 2, viewer_url: str | None = None) -> FastAPI:
     """The ASGI app for ``workspace``: opens (and if needed builds) its index now, so a broken
     workspace fails at start, not at the first query. ``host``: where it will listen; on a
     loopback address requests must name a loopback host (blocks DNS-rebinding pages)."""
-    service = SearchService(workspace, model, archive, device, cache)
+    service = SearchService(workspace, model, archive, device, cache, viewer_url=viewer_url)
     max_upload = int(max_upload_mb * (1 << 20))
     searches, renders = anyio.CapacityLimiter(search_threads), anyio.CapacityLimiter(render_threads)
     app = FastAPI(title="cxrtool serve", version=__version__, docs_url=None, redoc_url=None,

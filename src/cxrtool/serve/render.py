@@ -15,10 +15,11 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from cxrtool.io.decode import decode_image
+from cxrtool.io.decode import decode_bytes, decode_image
 
 
 @dataclass(frozen=True)
@@ -37,11 +38,15 @@ class Rendition:
         return ".jpg" if self.format == "JPEG" else ".png"
 
 
-def render(path: Path, rendition: Rendition) -> bytes:
-    """Decode ``path`` and encode it to fit a ``side`` x ``side`` box; raises ``DecodeError``."""
+def render(path: Path | Any, rendition: Rendition) -> bytes:
+    """Decode ``path`` (a file, or a remote item with ``read_bytes()``) and encode it to fit a
+    ``side`` x ``side`` box; raises ``DecodeError``."""
     from PIL import Image
 
-    decoded = decode_image(path, min_side=rendition.side)  # reduced-resolution decode where the codec can
+    if isinstance(path, Path):
+        decoded = decode_image(path, min_side=rendition.side)  # reduced-resolution decode where the codec can
+    else:
+        decoded = decode_bytes(path.read_bytes(), str(path.path), min_side=rendition.side)
     pixels = np.clip(decoded.pixels * 255.0 + 0.5, 0, 255).astype(np.uint8)
     image = Image.fromarray(pixels)
     image.thumbnail((rendition.side, rendition.side), Image.Resampling.LANCZOS)
@@ -64,7 +69,7 @@ class RenderCache:
         self._lock = threading.Lock()
         self.hits = self.misses = 0
 
-    def get_or_render(self, key: str, path: Path, rendition: Rendition) -> bytes:
+    def get_or_render(self, key: str, path: Path | Any, rendition: Rendition) -> bytes:
         with self._lock:
             data = self._items.get(key)
             if data is not None:

@@ -17,8 +17,10 @@ import pyarrow.compute as pc
 from cxrtool.constants import DETAIL_SIDE, SERVE_K_MAX, SERVE_MEMORY_CACHE_MB, THUMB_SIDE
 from cxrtool.errors import DecodeError, UnknownIdError, WorkspaceError
 from cxrtool.index.filters import Filters
+from cxrtool.index.links import Links, viewer_template
 from cxrtool.index.search import DEDUPE_COSINE, Hit, Index
 from cxrtool.io.decode import DecodedImage
+from cxrtool.io.dicomweb import RemoteInstance, RemoteReadError, is_dicomweb
 from cxrtool.io.discover import archive_path
 from cxrtool.model.dual import DualEncoder
 from cxrtool.serve.render import RenderCache, Rendition
@@ -53,13 +55,16 @@ class SearchService:
 
     def __init__(self, workspace: str | Path | None = None, model: DualEncoder | str | None = None,
                  archive: str | Path | None = None, device: str = "cpu", cache: bool = True,
-                 memory_cache_mb: int = SERVE_MEMORY_CACHE_MB) -> None:
+                 memory_cache_mb: int = SERVE_MEMORY_CACHE_MB, viewer_url: str | None = None) -> None:
         self.images = Index.open(workspace, "images", model, device)
         self.workspace: Workspace = self.images.workspace
         # reports are always searched by a vector (the query embedded by the image index's model)
         self.reports = self._open_reports(model)
         info = self.workspace.read_json(self.workspace.embed_info) or {}
-        self.archive = Path(archive or info.get("archive") or ".").expanduser()
+        recorded = str(archive or info.get("archive") or ".")
+        self.remote = is_dicomweb(recorded)  # a DICOMweb workspace: images are retrieved from the server
+        self.archive = Path(recorded).expanduser() if not self.remote else Path(".")
+        self.links = Links(recorded if self.remote else str(self.archive), viewer_template(viewer_url))
         self.renders = RenderCache(self.workspace.serve_cache if cache else None, memory_cache_mb << 20)
         self._texts: OrderedDict[str, np.ndarray] = OrderedDict()
         self._texts_lock = threading.Lock()
@@ -129,7 +134,8 @@ class SearchService:
             vector, text = self.images.embed_query(image=image), False
         else:
             vector, text = self.images.store.vectors(np.array([self._position(like)]))[0], False
-        return index.search(vector=vector, k=k, filters=filters, per_study=per_study, dedupe=dedupe, text=text)
+        hits = index.search(vector=vector, k=k, filters=filters, per_study=per_study, dedupe=dedupe, text=text)
+        return self.links.fill(hits) if target == "images" else hits
 
     def nearest_reports(self, image_id: int, k: int = 5, dedupe: float | None = DEDUPE_COSINE) -> list[Hit]:
         """The report index's nearest reports to an indexed image (image -> report); by default
@@ -173,13 +179,18 @@ class SearchService:
         row = self._row(image_id)
         return {name: row[name] for name in DETAIL_FIELDS if row.get(name) not in (None, "")}
 
-    def source(self, image_id: int, row: dict | None = None) -> Path:
-        """The archive file behind an id. The path comes from the index; one that is absolute or
-        climbs out of the archive (a hand-edited shard) is refused, so no id reads other files."""
+    def source(self, image_id: int, row: dict | None = None) -> Path | RemoteInstance:
+        """The archive file behind an id (or, for a DICOMweb workspace, its instance on the server).
+        The path comes from the index; one that is absolute or climbs out of the archive (a
+        hand-edited shard) is refused, so no id reads other files."""
         rel = str((row or self._row(image_id)).get("path") or "")
         parts = PurePosixPath(rel.replace("\\", "/")).parts
         if not parts or parts[0] == "/" or ".." in parts or ":" in parts[0]:
             raise UnknownIdError(f"image {image_id} has a path outside the archive; it is not served")
+        if self.remote:
+            if parts[0] != "studies" or len(parts) != 6:
+                raise UnknownIdError(f"image {image_id} has no DICOMweb instance path; it is not served")
+            return RemoteInstance(self.links.base, "/".join(parts))
         file = archive_path(self.archive, "/".join(parts))
         if not file.is_file():
             raise UnknownIdError(f"the file of image {image_id} ({rel}) is no longer in the archive",
@@ -196,3 +207,5 @@ class SearchService:
             return self.renders.get_or_render(key, file, rendition)
         except DecodeError as exc:  # changed on disk since embedding
             raise UnknownIdError(f"image {image_id} can no longer be decoded: {exc.short_reason}") from None
+        except RemoteReadError as exc:  # gone from the server since embedding
+            raise UnknownIdError(f"image {image_id} cannot be retrieved: {exc.reason}") from None

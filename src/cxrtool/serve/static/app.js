@@ -154,6 +154,11 @@ async function openDetail(hit) {
   $("detail-img").alt = "image " + hit.path;
   $("detail-fields").replaceChildren();
   $("detail-reports").replaceChildren();
+  const link = $("detail-link");
+  const href = hit.viewer_url || (/^https?:\/\//.test(hit.retrieve_url || "") ? hit.retrieve_url : "");
+  link.hidden = !href;
+  link.href = href || "#";
+  link.textContent = hit.viewer_url ? "open in viewer" : "retrieve from PACS (WADO-RS)";
   resetWindow();
   $("more-like").onclick = () => {
     dialog.close();

@@ -1,0 +1,257 @@
+"""Embedding straight from a PACS over DICOMweb, against a real Orthanc (Debian's orthanc +
+orthanc-dicomweb, started per test module on a free loopback port; tests/orthanc.py).
+
+The sample archive's DICOMs are uploaded through Orthanc's REST API: 11 CR images (chest, hip,
+extremity; JPEG 2000, JPEG lossless, RLE, ...) and one SR. Downloads are counted by wrapping the
+real client's retrieval (every byte still comes from the server)."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import threading
+from pathlib import Path
+
+import pytest
+
+from cxrtool.embed.errors_log import read_errors
+from cxrtool.embed.pipeline import embed_archive
+from cxrtool.embed.shards import read_shard_metadata
+from cxrtool.embed.validate import validate_workspace
+from cxrtool.io import dicomweb
+from cxrtool.io.dicomweb import DicomWebClient, DicomWebUnavailable
+
+from .conftest import ARCHIVE
+from .orthanc import Orthanc, dicom_copy, skip_without_orthanc
+from .test_integrity import cli, one_line_error
+
+PACS = sorted(p for p in (ARCHIVE / "pacs").rglob("*") if p.is_file())
+SR = "modality SR not in CR,DX"
+
+
+@pytest.fixture(scope="module")
+def orthanc(tmp_path_factory):
+    skip_without_orthanc()
+    server = Orthanc(tmp_path_factory.mktemp("orthanc")).start()
+    server.upload_files(PACS)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def downloads(monkeypatch):
+    """How many instances were retrieved (the real client, counted)."""
+    counter = {"n": 0}
+    real = DicomWebClient.retrieve_instance
+
+    def counted(self, path):
+        counter["n"] += 1
+        return real(self, path)
+
+    monkeypatch.setattr(DicomWebClient, "retrieve_instance", counted)
+    return counter
+
+
+def _embed(source, ws, model, **kw):
+    return embed_archive(source, ws, model, progress=False, **kw)
+
+
+def _paths(ws: Path) -> list[str]:
+    return read_shard_metadata(ws / "shards", ["path"]).column("path").to_pylist()
+
+
+def test_full_sync_then_nothing_then_exactly_the_new_instance(orthanc, tmp_path, tiny_model, downloads):
+    before = orthanc.count_instances()
+    ws = tmp_path / "ws"
+    s = _embed(orthanc.source, ws, tiny_model, connections=4)
+    assert s.embedded == 11 and s.failed == 0 and s.filtered == {SR: 1} and downloads["n"] == 11
+    rows = read_shard_metadata(ws / "shards", ["path", "study_key", "series_uid", "sop_uid", "modality"]).to_pylist()
+    assert all(r["path"] == f"studies/{r['study_key']}/series/{r['series_uid']}/instances/{r['sop_uid']}"
+               for r in rows) and {r["modality"] for r in rows} == {"CR"}
+    assert read_errors(ws) == []  # what the query left out is counted, not written as error rows
+
+    downloads["n"] = 0
+    again = _embed(orthanc.source, ws, tiny_model)
+    assert again.embedded == 0 and again.already_done == 11 and downloads["n"] == 0
+
+    orthanc.upload(dicom_copy(PACS[0], seed=1))
+    third = _embed(orthanc.source, ws, tiny_model)
+    assert third.embedded == 1 and downloads["n"] == 1
+    assert len(_paths(ws)) == len(set(_paths(ws))) == 12
+    assert validate_workspace(orthanc.source, ws).ok
+    assert orthanc.count_instances() == before + 1  # only the test's own upload: cxrtool never writes
+
+
+def test_since_fetches_only_the_new_studies(orthanc, tmp_path, tiny_model, downloads):
+    for seed in (10, 11):
+        orthanc.upload(dicom_copy(PACS[0], study_date="20261201", seed=seed))
+    s = _embed(orthanc.source, tmp_path / "ws", tiny_model, since="2026-11-30")
+    assert s.embedded == 2 and downloads["n"] == 2 and s.filtered == {}
+    none = _embed(orthanc.source, tmp_path / "ws2", tiny_model, since="2026-12-02")
+    assert none.found == 0 and downloads["n"] == 2
+
+
+def test_a_study_list_and_the_chest_filter_are_applied_before_download(orthanc, tmp_path, tiny_model, downloads):
+    from cxrtool.io.classify import HeaderFilter
+
+    s = _embed(orthanc.source, tmp_path / "ws", tiny_model, header_filter=HeaderFilter(body_parts=("CHEST",)))
+    assert s.embedded == downloads["n"] and s.filtered.get("body part HIP not in CHEST") == 2
+    assert s.filtered.get("body part EXTREMITY not in CHEST") == 7
+
+
+def test_the_wado_rs_url_of_a_hit_returns_that_instance(orthanc, tmp_path, tiny_model_dir):
+    import io
+
+    import httpx
+    import pydicom
+
+    ws = tmp_path / "ws"
+    assert cli("embed", orthanc.source, "--workspace", str(ws), "--model", str(tiny_model_dir)).returncode == 0
+    assert cli("index", "--workspace", str(ws)).returncode == 0
+    proc = cli("search", "pleural effusion", "--workspace", str(ws), "-k", "3", "--dedupe", "0", "--json",
+               "--viewer-url", "http://viewer.example/ohif?StudyInstanceUIDs={study_uid}")
+    hits = json.loads(proc.stdout)
+    assert len(hits) == 3
+    for hit in hits:
+        assert hit["retrieve_url"] == f"{orthanc.url}/dicom-web/{hit['path']}"
+        assert hit["viewer_url"] == f"http://viewer.example/ohif?StudyInstanceUIDs={hit['study_key']}"
+        r = httpx.get(hit["retrieve_url"], headers={"Accept": dicomweb.INSTANCE_ACCEPT})
+        part = dicomweb.multipart_parts(r.headers["Content-Type"], r.content)[0]
+        assert pydicom.dcmread(io.BytesIO(part)).SOPInstanceUID == hit["sop_uid"]
+    csv_out = cli("search", "pleural effusion", "--workspace", str(ws), "-k", "1", "--csv").stdout
+    assert "retrieve_url" in csv_out.splitlines()[0] and f"{orthanc.url}/dicom-web/studies/" in csv_out
+
+
+def test_the_server_stopping_mid_run_is_one_line_and_the_rerun_completes(tmp_path, tiny_model, monkeypatch):
+    skip_without_orthanc()
+    server = Orthanc(tmp_path / "orthanc").start()
+    try:
+        server.upload_files(PACS)
+        real, calls = DicomWebClient.retrieve_instance, {"n": 0}
+
+        def stop_after_five(self, path):
+            calls["n"] += 1
+            if calls["n"] == 6:
+                server.stop()
+            return real(self, path)
+
+        monkeypatch.setattr(DicomWebClient, "retrieve_instance", stop_after_five)
+        monkeypatch.setattr(DicomWebClient, "_delay", lambda self, attempt, retry_after: 0.05)
+        ws = tmp_path / "ws"
+        with pytest.raises(DicomWebUnavailable) as info:
+            _embed(server.source, ws, tiny_model, shard_rows=2, connections=1, batch_size=1)
+        assert "did not answer" in info.value.reason and "\n" not in info.value.reason
+        kept = _paths(ws)
+        assert 0 < len(kept) <= 5
+        server.start()
+        monkeypatch.setattr(DicomWebClient, "retrieve_instance", real)
+        dicomweb._CLIENTS.clear()
+        s = _embed(server.source, ws, tiny_model, shard_rows=2)
+        paths = _paths(ws)
+        assert s.embedded == 11 - len(kept) and len(paths) == len(set(paths)) == 11
+        assert validate_workspace(server.source, ws).ok
+    finally:
+        server.stop()
+
+
+def test_credentials_from_the_environment_only_and_never_written(tmp_path, tiny_model_dir):
+    skip_without_orthanc()
+    password = "pw-7d1c93e0a5"
+    server = Orthanc(tmp_path / "orthanc", users={"reader": password}).start()
+    try:
+        server.upload_files([p for p in PACS if not p.name.startswith("SR")][:3])
+        ws = tmp_path / "ws"
+        wrong = cli("embed", server.source, "--workspace", str(ws), "--model", str(tiny_model_dir),
+                    env={"CXRTOOL_DICOMWEB_USER": "reader", "CXRTOOL_DICOMWEB_PASSWORD": "not-it"})
+        one_line_error(wrong, "HTTP 401")
+        in_url = cli("embed", server.source.replace("http://", f"http://reader:{password}@"), "--workspace",
+                     str(ws), "--model", str(tiny_model_dir))
+        one_line_error(in_url, "carries credentials")
+        assert password not in in_url.stderr + in_url.stdout
+        right = cli("embed", server.source, "--workspace", str(ws), "--model", str(tiny_model_dir), "--json",
+                    env={"CXRTOOL_DICOMWEB_USER": "reader", "CXRTOOL_DICOMWEB_PASSWORD": password})
+        assert right.returncode == 0 and json.loads(right.stdout)["embedded"] == 3, right.stderr
+        for proc in (wrong, right):
+            assert password not in proc.stdout + proc.stderr
+        for f in ws.rglob("*"):
+            if f.is_file():
+                assert password.encode() not in f.read_bytes(), f
+    finally:
+        server.stop()
+
+
+class _TokenServer(http.server.BaseHTTPRequestHandler):
+    """A loopback HTTP server that answers QIDO with [] only for the right bearer token."""
+
+    seen: list[str] = []
+
+    def do_GET(self):  # noqa: N802 - http.server's name
+        auth = self.headers.get("Authorization", "")
+        type(self).seen.append(auth)
+        ok = auth == "Bearer tok-123"
+        self.send_response(200 if ok else 401)
+        self.send_header("Content-Type", "application/dicom+json")
+        self.end_headers()
+        self.wfile.write(b"[]" if ok else b"")
+
+    def log_message(self, *args):
+        pass
+
+
+def test_a_bearer_token_is_sent_as_an_authorization_header(monkeypatch):
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _TokenServer)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        base = f"http://127.0.0.1:{server.server_address[1]}/dicom-web"
+        monkeypatch.setenv(dicomweb.TOKEN_ENV, "tok-123")
+        assert DicomWebClient(base).search("studies") == []
+        monkeypatch.setenv(dicomweb.TOKEN_ENV, "wrong")
+        with pytest.raises(DicomWebUnavailable, match="HTTP 401"):
+            DicomWebClient(base).search("studies")
+        assert _TokenServer.seen[:2] == ["Bearer tok-123", "Bearer wrong"]
+    finally:
+        server.shutdown()
+
+
+def test_the_source_is_parsed_as_a_url():
+    assert dicomweb.parse_source("dicomweb+https://pacs.example.org:8443/dicom-web/") == \
+        "https://pacs.example.org:8443/dicom-web"
+    for bad in ("dicomweb+http:///dicom-web", "dicomweb+http://h/x?StudyDate=2020", "dicomweb+ftp://h/x"):
+        with pytest.raises(Exception):  # noqa: B017 - CxrError with a hint
+            dicomweb.parse_source(bad)
+    assert dicomweb.study_date_range("2026-01-02", None) == "20260102-"
+
+
+def test_the_page_shows_thumbnails_from_the_pacs_and_links_each_hit_back(orthanc, tmp_path, tiny_model,
+                                                                         tiny_model_dir, browser):
+    """A DICOMweb workspace served: thumbnails are rendered from instances retrieved from the
+    server, the API gives each hit its WADO-RS URL, and the detail view links to the viewer."""
+    import httpx
+
+    from cxrtool.serve import create_app
+
+    from .serve_helpers import serving
+    from .test_serve_browser import LOADED
+
+    ws = tmp_path / "ws"
+    assert cli("embed", orthanc.source, "--workspace", str(ws), "--model", str(tiny_model_dir)).returncode == 0
+    assert cli("index", "--workspace", str(ws)).returncode == 0
+    viewer = "http://viewer.example/ohif?StudyInstanceUIDs={study_uid}"
+    with serving(create_app(ws, model=tiny_model, viewer_url=viewer)) as base:
+        found = httpx.get(f"{base}/api/search", params={"q": "pleural effusion", "k": 20, "dedupe": 0}).json()
+        assert all(h["retrieve_url"] == f"{orthanc.url}/dicom-web/{h['path']}" for h in found["images"])
+        page = browser.new_page()
+        page.goto(base + "/")
+        page.wait_for_function("() => document.getElementById('stats').textContent.includes('images')")
+        page.uncheck("#dedupe")
+        page.fill("#q", "pleural effusion")
+        page.press("#q", "Enter")
+        page.wait_for_function(LOADED)  # every thumbnail decoded from a WADO-RS retrieval
+        card = page.locator(".card").first
+        study = {h["id"]: h["study_key"] for h in found["images"]}[card.get_attribute("data-id")]
+        card.click()
+        link = page.locator("#detail-link")
+        link.wait_for(state="visible")
+        assert link.get_attribute("href") == viewer.format(study_uid=study)
+        assert link.inner_text() == "open in viewer"
+        page.close()
