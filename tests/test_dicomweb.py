@@ -79,7 +79,10 @@ def test_full_sync_then_nothing_then_exactly_the_new_instance(orthanc, tmp_path,
     assert third.embedded == 1 and downloads["n"] == 1
     assert len(_paths(ws)) == len(set(_paths(ws))) == 12
     assert validate_workspace(orthanc.source, ws).ok
-    assert orthanc.count_instances() == before + 1  # only the test's own upload: cxrtool never writes
+    orthanc.upload(dicom_copy(PACS[1], seed=2))  # on the server, not yet embedded
+    report = validate_workspace(orthanc.source, ws)
+    assert not report.ok and len(report.missing) == 1 and report.missing[0].startswith("studies/")
+    assert orthanc.count_instances() == before + 2  # only the test's own uploads: cxrtool never writes
 
 
 def test_since_fetches_only_the_new_studies(orthanc, tmp_path, tiny_model, downloads):
@@ -255,3 +258,77 @@ def test_the_page_shows_thumbnails_from_the_pacs_and_links_each_hit_back(orthanc
         assert link.get_attribute("href") == viewer.format(study_uid=study)
         assert link.inner_text() == "open in viewer"
         page.close()
+
+
+class _FlakyPacs(http.server.BaseHTTPRequestHandler):
+    """A loopback HTTP server answering just enough QIDO for two studies: one whose series
+    listing fails every time (500), one answered after two 503s (the second with Retry-After)."""
+
+    calls: dict[str, int] = {}
+
+    def _json(self, status: int, body: object, headers: dict | None = None) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/dicom+json")
+        self.send_header("Content-Length", str(len(data)))
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self):  # noqa: N802 - http.server's name
+        path = self.path.split("?")[0]
+        n = type(self).calls[path] = type(self).calls.get(path, 0) + 1
+        if path == "/dicom-web/studies":
+            return self._json(200, [{"0020000D": {"vr": "UI", "Value": [uid]}} for uid in ("1.2.3", "1.2.4")])
+        if path == "/dicom-web/studies/1.2.3/series":
+            return self._json(500, {})
+        if path == "/dicom-web/studies/1.2.4/series":
+            if n <= 2:
+                return self._json(503, {}, {"Retry-After": "0"} if n == 2 else None)
+            return self._json(200, [])
+        return self._json(404, {})
+
+    def log_message(self, *args):
+        pass
+
+
+def test_retries_then_a_study_that_keeps_failing_is_an_error_row_with_its_status(tmp_path, tiny_model, monkeypatch):
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _FlakyPacs)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setattr(DicomWebClient, "_delay", lambda self, attempt, retry_after: 0.01)
+    try:
+        source = f"dicomweb+http://127.0.0.1:{server.server_address[1]}/dicom-web"
+        s = _embed(source, tmp_path / "ws", tiny_model)
+        assert s.failed == 1 and s.embedded == 0
+        (row,) = read_errors(tmp_path / "ws")
+        assert row["path"] == "studies/1.2.3" and "HTTP 500" in row["reason"]
+        assert _FlakyPacs.calls["/dicom-web/studies/1.2.3/series"] == 5  # the first try and 4 retries
+        assert _FlakyPacs.calls["/dicom-web/studies/1.2.4/series"] == 3  # answered on the third try
+    finally:
+        server.shutdown()
+
+
+def test_at_most_batch_times_connections_items_are_in_flight():
+    """Memory stays bounded: the Threads distributor never holds more than batch x connections
+    decoded items beyond the batch being handed out."""
+    import time
+
+    from cxrtool.embed.distributors import Threads
+
+    lock, state = threading.Lock(), {"alive": 0, "peak": 0}
+    handed = []
+
+    def decode(i):
+        with lock:
+            state["alive"] += 1
+            state["peak"] = max(state["peak"], state["alive"])
+        time.sleep(0.002)
+        return i
+
+    for batch in Threads(connections=3).decoded(list(range(200)), decode, batch_size=4):
+        with lock:
+            state["alive"] -= len(batch)  # consumed: the caller holds these now
+        handed.extend(batch)
+    assert handed == list(range(200))  # in item order
+    assert state["peak"] <= 4 * 3 + 4
