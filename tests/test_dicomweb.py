@@ -102,6 +102,15 @@ def test_a_study_list_and_the_chest_filter_are_applied_before_download(orthanc, 
     assert s.filtered.get("body part EXTREMITY not in CHEST") == 7
 
 
+def _embedded_and_indexed(orthanc, ws: Path, model_dir: Path) -> None:
+    from cxrtool.index import build_index
+    from cxrtool.model import load_model
+
+    model = load_model(str(model_dir))  # its origin recorded, as the CLI would
+    _embed(orthanc.source, ws, model)
+    build_index(ws, model=model)
+
+
 def test_the_wado_rs_url_of_a_hit_returns_that_instance(orthanc, tmp_path, tiny_model_dir):
     import io
 
@@ -109,8 +118,7 @@ def test_the_wado_rs_url_of_a_hit_returns_that_instance(orthanc, tmp_path, tiny_
     import pydicom
 
     ws = tmp_path / "ws"
-    assert cli("embed", orthanc.source, "--workspace", str(ws), "--model", str(tiny_model_dir)).returncode == 0
-    assert cli("index", "--workspace", str(ws)).returncode == 0
+    _embedded_and_indexed(orthanc, ws, tiny_model_dir)
     proc = cli("search", "pleural effusion", "--workspace", str(ws), "-k", "3", "--dedupe", "0", "--json",
                "--viewer-url", "http://viewer.example/ohif?StudyInstanceUIDs={study_uid}")
     hits = json.loads(proc.stdout)
@@ -237,8 +245,7 @@ def test_the_page_shows_thumbnails_from_the_pacs_and_links_each_hit_back(orthanc
     from .test_serve_browser import LOADED
 
     ws = tmp_path / "ws"
-    assert cli("embed", orthanc.source, "--workspace", str(ws), "--model", str(tiny_model_dir)).returncode == 0
-    assert cli("index", "--workspace", str(ws)).returncode == 0
+    _embedded_and_indexed(orthanc, ws, tiny_model_dir)
     viewer = "http://viewer.example/ohif?StudyInstanceUIDs={study_uid}"
     with serving(create_app(ws, model=tiny_model, viewer_url=viewer)) as base:
         found = httpx.get(f"{base}/api/search", params={"q": "pleural effusion", "k": 20, "dedupe": 0}).json()

@@ -55,10 +55,13 @@ def run(fn: Callable[[], T]) -> T:
 
 
 def _error(reason: str, hint: str) -> NoReturn:
-    """One line each (never wrapped: scripts and log greps read them whole)."""
-    console.print(f"[bold red]error:[/] {reason}", highlight=False, soft_wrap=True)
+    """One line each (never wrapped: scripts and log greps read them whole); the texts are printed as
+    written (escaped: a hint such as pip install 'cxrtool[ray]' is not rich markup)."""
+    from rich.markup import escape
+
+    console.print(f"[bold red]error:[/] {escape(reason)}", highlight=False, soft_wrap=True)
     if hint:
-        console.print(f"[yellow]hint:[/] {hint}", highlight=False, soft_wrap=True)
+        console.print(f"[yellow]hint:[/] {escape(hint)}", highlight=False, soft_wrap=True)
     raise typer.Exit(2) from None
 
 

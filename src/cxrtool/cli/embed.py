@@ -72,6 +72,14 @@ def embed_cmd(
     since: str = typer.Option(None, help="DICOMweb: only studies on or after this StudyDate (YYYY-MM-DD)."),
     until: str = typer.Option(None, help="DICOMweb: only studies on or before this StudyDate (YYYY-MM-DD)."),
     study: list[str] = typer.Option(None, help="DICOMweb: only this StudyInstanceUID (repeatable)."),
+    engine: str = typer.Option("local", help="local (this machine) or ray: decode in Ray tasks, the model in a Ray "
+                               "actor pool, this process writing the shards (pip install 'cxrtool[ray]').",
+                               case_sensitive=False),
+    ray_address: str = typer.Option(None, help="Ray: the cluster to join (e.g. ray://head:10001 or auto); default: "
+                                    "a local cluster on this machine."),
+    ray_actors: int = typer.Option(1, min=1, help="Ray: model actors (e.g. one per GPU)."),
+    gpus_per_worker: float = typer.Option(0.0, min=0.0, help="Ray: GPUs per model actor."),
+    threads: int = typer.Option(None, min=1, help="Ray: torch threads per model actor (default: the node's CPUs)."),
     no_wait: bool = typer.Option(False, "--no-wait", help=NO_WAIT_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
@@ -91,7 +99,9 @@ def embed_cmd(
                                   header_filter=filters, shard_rows=shard_rows, pseudonym_key=pseudonym_key,
                                   keep_study_date=keep_study_date, float16=float16, manifest=manifest,
                                   num_parts=num_parts, part_index=part_index, progress=not as_json, wait=not no_wait,
-                                  connections=connections, since=since, until=until,
+                                  connections=connections, since=since, until=until, engine=engine.lower(),
+                                  ray_address=ray_address, ray_actors=ray_actors, gpus_per_worker=gpus_per_worker,
+                                  threads=threads,
                                   studies=tuple(study) if study else None))
     code = EXIT_NOTHING if s.found == s.other_files else EXIT_FAILURES if s.failed or s.failed_earlier else 0
     if as_json:

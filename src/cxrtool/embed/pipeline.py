@@ -151,6 +151,11 @@ def embed_archive(
     progress: bool = True,
     wait: bool = True,
     connections: int = 4,
+    engine: str = "local",
+    ray_address: str | None = None,
+    ray_actors: int = 1,
+    gpus_per_worker: float = 0.0,
+    threads: int | None = None,
     since: str | None = None,
     until: str | None = None,
     studies: tuple[str, ...] | None = None,
@@ -171,6 +176,10 @@ def embed_archive(
     StudyDate, or ``studies``; modality and body part from ``header_filter`` at series level) and
     retrieved by WADO-RS in ``connections`` threads; each instance's identity is its WADO-RS path,
     so resume, incremental runs and validate work as for a folder.
+
+    ``engine="ray"`` runs decoding in Ray tasks and the model in a Ray actor pool
+    (:mod:`cxrtool.embed.ray_engine`; ``ray_address`` None starts a local cluster); this process
+    still holds the lock and writes every shard.
     """
     if not (num_parts >= 1 and 0 <= part_index < num_parts):
         raise WorkspaceError(f"part {part_index} of {num_parts} is not a valid partition",
@@ -198,10 +207,19 @@ def embed_archive(
     if not isinstance(model, DualEncoder):
         model = load_model(ws.model_of(model), device=device)
     model.to(device).eval()
+    if engine not in ("local", "ray"):
+        raise WorkspaceError(f"unknown engine {engine!r}", "use --engine local or --engine ray")
+    if engine == "ray":
+        from cxrtool.embed.ray_engine import RayDistributor, require_ray
+
+        require_ray()
+        distributor = RayDistributor(model, ray_address, workers, ray_actors, gpus_per_worker, threads, device,
+                                     resolve_key(pseudonym_key))
+        workers = workers or 0
     workers = default_workers(device) if workers is None else workers
     if distributor is None:
         distributor = DecodeWorkers(workers, pin_memory=device.startswith("cuda"))
-    else:
+    elif engine == "local":
         workers = connections
     out_dir = ws.shards
     if num_parts > 1:  # a part keeps its own folder (shards + errors.jsonl); --overwrite clears only that
@@ -211,14 +229,14 @@ def embed_archive(
     with workspace_lock(ws.root, "embed-images", "cxrtool embed", wait, part):
         return _embed_locked(ws, archive, reader, model, distributor, out_dir, device, workers, batch_size,
                              shard_rows, overwrite, retry_errors, header_filter, pseudonym_key, keep_study_date,
-                             float16, manifest, f"{part_index}/{num_parts}", progress)
+                             float16, manifest, f"{part_index}/{num_parts}", progress, engine)
 
 
 def _embed_locked(ws: Workspace, archive: Path | str, reader: Any, model: DualEncoder, distributor: Distributor,
                   out_dir: Path, device: str, workers: int, batch_size: int | None, shard_rows: int,
                   overwrite: bool, retry_errors: bool, header_filter: HeaderFilter | None,
                   pseudonym_key: str | None, keep_study_date: bool, float16: bool, manifest: str | Path | None,
-                  part: str, progress: bool) -> EmbedSummary:
+                  part: str, progress: bool, engine: str = "local") -> EmbedSummary:
     """The embed run proper, with the workspace's (or this part's) writer lock held."""
     _check_workspace(ws, archive, model, overwrite, out_dir if out_dir != ws.shards else ws.root)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -268,7 +286,8 @@ def _embed_locked(ws: Workspace, archive: Path | str, reader: Any, model: DualEn
                            write_seconds=writer.write_seconds, failures=writer.failures)
     summary.seconds = time.perf_counter() - t_start
     summary.images_per_second = summary.embedded / summary.seconds if summary.seconds else 0.0
-    _append_run_log(ws, summary, model, device=device, workers=workers, batch_size=batch_size, part=part)
+    _append_run_log(ws, summary, model, engine=engine, device=device, workers=workers, batch_size=batch_size,
+                    part=part)
     return summary
 
 

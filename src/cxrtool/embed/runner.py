@@ -82,6 +82,10 @@ class Runner:
         problems = [f for f in todo if f.problem]  # found unusable by the reader: failures, no decode
         todo = [f for f in todo if not f.problem]
         bar = tqdm(total=len(todo), desc="embedding", unit="img", disable=not progress or not todo)
+        # An engine that encodes (Ray: an actor pool) hands back vectors; the runner then only writes.
+        # Engines with at-least-once retries may hand back an item twice: the first result is kept.
+        encodes = getattr(self.distributor, "encodes", False)
+        seen: set[str] = set()
         try:
             with self.writer:
                 for f in problems:
@@ -90,12 +94,13 @@ class Runner:
                 t_wait = time.perf_counter()
                 for batch in self.distributor.decoded(todo, self.mapper.decode, self.batch_size):
                     stats.read_seconds += time.perf_counter() - t_wait
+                    batch = _first_results(batch, seen)
                     good, failed = self.mapper.screen(batch)
                     for _, rec, err in failed:
                         self.writer.fail(rec["path"], *err)
                     if good:
                         t = time.perf_counter()
-                        vectors = self.mapper.encode(good)
+                        vectors = np.stack([x for x, _, _ in good]) if encodes else self.mapper.encode(good)
                         stats.map_seconds += time.perf_counter() - t
                         t = time.perf_counter()
                         self.writer.write([rec for _, rec, _ in good], vectors)
@@ -108,3 +113,14 @@ class Runner:
         finally:
             bar.close()
         return stats
+
+
+def _first_results(batch: list[tuple], seen: set[str]) -> list[tuple]:
+    """The batch without items already handed back in this run (a retried block's repeats)."""
+    out = []
+    for x in batch:
+        path = x[1].get("path")
+        if path not in seen:
+            seen.add(path)
+            out.append(x)
+    return out
