@@ -339,3 +339,43 @@ def test_at_most_batch_times_connections_items_are_in_flight():
         handed.extend(batch)
     assert handed == list(range(200))  # in item order
     assert state["peak"] <= 4 * 3 + 4
+
+
+class _PagingPacs(http.server.BaseHTTPRequestHandler):
+    """QIDO for 5 studies, paged the way real servers misbehave: ``cap`` answers at most 2 per
+    request whatever the limit (a VNA's maximum); ``ignore`` answers all 5 every time."""
+
+    mode = "cap"
+
+    def do_GET(self):  # noqa: N802 - http.server's name
+        from urllib.parse import parse_qs, urlsplit
+
+        parts = urlsplit(self.path)
+        query = parse_qs(parts.query)
+        uids = [f"1.2.{i}" for i in range(5)]
+        if parts.path == "/dicom-web/studies":
+            offset = int(query.get("offset", ["0"])[0])
+            page = uids[offset: offset + 2] if type(self).mode == "cap" else uids
+        else:
+            page = []
+        body = json.dumps([{"0020000D": {"vr": "UI", "Value": [u]}} for u in page]).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/dicom+json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.mark.parametrize("mode", ["cap", "ignore"])
+def test_paging_reads_a_capped_server_to_the_end_and_an_unpaged_one_once(mode):
+    _PagingPacs.mode = mode
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _PagingPacs)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        found = DicomWebClient(f"http://127.0.0.1:{server.server_address[1]}/dicom-web").search("studies")
+        assert [x["0020000D"]["Value"][0] for x in found] == [f"1.2.{i}" for i in range(5)]
+    finally:
+        server.shutdown()

@@ -155,3 +155,14 @@ def test_an_archive_of_other_files_only_says_no_images(tmp_path, tiny_model_dir)
     proc = cli("embed", str(archive), "--workspace", str(tmp_path / "ws"), "--model", str(tiny_model_dir))
     assert proc.returncode == 3 and "no DICOM, PNG or JPEG files found" in proc.stdout, (proc.stdout, proc.stderr)
     assert "1 not images" in proc.stdout
+
+
+def test_a_link_to_a_pipe_is_never_opened(tmp_path, tiny_model):
+    archive = tmp_path / "archive"
+    shutil.copytree(ARCHIVE / "hannover" / "case01", archive)
+    os.mkfifo(tmp_path / "fifo")
+    (archive / "linked.png").symlink_to(tmp_path / "fifo")  # opening it to read would wait forever
+    s = embed_archive(archive, tmp_path / "ws", tiny_model, workers=0, progress=False)
+    rows = {r["path"]: r for r in read_errors(tmp_path / "ws")}
+    assert rows["linked.png"]["kind"] == "skipped" and "not a regular file" in rows["linked.png"]["reason"]
+    assert s.embedded == 1

@@ -179,3 +179,19 @@ app()
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     one_line_error(proc, "--engine ray needs Ray")
     assert "pip install 'cxrtool[ray]'" in proc.stderr
+
+
+def test_a_cxrtool_error_inside_a_ray_task_is_found_for_the_one_line(cluster):
+    """Ray wraps a task's exception; the engine digs the CxrError out so the CLI prints one line."""
+    from ray.exceptions import RayTaskError
+
+    from cxrtool.embed.ray_engine import _cxr_error_in
+    from cxrtool.io.dicomweb import DicomWebUnavailable
+
+    inner = DicomWebUnavailable("the DICOMweb server at http://127.0.0.1:1/dicom-web did not answer")
+    wrapped = RayTaskError("MapBatches(decode_batch)", "Traceback ...", inner)
+    try:
+        raise RuntimeError("the dataset failed") from wrapped
+    except RuntimeError as exc:
+        assert _cxr_error_in(exc) is inner or str(_cxr_error_in(exc)) == str(inner)
+    assert _cxr_error_in(ValueError("no")) is None

@@ -99,7 +99,7 @@ class Threads:
             if batch:
                 yield batch
         finally:  # a failure (the server gone): drop what is queued, do not wait on it
-            pool.shutdown(wait=True, cancel_futures=True)
+            pool.shutdown(wait=False, cancel_futures=True)
 
 
 class Parts:

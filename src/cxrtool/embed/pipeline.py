@@ -198,6 +198,9 @@ def embed_archive(
         if since or until or studies:
             raise WorkspaceError("--since, --until and --study query a DICOMweb source; a folder is walked whole",
                                  "leave them out for a folder")
+        if "://" in str(archive):  # a URL without dicomweb+ (never echoed: it may carry credentials)
+            raise WorkspaceError("the archive looks like a URL, not a folder",
+                                 "a PACS is read over DICOMweb: write dicomweb+http(s)://HOST:PORT/PATH")
         archive = Path(archive).resolve()
         if not archive.exists():
             raise WorkspaceError(f"{archive}: no such file or folder")

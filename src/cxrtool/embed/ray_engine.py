@@ -81,10 +81,10 @@ def _decode_batch(batch: dict[str, np.ndarray], decoder: Any, key_expected: str,
 class _Encoder:
     """An actor of the encode pool: loads the model once, then embeds every batch it is given."""
 
-    def __init__(self, model_ref: str | None, model_object: Any, threads: int, device: str) -> None:
+    def __init__(self, model_ref: str | None, model_object: Any, threads: int | None, device: str) -> None:
         import torch
 
-        torch.set_num_threads(max(1, threads))
+        torch.set_num_threads(max(1, threads or os.cpu_count() or 1))
         if model_ref is not None:
             from cxrtool.constants import BUNDLED_MODEL, DEFAULT_MODEL_DIR
             from cxrtool.model.factory import load_model
@@ -123,7 +123,7 @@ class RayDistributor:
         self.workers = workers or 0
         self.actors = max(1, actors)
         self.gpus = gpus_per_worker
-        self.threads = threads or max(1, (os.cpu_count() or 2))
+        self.threads = threads  # None: each actor uses its node's CPUs (resolved in the actor)
         self.device = device
         self.key_expected = key_check(key)
         self._key = key  # only to hand a local cluster's workers the driver's key through their environment
@@ -138,11 +138,16 @@ class RayDistributor:
             # No runtime_env, no job metadata: nothing secret is sent to the cluster (module docstring).
             if self.address:
                 ray.init(address=self.address, log_to_driver=False)
-            else:  # a local cluster on this machine, loopback only; its workers inherit this environment
+            else:  # a local cluster on this machine, loopback only; its processes inherit this environment
                 from cxrtool.privacy import PSEUDONYM_ENV
 
-                os.environ.setdefault(PSEUDONYM_ENV, self._key)
-                ray.init(include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
+                before = os.environ.get(PSEUDONYM_ENV)
+                os.environ[PSEUDONYM_ENV] = before or self._key  # for the cluster's processes only
+                try:
+                    ray.init(include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
+                finally:
+                    if before is None:
+                        os.environ.pop(PSEUDONYM_ENV, None)
             self.started_here = True
         return ray
 
@@ -166,12 +171,15 @@ class RayDistributor:
                                                                "threads": self.threads, "device": self.device},
                                 batch_size=batch_size, batch_format="numpy", concurrency=self.actors,
                                 num_cpus=1, num_gpus=self.gpus)  # Ray Data restarts a killed actor, retries its batches
-            for batch in ds.iter_batches(batch_size=batch_size, batch_format="numpy", prefetch_batches=2):
-                out = []
-                for vector, record, error in zip(batch["vector"], batch["record"], batch["error"], strict=True):
-                    err = tuple(json.loads(error)) if error else None
-                    out.append((None if err else vector, json.loads(record), err))
-                yield out
+            try:
+                for batch in ds.iter_batches(batch_size=batch_size, batch_format="numpy", prefetch_batches=2):
+                    out = []
+                    for vector, record, error in zip(batch["vector"], batch["record"], batch["error"], strict=True):
+                        err = tuple(json.loads(error)) if error else None
+                        out.append((None if err else vector, json.loads(record), err))
+                    yield out
+            except Exception as exc:  # Ray wraps a task's error: the user's one line is the CxrError inside
+                raise _cxr_error_in(exc) or exc from None
         finally:
             decode.pseudonym_key = saved_key
             if self.started_here:
@@ -186,3 +194,19 @@ def _decode_fn(decoder: Any, key_expected: str, shape: tuple[int, ...]) -> Calla
         return _decode_batch(batch, decoder, key_expected, shape)
 
     return decode_batch
+
+
+def _cxr_error_in(exc: BaseException) -> CxrError | None:
+    """The :class:`CxrError` a Ray task raised (a wrong key on a node, the PACS gone), found through
+    Ray's wrappers (``cause``, ``__cause__``), so the CLI says it in one line; None if there is none."""
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, CxrError):
+            return e
+        todo += [getattr(e, "cause", None), e.__cause__, e.__context__]
+    return None

@@ -18,7 +18,9 @@ the instance's (or study's) own row in the errors table.
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import threading
 import time
 from collections import Counter
@@ -36,6 +38,7 @@ USER_ENV = "CXRTOOL_DICOMWEB_USER"
 PASSWORD_ENV = "CXRTOOL_DICOMWEB_PASSWORD"
 RETRY_STATUS = (429, 500, 502, 503, 504)
 PAGE = 1000  # QIDO results per request (limit/offset paging)
+UID = re.compile(r"[0-9]+(\.[0-9]+)*")
 INSTANCE_ACCEPT = 'multipart/related; type="application/dicom"; transfer-syntax=*'
 AUTH_HINT = (f"set {TOKEN_ENV} (a bearer token) or {USER_ENV} and {PASSWORD_ENV} (basic) in the environment; "
              "credentials are never taken from the URL or the command line")
@@ -66,11 +69,11 @@ def parse_source(source: str) -> str:
     (no trailing slash). A URL carrying credentials is refused: they would end up in shell history,
     process lists and the workspace's records."""
     parts = urlsplit(source)
-    if parts.scheme.lower() not in SCHEMES or not parts.hostname:
-        raise CxrError(f"{source!r} is not a DICOMweb source", "write it as dicomweb+http://HOST:PORT/PATH "
-                       "(or dicomweb+https://...), e.g. dicomweb+http://127.0.0.1:8042/dicom-web")
-    if parts.username or parts.password:
+    if "@" in parts.netloc:  # checked first, and the URL never echoed: it may hold a password
         raise CxrError("the DICOMweb URL carries credentials; they are not taken from a URL", AUTH_HINT)
+    if parts.scheme.lower() not in SCHEMES or not parts.hostname:
+        raise CxrError("the DICOMweb source is not a URL of the form dicomweb+http(s)://HOST:PORT/PATH",
+                       "e.g. dicomweb+http://127.0.0.1:8042/dicom-web")
     if parts.query or parts.fragment:
         raise CxrError("the DICOMweb URL has a query or fragment; give the service's base URL only",
                        "filters are options: --modality, --body-part, --since, --until, --study")
@@ -178,6 +181,10 @@ class DicomWebClient:
             if status in RETRY_STATUS and attempt < self.retries:
                 time.sleep(self._delay(attempt, response.headers.get("Retry-After")))
                 continue
+            if 300 <= status < 400:
+                raise DicomWebUnavailable(f"the DICOMweb server at {self.base} answered with a redirect "
+                                          f"(HTTP {status})",
+                                          "give the service's final base URL (e.g. https:// instead of http://)")
             if status in (401, 403):
                 raise DicomWebUnavailable(f"the DICOMweb server at {self.base} refused the credentials "
                                           f"(HTTP {status} {response.reason_phrase})", AUTH_HINT)
@@ -193,14 +200,31 @@ class DicomWebClient:
         return min(self.backoff * 2**attempt, 8.0)
 
     def search(self, path: str, params: dict | None = None) -> list[dict]:
-        """A QIDO-RS search, all pages (``limit``/``offset``); an empty answer (204) is []."""
+        """A QIDO-RS search, all pages (``limit``/``offset``); an empty answer (204) is [].
+
+        Paging goes on until a page is empty or brings nothing new: a server that caps its answers
+        below ``limit`` (Orthanc's LimitFindResults, a VNA's QIDO maximum) is read to the end, and
+        one that ignores ``limit``/``offset`` (answering everything every time) is read once."""
         out: list[dict] = []
+        seen: set[str] = set()
         while True:
             page_params = {**(params or {}), "limit": PAGE, "offset": len(out)}
             response = self.get(path, page_params)
-            page = response.json() if response.status_code != 204 and response.content else []
-            out.extend(page)
-            if len(page) < PAGE:
+            try:
+                page = response.json() if response.status_code != 204 and response.content else []
+            except ValueError:
+                page = None
+            if not isinstance(page, list):
+                kind = response.headers.get("Content-Type", "?").split(";")[0]
+                raise DicomWebError(f"the answer to {path} is not DICOM JSON ({kind})")
+            new = []
+            for item in page:
+                key = json.dumps(item, sort_keys=True)
+                if key not in seen:
+                    seen.add(key)
+                    new.append(item)
+            out.extend(new)
+            if not new or len(page) > PAGE:
                 return out
 
     def retrieve_instance(self, path: str) -> bytes:
@@ -303,6 +327,11 @@ def list_instances(client: DicomWebClient, keep: Any, since: str | None = None, 
     NumberOfSeriesRelatedInstances."""
     listing = Listing()
     if studies:
+        if since or until:
+            raise CxrError("--study names the studies; --since/--until would be ignored", "give one or the other")
+        bad = [uid for uid in studies if not UID.fullmatch(uid)]
+        if bad:
+            raise CxrError(f"not a DICOM UID: {bad[0][:64]!r}", "a StudyInstanceUID is digits and dots")
         study_uids = list(studies)
     else:
         params: dict[str, Any] = {"includefield": STUDY_DATE}

@@ -8,8 +8,9 @@ references are still found by the walk. What cannot be read at all (permissions,
 cannot be listed) is reported, so it is never silently missing from a run. With
 ``every_file=True`` (embed, validate) every other entry gets its row too: a file that is not an
 image ("not_image"), a hidden file or folder (name starting with '.'; a hidden folder is one row,
-not walked), a DICOMDIR, a link to nothing or a special file ("skipped"), so each regular file
-under the archive ends embedded, skipped or failed, never unsaid. Directory symlinks are followed (research
+not walked), a DICOMDIR, a pipe or socket or a link to one, never opened ("skipped"); a link to
+nothing fails with its reason like any unreadable file. So each regular file under the archive
+ends embedded, skipped or failed, never unsaid. Directory symlinks are followed (research
 data is often linked in: ``archive/nih -> /data/nih/images``); a link back into a folder already
 walked (a loop, or a second way to the same folder) is reported once and not followed again.
 """
@@ -212,7 +213,7 @@ def discover_archive(root: str | Path, every_file: bool = False) -> Iterator[Arc
                 seen.add(rel.lower())
                 yield ArchiveFile(path.resolve(), rel, "dicom")
                 continue
-            if not path.is_file() and not path.is_symlink():  # a pipe (opening one would wait forever), a socket
+            if not path.is_file() and path.exists():  # a pipe or a link to one (opening it would wait forever)
                 if every_file:
                     yield _other_entry(path, rel)
                 continue

@@ -166,6 +166,9 @@ class ModelCard:
         if self.stale_pixels(other_vector_id):
             return (f" (same weights, but its vectors were made by an earlier cxrtool pixel pipeline "
                     f"({pixels or 'px1'}; now px{PIXELS_VERSION}): decoding or preprocessing changed since)")
+        if pixels[2:3].isdigit() and int(pixels[2:].split(".")[0]) > PIXELS_VERSION:
+            return (f" (same weights, but its vectors were made by a newer cxrtool pixel pipeline ({pixels}; this "
+                    f"cxrtool has px{PIXELS_VERSION}): upgrade cxrtool to use this workspace)")
         return " (same weights, but another image preprocessing in the model card)"
 
     def stale_pixels(self, other_vector_id: str) -> bool:

@@ -72,7 +72,7 @@ def _chexzero_letterbox(x: torch.Tensor, spec: ImageSpec) -> torch.Tensor:
 
     pad, (h, w) = spec.pad_size, x.shape[-2:]
     ratio = pad / max(h, w)
-    nw, nh = int(w * ratio), int(h * ratio)
+    nw, nh = max(1, int(w * ratio)), max(1, int(h * ratio))
     gray8 = np.round(x[0, 0].detach().cpu().numpy().clip(0.0, 1.0) * 255.0).astype(np.uint8)
     small = np.asarray(Image.fromarray(gray8, mode="L").resize((nw, nh), Image.Resampling.LANCZOS),
                        dtype=np.float32) / 255.0
