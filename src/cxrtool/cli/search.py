@@ -75,14 +75,13 @@ def search_cmd(
         index = Index.open(workspace, "reports" if reports else target, model, progress=True)
         hits = index.search(query, image, k=k, filters=filters, per_study=per_study, dedupe=dedupe or None,
                             expand=not exact)
+        archive = (index.workspace.read_json(index.workspace.embed_info) or {}).get("archive")  # read once
         if index.target == "images":
-            archive = (index.workspace.read_json(index.workspace.embed_info) or {}).get("archive")
             Links(archive, viewer_template(viewer_url)).fill(hits)
         if save_grid_to is not None:
             if index.target == "reports":
                 raise WorkspaceError("--save-grid draws images; it does not apply to report results")
-            archive = (index.workspace.read_json(index.workspace.embed_info) or {}).get("archive", ".")
-            save_grid(hits, archive, save_grid_to, title=f'"{query}"' if query else f"like {image}")
+            save_grid(hits, archive or ".", save_grid_to, title=f'"{query}"' if query else f"like {image}")
         return hits, index
 
     hits, index = run(go)

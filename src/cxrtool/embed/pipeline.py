@@ -222,8 +222,8 @@ def embed_archive(
     workers = default_workers(device) if workers is None else workers
     if distributor is None:
         distributor = DecodeWorkers(workers, pin_memory=device.startswith("cuda"))
-    elif engine == "local":
-        workers = connections
+    elif isinstance(distributor, Threads):
+        workers = connections  # the run log's "workers": the DICOMweb fetch threads
     out_dir = ws.shards
     if num_parts > 1:  # a part keeps its own folder (shards + errors.jsonl); --overwrite clears only that
         distributor = Parts(part_index, num_parts, distributor)
