@@ -178,7 +178,8 @@ def test_cli_filters_outputs_and_contact_sheet(tmp_path, tiny_model, tiny_model_
         shutil.copytree(SAMPLE / "archive" / rel, archive / rel)
     ws = tmp_path / "ws"
     embed_archive(archive, ws, tiny_model, workers=0, progress=False)
-    cli("index", "--workspace", str(ws), "--model", str(tiny_model_dir))
+    info = build_index(ws, model=tiny_model)  # the index CLI is run end to end in test_cli
+    assert info.kind == "flat" and info.count == len(list(archive.rglob("*.png"))) + 2
     common = ["--workspace", str(ws), "--model", str(tiny_model_dir), "--dedupe", "0"]
     hits = json.loads(cli("search", "effusion", "--view", "PA", "-k", "20", "--json", *common).stdout)
     assert hits and all(h["view"] == "PA" for h in hits)
@@ -188,8 +189,6 @@ def test_cli_filters_outputs_and_contact_sheet(tmp_path, tiny_model, tiny_model_
     grid = tmp_path / "grid.png"
     out = cli("search", "effusion", "--per-study", "--save-grid", str(grid), *common).stdout
     assert "studies" in out and grid.stat().st_size > 10_000
-    info = json.loads(cli("index", "--workspace", str(ws), "--json").stdout)
-    assert info["kind"] == "flat" and info["count"] == len(list(archive.rglob("*.png"))) + 2
     none = cli("search", "effusion", "--modality", "MR", *common).stdout
     assert "no results" in none
 
