@@ -8,10 +8,11 @@ BIN := $(CURDIR)/.venv/bin
 endif
 PY := $(BIN)/python
 STAMP := $(BIN)/.cxrtool-installed
+PARITY_STAMP := $(BIN)/.cxrtool-parity-installed
 SHARED_DATA ?= ../shared/data
 QUERY ?= cardiomegaly
 
-.PHONY: install debs browser demo test test-fast lint bench sample-data default-model clean
+.PHONY: install parity debs browser demo test test-fast lint bench sample-data default-model clean
 
 $(PY):
 	python3 -m venv $(CURDIR)/.venv
@@ -22,6 +23,14 @@ $(STAMP): pyproject.toml | $(PY)
 	touch $(STAMP)
 
 install: $(STAMP)
+
+## parity: the upstream packages the seed-model import tests compare against (test-only)
+$(PARITY_STAMP): pyproject.toml $(STAMP)
+	$(PY) -m pip install --quiet -e '.[dev,ray,parity]'
+	$(PY) -m pip install --quiet --no-deps medclip==0.0.3
+	touch $(PARITY_STAMP)
+
+parity: $(PARITY_STAMP)
 
 ## demo: install, embed the bundled sample archive with the bundled model, index it, search it
 demo: install
@@ -46,8 +55,9 @@ debs:
 	fi
 browser: debs
 
-## test: the whole suite (unit + end-to-end CLI on sample_data, the serve page in headless chromium, a real Orthanc)
-test: install debs
+## test: the whole suite (unit + end-to-end CLI on sample_data, the serve page in headless chromium, a real Orthanc,
+## the seed-model imports against their upstream packages)
+test: install debs parity
 	$(BIN)/python -m pytest -q
 
 test-fast: install

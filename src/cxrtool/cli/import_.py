@@ -15,7 +15,8 @@ if TYPE_CHECKING:
     from cxrtool.model.imports import ImportReport
 
 app = typer.Typer(
-    help="Import released CXR-CLIP / CheXzero checkpoints as cxrtool model directories. The file is read "
+    help="Import released CXR-CLIP, CheXzero, BioViL / BioViL-T, MedCLIP and GLoRIA checkpoints as cxrtool model "
+         "directories. The file is read "
          "without running any code in it, every weight is placed by name (a missing or unexpected one refuses "
          "the import), and the written model is reloaded strictly before it is reported.",
     no_args_is_help=True,
@@ -82,3 +83,72 @@ def chexzero_cmd(
     from cxrtool.model.imports import import_chexzero
 
     _render(run(lambda: import_chexzero(checkpoint, out_dir, tokenizer=tokenizer, overwrite=overwrite)), as_json)
+
+
+BIOVIL_HUB = {"biovil": "microsoft/BiomedVLP-CXR-BERT-specialized", "biovil-t": "microsoft/BiomedVLP-BioViL-T"}
+BIOVIL_SOURCE_HELP = ("Hub name or local folder holding config.json, vocab.txt, pytorch_model.bin (or "
+                      "model.safetensors) and the image weights {image}; only those files are read (never the "
+                      "repository's code).")
+TEXT_ENCODER = typer.Option(CXR_CLIP_TEXT_ENCODER, "--text-encoder",
+                            help="Hub name or local folder with Bio_ClinicalBERT's config.json + vocab.txt (its "
+                                 "weights come from the checkpoint).")
+
+
+def _biovil(variant: str, source: str, out_dir: Path | None, overwrite: bool, as_json: bool) -> None:
+    from cxrtool.model.imports import import_biovil
+
+    _render(run(lambda: import_biovil(source, out_dir, variant=variant, overwrite=overwrite)), as_json)
+
+
+@app.command("biovil")
+def biovil_cmd(
+    source: str = typer.Argument(BIOVIL_HUB["biovil"], help=BIOVIL_SOURCE_HELP.format(
+        image="biovil_image_resnet50_proj_size_128.pt")),
+    out_dir: Path = OUT,
+    overwrite: bool = OVERWRITE,
+    as_json: bool = JSON,
+) -> None:
+    """Import Microsoft's BioViL (ResNet-50 + CXR-BERT, 128-d joint space; MIT, research use only)."""
+    _biovil("biovil", source, out_dir, overwrite, as_json)
+
+
+@app.command("biovil-t")
+def biovil_t_cmd(
+    source: str = typer.Argument(BIOVIL_HUB["biovil-t"], help=BIOVIL_SOURCE_HELP.format(
+        image="biovil_t_image_model_proj_size_128.pt")),
+    out_dir: Path = OUT,
+    overwrite: bool = OVERWRITE,
+    as_json: bool = JSON,
+) -> None:
+    """Import Microsoft's BioViL-T, single-image path (its temporal pooler needs a prior image and is left out)."""
+    _biovil("biovil-t", source, out_dir, overwrite, as_json)
+
+
+@app.command("medclip")
+def medclip_cmd(
+    checkpoint: Path = typer.Argument(..., help="MedCLIP's released medclip-pretrained.zip / "
+                                      "medclip-vit-pretrained.zip, the folder it unpacks to, or its "
+                                      "pytorch_model.bin."),
+    out_dir: Path = OUT,
+    text_encoder: str = TEXT_ENCODER,
+    overwrite: bool = OVERWRITE,
+    as_json: bool = JSON,
+) -> None:
+    """Import MedCLIP (ResNet-50 or Swin-T + Bio_ClinicalBERT, 512-d)."""
+    from cxrtool.model.imports import import_medclip
+
+    _render(run(lambda: import_medclip(checkpoint, out_dir, text_encoder=text_encoder, overwrite=overwrite)), as_json)
+
+
+@app.command("gloria")
+def gloria_cmd(
+    checkpoint: Path = typer.Argument(..., help="GLoRIA's PyTorch Lightning checkpoint (chexpert_resnet50.ckpt)."),
+    out_dir: Path = OUT,
+    text_encoder: str = TEXT_ENCODER,
+    overwrite: bool = OVERWRITE,
+    as_json: bool = JSON,
+) -> None:
+    """Import GLoRIA (ResNet-50 + Bio_ClinicalBERT, 768-d global embeddings; the local ones are not used)."""
+    from cxrtool.model.imports import import_gloria
+
+    _render(run(lambda: import_gloria(checkpoint, out_dir, text_encoder=text_encoder, overwrite=overwrite)), as_json)

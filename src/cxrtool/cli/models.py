@@ -37,9 +37,11 @@ def _print(title: str, rows: list[ModelSummary], local: bool) -> None:
 
     table = Table(title=title, title_justify="left")
     table.add_column("name", no_wrap=True)
-    for col in ("family", "dim", "input", "scoring", "where" if local else "params", "note" if local else "licence"):
+    cols = ("family", "dim", "input", "scoring", "where", "licence", "use / note") if local else (
+        "family", "dim", "input", "scoring", "params", "licence")
+    for col in cols:
         table.add_column(col, overflow="fold")
     for m in rows:
-        table.add_row(m.name, m.family, str(m.embed_dim or "?"), str(m.input_size or "?"), m.scoring,
-                      m.where if local else m.params, m.note if local else m.licence)
+        cells = [m.name, m.family, str(m.embed_dim or "?"), str(m.input_size or "?"), m.scoring]
+        table.add_row(*cells, *((m.where, m.licence, m.note) if local else (m.params, m.licence)))
     out.print(table)

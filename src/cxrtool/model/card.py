@@ -49,9 +49,17 @@ IMAGE_DIR = "image"
 # uses them (long side floored, crop offset rounded half to even) and CXR-CLIP's eval transform
 # does on PIL images; chexzero_letterbox is CheXzero's two steps: letterbox to ``pad_size`` (Pillow
 # LANCZOS, sides floored, pasted at ((pad - new) // 2)) then resize to ``input_size`` (torch bicubic,
-# no antialias, no clamp: torchvision 0.11's tensor Resize after its Normalize).
+# no antialias, no clamp: torchvision 0.11's tensor Resize after its Normalize). The seed-model
+# rules rebuild each project's own inference transform: biovil_resize_crop (hi-ml-multimodal:
+# min-max stretch to 8 bits, PIL bilinear short side to ``pad_size``, centre crop), medclip_pad_square
+# (MedCLIP's processor: zero-pad to a centred square, PIL bicubic to ``input_size``) and
+# gloria_area_pad_crop (GLoRIA: OpenCV INTER_AREA long side to ``pad_size``, zero-pad to a square,
+# centre crop). Every rule that resizes in two steps names its intermediate size in ``pad_size``.
 RESIZE_RULES = ("short_side_center_crop", "letterbox", "squash", "shortest_edge_center_crop",
-                "torchvision_center_crop", "chexzero_letterbox")
+                "torchvision_center_crop", "chexzero_letterbox", "biovil_resize_crop", "medclip_pad_square",
+                "gloria_area_pad_crop")
+TWO_STEP_RULES = ("chexzero_letterbox", "biovil_resize_crop", "gloria_area_pad_crop")
+FULL_DECODE_RULES = ("biovil_resize_crop", "medclip_pad_square", "gloria_area_pad_crop")
 INTERPOLATIONS = ("bilinear", "bicubic", "nearest", "area")
 POOLINGS = ("cls", "eos", "mean", "native")  # native: the family's own pooling (hf-*, open_clip)
 PADDINGS = ("longest", "max_length")  # SigLIP was trained on text padded to max_length
@@ -64,8 +72,9 @@ IMAGE_BACKENDS = ("timm", "hf")
 # (global average pooling is blind to *where* a finding is; this keeps the side).
 IMAGE_FEATURES = ("pooled", "first_token", "halves")
 TIMM_FEATURES = ("pooled", "halves")
-# Which modules a card builds: cxrtool's timm + HF towers, or a whole native dual encoder.
-FAMILIES = ("cxrtool", "hf-clip", "hf-siglip", "open_clip")
+# Which modules a card builds: cxrtool's timm + HF towers, a whole native dual encoder, or one of
+# the imported seed models' own architectures (BioViL/BioViL-T, MedCLIP, GLoRIA).
+FAMILIES = ("cxrtool", "hf-clip", "hf-siglip", "open_clip", "biovil", "medclip", "gloria")
 # How similarities become probabilities, after the training loss: softmax over the candidates
 # (CLIP's InfoNCE) or an independent sigmoid per image-text pair with a learnt bias (SigLIP).
 SCORING_RULES = ("softmax", "sigmoid")
@@ -79,7 +88,7 @@ class ImageSpec:
     config is in the model directory's ``image/`` (imported CXR-CLIP Swin-T).
     """
 
-    timm_name: str = ""  # cxrtool family only
+    timm_name: str = ""  # cxrtool: the timm model; seed families: their image architecture (e.g. "resnet50")
     feature_dim: int = 0  # width of the tower's pooled features (information only outside cxrtool)
     input_size: int = 224
     resize: str = "short_side_center_crop"
@@ -91,12 +100,14 @@ class ImageSpec:
     timm_kwargs: dict[str, Any] = field(default_factory=dict)
     backend: str = "timm"
     feature: str = "pooled"
-    pad_size: int = 0  # chexzero_letterbox only: the square the image is first letterboxed into (320)
+    pad_size: int = 0  # two-step rules (TWO_STEP_RULES): the intermediate size (CheXzero 320, BioViL 512, GLoRIA 256)
 
     @property
     def decode_side(self) -> int:
-        """The short side a reduced-resolution decode must keep (see io/decode.py)."""
-        return max(self.input_size, self.pad_size)
+        """The short side a reduced-resolution decode must keep (see io/decode.py); 0: decode at full
+        resolution (the seed-model rules repeat their project's 8-bit pipeline from the stored pixels,
+        which a DCT-scaled JPEG decode would not give them: BioViL cos 0.9995 on a 2,373-px JPEG)."""
+        return 0 if self.resize in FULL_DECODE_RULES else max(self.input_size, self.pad_size)
 
 
 @dataclass
@@ -219,8 +230,9 @@ class ModelCard:
             raise ModelError(f"model card: unknown text padding {self.text.padding!r}; use one of {PADDINGS}")
         if self.image.resize not in RESIZE_RULES:
             raise ModelError(f"model card: unknown resize rule {self.image.resize!r}; use one of {RESIZE_RULES}")
-        if (self.image.resize == "chexzero_letterbox") != (self.image.pad_size > 0):
-            raise ModelError("model card: image.pad_size goes with (and only with) the chexzero_letterbox rule")
+        if (self.image.resize in TWO_STEP_RULES) != (self.image.pad_size > 0):
+            raise ModelError(f"model card: image.pad_size goes with (and only with) the two-step rules "
+                             f"({', '.join(TWO_STEP_RULES)})")
         if self.text.pooling not in POOLINGS:
             raise ModelError(f"model card: unknown pooling {self.text.pooling!r}; use one of {POOLINGS}")
         if self.embedding not in EMBEDDINGS:

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from cxrtool.errors import ModelError, WeightMismatchError
-from cxrtool.model.card import CARD_FILE, ModelCard
+from cxrtool.model.card import CARD_FILE, WEIGHTS_FILE, ModelCard
 from cxrtool.model.dual import DualEncoder
 
 
@@ -69,6 +69,20 @@ def load_exact(module: torch.nn.Module, state: dict[str, torch.Tensor], source: 
         raise ModelError(f"{source}: weight {k} has shape {tuple(state[k].shape)}, "
                          f"the card's architecture needs {tuple(expected[k].shape)}")
     module.load_state_dict(state, strict=True)
+
+
+def read_weights(directory: Path) -> dict[str, torch.Tensor]:
+    """A model directory's model.safetensors, or one line saying what is wrong with it."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = directory / WEIGHTS_FILE
+    if not path.is_file():
+        raise ModelError(f"{directory}: {WEIGHTS_FILE} is missing", "copy the whole model directory")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError) as exc:
+        raise ModelError(f"{path}: unreadable weights file ({exc})") from None
 
 
 def read_json(path: Path) -> dict[str, Any] | None:
@@ -142,4 +156,6 @@ def describe_card(directory: Path, name: str) -> ModelSummary:
         return ModelSummary(name or str(directory), "?", None, None, "?", str(directory),
                             note=f"unreadable card: {exc.reason}")
     return ModelSummary(name or card.provenance.get("name") or str(directory), card.family, card.output_dim,
-                        card.image.input_size, card.scoring.rule, str(directory), card.fingerprint)
+                        card.image.input_size, card.scoring.rule, str(directory), card.fingerprint,
+                        licence=str(card.provenance.get("licence", "")),
+                        note=str(card.provenance.get("intended_use", "")))

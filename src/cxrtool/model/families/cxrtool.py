@@ -13,14 +13,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from cxrtool.constants import DEFAULT_EMBED_DIM
 from cxrtool.errors import ModelError
 from cxrtool.model.card import IMAGE_DIR, TEXT_DIR, WEIGHTS_FILE, ImageSpec, ModelCard, TextSpec
 from cxrtool.model.dual import DualEncoder
-from cxrtool.model.families.base import Family, describe_card, load_exact, write_model_files
+from cxrtool.model.families.base import Family, describe_card, load_exact, read_weights, write_model_files
 from cxrtool.model.hf_image import build_hf_image_tower
 from cxrtool.model.sources import MINILM_PACKAGE, SOURCE_NORMALISATION, load_source, minilm_dir, quiet_transformers
 
@@ -144,13 +143,7 @@ def load(directory: Path, card: ModelCard | None, name: str = "") -> DualEncoder
         card = ModelCard.load(directory)  # refused with the "not a model directory" hint
     image, text, tokenizer = _build_towers(card, directory / TEXT_DIR)
     model = DualEncoder(card, image, text, tokenizer)
-    weights_path = directory / WEIGHTS_FILE
-    if not weights_path.is_file():
-        raise ModelError(f"{directory}: {WEIGHTS_FILE} is missing", "copy the whole model directory")
-    try:
-        state = load_file(str(weights_path))
-    except (SafetensorError, OSError) as exc:
-        raise ModelError(f"{weights_path}: unreadable weights file ({exc})") from None
+    state = read_weights(directory)
     for entry in card.base_weights:
         prefix = entry["prefix"]
         for key, tensor in load_source(entry["source"]).items():

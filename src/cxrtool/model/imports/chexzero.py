@@ -39,8 +39,7 @@ import torch
 from cxrtool import __version__
 from cxrtool.errors import CheckpointMismatchError, ModelError
 from cxrtool.model.card import ImageSpec
-from cxrtool.model.factory import load_model_dir, save_model_dir
-from cxrtool.model.imports.common import ImportReport, place_weights, prepare_import
+from cxrtool.model.imports.common import ImportReport, finish_import, place_weights, prepare_import
 from cxrtool.model.imports.safe_pickle import read_checkpoint
 from cxrtool.model.sources import quiet_transformers
 
@@ -278,7 +277,4 @@ def import_chexzero(checkpoint: str | Path, out_dir: str | Path | None = None, t
         f"then bicubic resize to {size} without antialias, CheXzero mean/std (101.48761, 83.43944 on 0-255)",
         "cxrtool_version": __version__,
     }
-    save_model_dir(model, out, provenance=provenance)
-    report.fingerprint = load_model_dir(out).card.fingerprint  # strict reload through the hf-clip family
-    report.out_dir = str(out)
-    return report
+    return finish_import(model, out, report, provenance)

@@ -27,7 +27,7 @@ from cxrtool.model.imports.safe_pickle import sha256_file
 class ImportReport:
     """What an import read, placed, dropped and wrote; the CLI prints it, the card keeps it."""
 
-    format: str  # "cxr-clip" | "chexzero"
+    format: str  # "cxr-clip" | "chexzero" | "biovil" | "biovil-t" | "medclip" | "gloria"
     source: str  # the checkpoint file
     sha256: str  # of the checkpoint file's bytes
     architecture: str
@@ -41,6 +41,15 @@ class ImportReport:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def config_value(config: Any, *path: str) -> Any:
+    """``config[path[0]][path[1]]...`` of a checkpoint's (plain) config, None where any step is missing."""
+    for key in path:
+        if not isinstance(config, Mapping) or key not in config:
+            return None
+        config = config[key]
+    return config
 
 
 def out_dir_for(out_dir: str | Path | None, fmt: str, checkpoint: Path) -> Path:
@@ -116,3 +125,14 @@ def place_weights(
 def buffers_of(module: nn.Module) -> dict[str, torch.Tensor]:
     """Every buffer, persistent or not (state_dict() leaves non-persistent ones out)."""
     return dict(module.named_buffers())
+
+
+def finish_import(model: nn.Module, out: Path, report: ImportReport, provenance: dict[str, Any]) -> ImportReport:
+    """Write the model directory (card with ``provenance``), reload it strictly through its family
+    (every tensor placed, fingerprint checked) and complete the report."""
+    from cxrtool.model.factory import load_model_dir, save_model_dir
+
+    save_model_dir(model, out, provenance=provenance)
+    report.fingerprint = load_model_dir(out).card.fingerprint
+    report.out_dir = str(out)
+    return report

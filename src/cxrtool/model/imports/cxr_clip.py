@@ -41,10 +41,11 @@ from cxrtool.constants import CXR_CLIP_TEXT_ENCODER
 from cxrtool.errors import CheckpointMismatchError, ModelError
 from cxrtool.model.card import ImageSpec, ModelCard, TextSpec
 from cxrtool.model.dual import DualEncoder
-from cxrtool.model.factory import load_model_dir, save_model_dir
 from cxrtool.model.imports.common import (
     ImportReport,
     buffers_of,
+    config_value,
+    finish_import,
     place_weights,
     prepare_import,
 )
@@ -130,26 +131,20 @@ def _split_payload(payload: Any, source: str) -> tuple[dict[str, torch.Tensor], 
     return dict(state), meta, ignored
 
 
-def _get(config: Any, *path: str) -> Any:
-    for key in path:
-        if not isinstance(config, Mapping) or key not in config:
-            return None
-        config = config[key]
-    return config
-
-
-def _need(state: Mapping[str, torch.Tensor], key: str, source: str) -> torch.Tensor:
+def _need(state: Mapping[str, torch.Tensor], key: str, source: str, layout: str = "CXR-CLIP") -> torch.Tensor:
     if key not in state:
-        raise CheckpointMismatchError([key], [], source, "CXR-CLIP")
+        raise CheckpointMismatchError([key], [], source, layout)
     return state[key]
 
 
-def swin_config(state: Mapping[str, torch.Tensor], image_size: int, source: str) -> SwinConfig:
-    """Swin-T's HF config, from the checkpoint's shapes + the constants of microsoft/swin-tiny-patch4-window7-224."""
+def swin_config(state: Mapping[str, torch.Tensor], image_size: int, source: str, prefix: str = SWIN_PREFIX,
+                layout: str = "CXR-CLIP") -> SwinConfig:
+    """Swin-T's HF config, from the shapes of a checkpoint's transformers-4.x Swin (keys under ``prefix``) + the
+    constants of microsoft/swin-tiny-patch4-window7-224 (MedCLIP's Swin is stored the same way)."""
     from transformers import SwinConfig
 
-    p = SWIN_PREFIX
-    proj = _need(state, p + "embeddings.patch_embeddings.projection.weight", source)
+    p = prefix
+    proj = _need(state, p + "embeddings.patch_embeddings.projection.weight", source, layout)
     embed_dim, channels, patch = int(proj.shape[0]), int(proj.shape[1]), int(proj.shape[2])
     blocks: dict[int, int] = {}
     for key in state:
@@ -158,15 +153,15 @@ def swin_config(state: Mapping[str, torch.Tensor], image_size: int, source: str)
             stage, block = int(m.group(1)), int(m.group(2))
             blocks[stage] = max(blocks.get(stage, 0), block + 1)
     if not blocks or sorted(blocks) != list(range(len(blocks))):
-        raise CheckpointMismatchError([p + "encoder.layers.N.blocks.M.*"], [], source, "CXR-CLIP")
+        raise CheckpointMismatchError([p + "encoder.layers.N.blocks.M.*"], [], source, layout)
     depths = [blocks[i] for i in range(len(blocks))]
     table = f"encoder.layers.{{}}.blocks.0.{SWIN_RENAMES[3][0]}"
-    heads = [int(_need(state, p + table.format(i), source).shape[1]) for i in range(len(depths))]
+    heads = [int(_need(state, p + table.format(i), source, layout).shape[1]) for i in range(len(depths))]
     rows = int(state[p + table.format(0)].shape[0])
     window = (math.isqrt(rows) + 1) // 2
     if (2 * window - 1) ** 2 != rows:
         raise ModelError(f"{source}: relative position table of {rows} rows fits no square window")
-    fc1 = _need(state, p + "encoder.layers.0.blocks.0.intermediate.dense.weight", source)
+    fc1 = _need(state, p + "encoder.layers.0.blocks.0.intermediate.dense.weight", source, layout)
     return SwinConfig(
         image_size=image_size, patch_size=patch, num_channels=channels, embed_dim=embed_dim, depths=depths,
         num_heads=heads, window_size=window, mlp_ratio=fc1.shape[0] / embed_dim,
@@ -211,8 +206,8 @@ def build_cxr_clip_model(state: Mapping[str, torch.Tensor], config: Any, text_en
     from transformers import AutoModel
 
     arch = _architecture(state, source)
-    image_size = int(_get(config, "base", "image_size") or IMAGE_SIZE)
-    pooling_name = _get(config, "model", "text_encoder", "pooling") or "eos"
+    image_size = int(config_value(config, "base", "image_size") or IMAGE_SIZE)
+    pooling_name = config_value(config, "model", "text_encoder", "pooling") or "eos"
     if pooling_name not in POOLINGS:
         raise ModelError(f"{source}: text pooling {pooling_name!r} is not one cxrtool knows ({', '.join(POOLINGS)})")
     head = _need(state, HEADS["image_proj.weight"], source)
@@ -230,7 +225,7 @@ def build_cxr_clip_model(state: Mapping[str, torch.Tensor], config: Any, text_en
     card = ModelCard(
         image=spec,
         text=TextSpec(feature_dim=int(text_config.hidden_size),
-                      max_length=int(_get(config, "base", "text_max_length") or TEXT_MAX_LENGTH),
+                      max_length=int(config_value(config, "base", "text_max_length") or TEXT_MAX_LENGTH),
                       pooling=POOLINGS[pooling_name], source=text_encoder),
         embed_dim=int(head.shape[0]),
         projection_bias=True,
@@ -297,7 +292,4 @@ def import_cxr_clip(checkpoint: str | Path, out_dir: str | Path | None = None, t
         "ignored_entries": ignored,
         "cxrtool_version": __version__,
     }
-    save_model_dir(model, out, provenance=provenance)
-    report.fingerprint = load_model_dir(out).card.fingerprint  # strict reload: every tensor, fingerprint checked
-    report.out_dir = str(out)
-    return report
+    return finish_import(model, out, report, provenance)

@@ -1,15 +1,20 @@
 """Read foreign torch checkpoints without running any code they name.
 
 A ``torch.save`` file is a pickle, and unpickling calls whatever importable function the file
-names (``os.system``, ``eval``, ...). The released CXR-CLIP and CheXzero files need none of that:
-they hold tensors, plain containers and (CXR-CLIP) OmegaConf config objects. This module is the
-one place cxrtool unpickles such files. Its Unpickler resolves a global only if it is
+names (``os.system``, ``eval``, ...). The released CXR-CLIP, CheXzero and GLoRIA files need none of
+that: they hold tensors, plain containers, OmegaConf config objects (CXR-CLIP's config, a PyTorch
+Lightning checkpoint's ``hyper_parameters`` / ``hparams_type``) and, in a Lightning ``.ckpt``, the
+callback classes its ``callbacks`` dict is keyed by. This module is the one place cxrtool unpickles
+such files. Its Unpickler resolves a global only if it is
 
 * a torch tensor/storage rebuild function, ``torch.Size``/``torch.device`` or a torch dtype;
 * ``collections.OrderedDict``/``defaultdict``, a plain builtin data type (``dict``, ``list``, ...) or
   ``_codecs.encode`` restricted to latin-1 (how protocol 2 stores ``bytes``);
-* an OmegaConf class or a ``typing`` name: these become inert stand-ins (:class:`ForeignObject`)
-  that only hold their pickled state, so OmegaConf need not be installed and none of its code runs.
+* an OmegaConf class, a ``typing`` name or a PyTorch Lightning class (``pytorch_lightning.*``,
+  ``lightning.*``, ``lightning_fabric.*``): these become inert stand-ins (:class:`ForeignObject`
+  subclasses) that only hold their pickled arguments and state, so neither OmegaConf nor Lightning
+  need be installed and none of their code runs. Creating, calling or restoring a stand-in stores
+  data and does nothing else, so a Lightning name used to smuggle a call is neutralised too.
 
 Anything else is refused by name before it could be called (``RefusedGlobal``). Stock
 ``torch.load(weights_only=True)`` refuses the OmegaConf objects, and ``weights_only=False`` would run
@@ -22,8 +27,10 @@ import _compat_pickle
 import builtins
 import collections
 import hashlib
+import io
 import pickle
 import sys
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -34,8 +41,10 @@ _BUILTIN_TYPES = {"dict", "list", "tuple", "set", "frozenset", "int", "float", "
 _TORCH_FUNCTIONS = {("torch._utils", "_rebuild_tensor"), ("torch._utils", "_rebuild_tensor_v2"),
                     ("torch._utils", "_rebuild_tensor_v3"), ("torch._utils", "_rebuild_parameter"),
                     ("torch", "Size"), ("torch", "device")}
-# Config objects we never import: mapped to stand-ins (typing names appear in OmegaConf metadata).
-_INERT_MODULES = ("omegaconf", "typing")
+# Config objects and Lightning classes we never import: mapped to stand-ins (typing names appear in
+# OmegaConf metadata; Lightning .ckpt files key their "callbacks" dict by callback classes, e.g.
+# pytorch_lightning.callbacks.model_checkpoint.ModelCheckpoint in PL 1.x).
+_INERT_MODULES = ("omegaconf", "typing", "pytorch_lightning", "lightning", "lightning_fabric")
 
 
 class RefusedGlobal(pickle.UnpicklingError):
@@ -47,7 +56,7 @@ class RefusedGlobal(pickle.UnpicklingError):
 
 
 class ForeignObject:
-    """Inert stand-in for an instance of a class that cxrtool does not import (an OmegaConf node).
+    """Inert stand-in for a class that cxrtool does not import (an OmegaConf node, a Lightning callback).
 
     Creating it, calling it and setting its state only store data; it has no other behaviour.
     """
@@ -120,22 +129,32 @@ def load(file: Any, **kwargs: Any) -> Any:
     return Unpickler(file, **kwargs).load()
 
 
-def read_checkpoint(path: Path) -> Any:
-    """Unpickle a torch.save file onto the CPU through the allow-list; typed errors name the problem."""
+def read_checkpoint(path: Path, member: str | None = None) -> Any:
+    """Unpickle a torch.save file onto the CPU through the allow-list; typed errors name the problem.
+    ``member``: read that file of a zip archive (a release zip holding the checkpoint) from memory,
+    without extracting anything."""
     import torch
 
+    label = f"{path.name}:{member}" if member else path.name
     try:
-        return torch.load(path, map_location="cpu", weights_only=False, pickle_module=sys.modules[__name__])
+        if member is None:
+            return torch.load(path, map_location="cpu", weights_only=False, pickle_module=sys.modules[__name__])
+        with zipfile.ZipFile(path) as zf:
+            data = zf.read(member)
+        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=False,
+                          pickle_module=sys.modules[__name__])
     except RefusedGlobal as exc:
         raise ModelError(
-            f"{path.name}: refused: unpickling it would call {exc.qualified}, which a checkpoint of weights never "
+            f"{label}: refused: unpickling it would call {exc.qualified}, which a checkpoint of weights never "
             "needs (nothing was run)",
-            "cxrtool reads only tensors, plain containers and OmegaConf config objects; if you did not expect "
-            "this, the file is not what it claims to be: delete it and download it again from the project",
+            "cxrtool reads only tensors, plain containers, OmegaConf configs and Lightning checkpoint metadata; if "
+            "you did not expect this, the file is not what it claims to be: delete it and download it again from "
+            "the project",
         ) from None
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as exc:
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError, TypeError, AttributeError,
+            zipfile.BadZipFile, KeyError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ModelError(f"{path.name}: not a readable torch checkpoint ({reason})",
+        raise ModelError(f"{label}: not a readable torch checkpoint ({reason})",
                          "check that the download finished (compare its size or sha256 with the release)") from None
 
 
