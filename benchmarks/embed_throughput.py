@@ -1,10 +1,13 @@
 """Embedding throughput: decode alone, model alone, and the whole pipeline, in one run.
 
 Usage: python benchmarks/embed_throughput.py ARCHIVE [--workers N] [--device cpu|cuda] [--repeat R]
+       [--runtime auto|onnx|torch]
 
 Prints images/s for each stage and the ratio pipeline ÷ model-only (1.0 = the model is the only
 bottleneck; lower = decoding or I/O starves it). Uses the bundled default model unless --model.
 Timings are medians over --repeat runs; compare ratios, not absolute numbers, across machines.
+``--runtime`` (default auto, as `cxrtool embed`) is the CPU engine of the image side for every stage;
+benchmarks/cpu_runtime.py compares torch and ONNX Runtime side by side.
 """
 
 from __future__ import annotations
@@ -40,14 +43,17 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=None, help="default: the pipeline's default for the device")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--model", default=None)
+    ap.add_argument("--runtime", default="auto", choices=("auto", "onnx", "torch"))
     args = ap.parse_args()
     model = load_model(args.model, device=args.device)
-    print(json.dumps(measure(args.archive, model, args.device, args.batch_size, args.workers, args.repeat), indent=2))
+    print(json.dumps(measure(args.archive, model, args.device, args.batch_size, args.workers, args.repeat,
+                             args.runtime), indent=2))
 
 
 def measure(archive: Path, model, device: str, batch_size: int | None = None, workers: int | None = None,
-            repeat: int = 3) -> dict:
+            repeat: int = 3, runtime: str = "auto") -> dict:
     """All stage rates for one archive, measured in this one call (see the module docstring)."""
+    model.use_runtime(runtime if device == "cpu" else "torch")
     batch_size = batch_size or default_batch_size(device, model)
     files = [f for f in discover_archive(archive) if not f.problem]
 
@@ -101,7 +107,7 @@ def measure(archive: Path, model, device: str, batch_size: int | None = None, wo
     for _ in range(repeat):
         with tempfile.TemporaryDirectory() as ws:
             last = embed_archive(archive, ws, model, batch_size=batch_size, workers=workers,
-                                 device=device, progress=False)
+                                 device=device, progress=False, runtime=runtime)
             pipe_rates.append(last.embedded / last.seconds)
     pipe_rate = statistics.median(pipe_rates)
 
@@ -126,6 +132,7 @@ def measure(archive: Path, model, device: str, batch_size: int | None = None, wo
 
     report = {
         "device": device, "torch_threads": torch.get_num_threads(), "images": len(tensors),
+        "image_runtime": last.image_runtime,
         "workers": workers if workers is not None else default_workers(device),
         "batch_size": batch_size,
         "decode_only_img_per_s": round(decode_rate, 1),

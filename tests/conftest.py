@@ -23,6 +23,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # processes they start) use a throwaway one, never the user's.
 os.environ["CXRTOOL_CONFIG"] = tempfile.mkdtemp(prefix="cxrtool-test-config-")
 os.environ.pop("CXRTOOL_PSEUDONYM_KEY", None)
+# ONNX exports of the image side (made by embed on first use): a throwaway cache, never the user's.
+os.environ["CXRTOOL_CACHE"] = tempfile.mkdtemp(prefix="cxrtool-test-cache-")
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "sample_data"

@@ -19,6 +19,9 @@ BUNDLED_MODEL = "bundled"
 # to go: $CXRTOOL_MODELS, else ~/.cache/cxrtool/models (beside the Hugging Face cache's habit).
 MODELS_HOME_ENV = "CXRTOOL_MODELS"
 DEFAULT_MODELS_HOME = "~/.cache/cxrtool/models"
+# Derived files cxrtool can always make again (the image side's ONNX exports): $CXRTOOL_CACHE, else here.
+CACHE_ENV = "CXRTOOL_CACHE"
+DEFAULT_CACHE = "~/.cache/cxrtool"
 
 # The pixel pipeline's version: bumped whenever decoding (io/decode.py) or a preprocessing rule
 # (model/transform.py) changes the pixels a model sees. It is part of every vector id (with a hash

@@ -80,6 +80,9 @@ def embed_cmd(
     ray_actors: int = typer.Option(1, min=1, help="Ray: model actors (e.g. one per GPU)."),
     gpus_per_worker: float = typer.Option(0.0, min=0.0, help="Ray: GPUs per model actor."),
     threads: int = typer.Option(None, min=1, help="Ray: torch threads per model actor (default: the node's CPUs)."),
+    runtime: str = typer.Option("auto", help="CPU engine of the image model: auto (ONNX Runtime when its export "
+                                "matches torch on the first batch, else torch), onnx (or fail saying why), torch. "
+                                "GPUs always use torch.", case_sensitive=False),
     no_wait: bool = typer.Option(False, "--no-wait", help=NO_WAIT_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
@@ -101,7 +104,7 @@ def embed_cmd(
                                   num_parts=num_parts, part_index=part_index, progress=not as_json, wait=not no_wait,
                                   connections=connections, since=since, until=until, engine=engine.lower(),
                                   ray_address=ray_address, ray_actors=ray_actors, gpus_per_worker=gpus_per_worker,
-                                  threads=threads,
+                                  threads=threads, runtime=runtime.lower(),
                                   studies=tuple(study) if study else None))
     code = EXIT_NOTHING if s.found == s.other_files else EXIT_FAILURES if s.failed or s.failed_earlier else 0
     if as_json:
@@ -126,7 +129,8 @@ def embed_cmd(
             f"({parts}); they will answer chest queries too. `--body-part CHEST` leaves them out "
             "(with --overwrite for this workspace); `search --body-part` filters at query time")
     say(f"{s.images_per_second:.1f} img/s in {s.seconds:.1f}s: discover {s.discover_seconds:.1f}s, waiting for "
-        f"decode {s.wait_seconds:.1f}s, model {s.model_seconds:.1f}s, writing {s.write_seconds:.1f}s")
+        f"decode {s.wait_seconds:.1f}s, model {s.model_seconds:.1f}s, writing {s.write_seconds:.1f}s"
+        + (f" (images encoded by {s.image_runtime})" if s.embedded and s.image_runtime else ""))
     for f in s.failures[:10]:
         say(f"[red]failed ({f['stage']}):[/] {f['path']}: {f['reason']}")
     if s.failed or s.failed_earlier:

@@ -69,6 +69,7 @@ class EmbedSummary:
     model_seconds: float = 0.0
     write_seconds: float = 0.0
     images_per_second: float = 0.0
+    image_runtime: str = ""  # what encoded the images on a CPU: torch or onnxruntime, and why
     failures: list[dict] = field(default_factory=list)
 
     def to_dict(self) -> dict:
@@ -121,13 +122,20 @@ def default_workers(device: str = "cpu") -> int:
     return 0 if cpus <= 2 else min(8, cpus // 2)
 
 
+ONNX_CPU_BATCH = 8  # see default_batch_size
+
+
 def default_batch_size(device: str = "cpu", model: DualEncoder | None = None) -> int:
     """Images per batch. Small batches are fastest on a CPU (cache-bound: EfficientNet-Lite0 on 2
     cores ran 69 img/s at batch 4 vs 36 img/s at 32); GPUs want large ones. A ``flip_pair`` model
     runs each image twice (it and its mirror) in one forward pass, so on a CPU it takes half as
-    many images per batch (the default model v4: 17.6 img/s at 2 vs 14.8 at 4)."""
+    many images per batch (the default model v4: 17.6 img/s at 2 vs 14.8 at 4). ONNX Runtime is the
+    other way round (it keeps its fused kernels busy with more images): 8, measured in
+    docs/benchmarks.md (the default model: 38 img/s at 2, 46 at 8)."""
     if device.startswith("cuda"):
         return 64
+    if model is not None and model.onnx_active:
+        return ONNX_CPU_BATCH
     return 2 if model is not None and model.card.embedding == "flip_pair" else 4
 
 
@@ -159,6 +167,7 @@ def embed_archive(
     since: str | None = None,
     until: str | None = None,
     studies: tuple[str, ...] | None = None,
+    runtime: str = "auto",
 ) -> EmbedSummary:
     """Embed every image under ``archive`` into shards in the workspace; resumes by default.
 
@@ -180,6 +189,11 @@ def embed_archive(
     ``engine="ray"`` runs decoding in Ray tasks and the model in a Ray actor pool
     (:mod:`cxrtool.embed.ray_engine`; ``ray_address`` None starts a local cluster); this process
     still holds the lock and writes every shard.
+
+    ``runtime`` picks the CPU engine of the image side (:meth:`DualEncoder.use_runtime`): ``auto``
+    runs it on ONNX Runtime when its export matches torch on the first batch (else torch, with the
+    reason in the summary's ``image_runtime``), ``onnx`` insists, ``torch`` never tries. On a GPU it is
+    always torch.
     """
     if not (num_parts >= 1 and 0 <= part_index < num_parts):
         raise WorkspaceError(f"part {part_index} of {num_parts} is not a valid partition",
@@ -217,7 +231,7 @@ def embed_archive(
 
         require_ray()
         distributor = RayDistributor(model, ray_address, workers, ray_actors, gpus_per_worker, threads, device,
-                                     resolve_key(pseudonym_key))
+                                     resolve_key(pseudonym_key), runtime if device == "cpu" else "torch")
         workers = workers or 0
     workers = default_workers(device) if workers is None else workers
     if distributor is None:
@@ -229,7 +243,8 @@ def embed_archive(
         distributor = Parts(part_index, num_parts, distributor)
         out_dir = ws.shards / distributor.name
     part = distributor.name if num_parts > 1 else None
-    with workspace_lock(ws.root, "embed-images", "cxrtool embed", wait, part):
+    cpu_runtime = runtime if device == "cpu" else "torch"
+    with model.runtime_scope(cpu_runtime), workspace_lock(ws.root, "embed-images", "cxrtool embed", wait, part):
         return _embed_locked(ws, archive, reader, model, distributor, out_dir, device, workers, batch_size,
                              shard_rows, overwrite, retry_errors, header_filter, pseudonym_key, keep_study_date,
                              float16, manifest, f"{part_index}/{num_parts}", progress, engine)
@@ -287,6 +302,8 @@ def _embed_locked(ws: Workspace, archive: Path | str, reader: Any, model: DualEn
                            discover_seconds=done_seconds + stats.list_seconds,
                            wait_seconds=stats.read_seconds, model_seconds=stats.map_seconds,
                            write_seconds=writer.write_seconds, failures=writer.failures)
+    summary.image_runtime = (model.runtime_note or model.runtime) if engine == "local" else (
+        f"per Ray actor: {model.runtime}")
     summary.seconds = time.perf_counter() - t_start
     summary.images_per_second = summary.embedded / summary.seconds if summary.seconds else 0.0
     _append_run_log(ws, summary, model, engine=engine, device=device, workers=workers, batch_size=batch_size,

@@ -81,7 +81,8 @@ def _decode_batch(batch: dict[str, np.ndarray], decoder: Any, key_expected: str,
 class _Encoder:
     """An actor of the encode pool: loads the model once, then embeds every batch it is given."""
 
-    def __init__(self, model_ref: str | None, model_object: Any, threads: int | None, device: str) -> None:
+    def __init__(self, model_ref: str | None, model_object: Any, threads: int | None, device: str,
+                 runtime: str = "torch") -> None:
         import torch
 
         torch.set_num_threads(max(1, threads or os.cpu_count() or 1))
@@ -95,6 +96,7 @@ class _Encoder:
 
             self.model = ray.get(model_object).to(device)
         self.model.eval()
+        self.model.use_runtime(runtime if device == "cpu" else "torch")  # decided on this actor's first batch
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         import torch
@@ -117,8 +119,9 @@ class RayDistributor:
 
     def __init__(self, model: Any, address: str | None = None, workers: int | None = None, actors: int = 1,
                  gpus_per_worker: float = 0.0, threads: int | None = None, device: str = "cpu",
-                 key: str = "") -> None:
+                 key: str = "", runtime: str = "torch") -> None:
         self.model = model
+        self.runtime = runtime
         self.address = address
         self.workers = workers or 0
         self.actors = max(1, actors)
@@ -168,7 +171,8 @@ class RayDistributor:
                                 batch_format="numpy", num_cpus=1,
                                 **({"concurrency": self.workers} if self.workers else {}))
             ds = ds.map_batches(_Encoder, fn_constructor_kwargs={"model_ref": model_ref, "model_object": model_object,
-                                                               "threads": self.threads, "device": self.device},
+                                                               "threads": self.threads, "device": self.device,
+                                                               "runtime": self.runtime},
                                 batch_size=batch_size, batch_format="numpy", concurrency=self.actors,
                                 num_cpus=1, num_gpus=self.gpus)  # Ray Data restarts a killed actor, retries its batches
             try:

@@ -11,7 +11,9 @@ embed, index, search and evaluate see one interface whatever the family.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import contextlib
+import logging
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +28,7 @@ from cxrtool.model.card import ModelCard
 from cxrtool.model.transform import preprocess
 
 ImageLike = str | Path | DecodedImage | np.ndarray
+log = logging.getLogger(__name__)
 
 
 def halves_pool(fmap: torch.Tensor) -> torch.Tensor:
@@ -121,24 +124,108 @@ class DualEncoder(nn.Module):
         return preprocess(image, self.card.image)
 
     # --------------------------------------------------------------------- inference (numpy out)
-    @torch.inference_mode()
-    def encode_pixels(self, batch: torch.Tensor) -> np.ndarray:
-        """A preprocessed batch (NxCxSxS) -> N x ``card.output_dim`` float32 unit vectors."""
-        self.eval()
-        batch = batch.to(self.device, non_blocking=True)
+    # Which engine runs encode_pixels on a CPU (see use_runtime): torch unless a command asks for more.
+    runtime = "torch"
+    runtime_note = ""  # what use_runtime decided, for run logs and summaries
+    _onnx = None  # the verified ONNX Runtime runner, once decided
+    _runtime_decided = False
+
+    def image_vectors(self, batch: torch.Tensor, autocast: bool = False) -> torch.Tensor:
+        """A preprocessed batch on this model's device -> N x ``card.output_dim`` unit vectors: the
+        tower (with the mirror pass of a ``flip_pair`` card), pooling, projection, normalisation.
+        This is what the ONNX export holds (:mod:`cxrtool.model.onnx_image`)."""
         flip_pair = self.card.embedding == "flip_pair"
         if flip_pair:  # one forward pass over the images and their mirror images
             batch = torch.cat([batch, batch.flip(-1)])
-        if self.device.type == "cuda":
-            batch = batch.contiguous(memory_format=torch.channels_last)
+        if autocast:
             with torch.autocast("cuda", dtype=torch.float16):
                 feats = self.image_features(batch)
         else:
             feats = self.image_features(batch)
         feats = F.normalize(feats.float(), dim=-1)
-        if flip_pair:
-            feats = pair_halves(*feats.chunk(2))
-        return feats.cpu().numpy().astype(np.float32)
+        return pair_halves(*feats.chunk(2)) if flip_pair else feats
+
+    def use_runtime(self, runtime: str = "auto") -> None:
+        """Choose the CPU engine of encode_pixels: ``torch``; ``onnx`` (ONNX Runtime, or an error saying
+        why not); ``auto`` (ONNX Runtime where the model exports, else torch). The export is made (or
+        found in the cache) now; the first real batch is then embedded by both engines, which must
+        agree (cos >= 0.9999 per image), before ONNX Runtime takes over (else torch, saying why)."""
+        from cxrtool.errors import ModelError
+        from cxrtool.model.onnx_image import RUNTIMES, open_or_export
+
+        if runtime not in RUNTIMES:
+            raise ModelError(f"unknown runtime {runtime!r}", f"use one of {', '.join(RUNTIMES)}")
+        self.runtime, self._onnx, self._runtime_decided, self.runtime_note = runtime, None, True, "torch"
+        if runtime == "torch" or self.device.type != "cpu":
+            self.runtime = "torch"
+            return
+        runner, why = open_or_export(self) if self.card.fingerprint else (
+            None, "the model has no fingerprint (not loaded from a model directory)")
+        if runner is None:
+            self._fall_back(why)
+            return
+        self._onnx, self._runtime_decided = runner, False
+        self.runtime_note = f"onnxruntime ({runner.threads} threads; not yet checked)"
+
+    @contextlib.contextmanager
+    def runtime_scope(self, runtime: str) -> Iterator[DualEncoder]:
+        """:meth:`use_runtime` for one job (an embed run); a model that was on torch is back on torch
+        afterwards, so a library caller's model object does not change engine behind its back."""
+        before = self.runtime
+        self.use_runtime(runtime)
+        try:
+            yield self
+        finally:
+            if before == "torch":
+                self.use_runtime("torch")
+
+    def __getstate__(self) -> dict:
+        """Pickled or copied (Ray actors, deepcopy), a model travels without its ONNX Runtime session
+        (sessions cannot be pickled); the copy runs torch until it chooses a runtime itself."""
+        state = dict(self.__dict__)
+        state.update(_onnx=None, _runtime_decided=True, runtime="torch", runtime_note="torch")
+        return state
+
+    @property
+    def onnx_active(self) -> bool:
+        """Whether encode_pixels runs on ONNX Runtime (pending its first-batch check, or past it)."""
+        return self._onnx is not None
+
+    def _fall_back(self, why: str) -> None:
+        from cxrtool.errors import ModelError
+
+        if self.runtime == "onnx":
+            raise ModelError(f"--runtime onnx: {why}", "use --runtime torch (or auto, which falls back)")
+        self._onnx, self._runtime_decided = None, True
+        self.runtime_note = f"torch (ONNX Runtime not used: {why})"
+        log.warning("image encoding stays on torch: %s", why)
+
+    def _check_runtime(self, batch: torch.Tensor) -> None:
+        from cxrtool.model.onnx_image import CHECK_IMAGES, check
+
+        self._runtime_decided = True
+        sample = batch[:CHECK_IMAGES]
+        why = check(self._onnx, sample, self.image_vectors(sample).cpu().numpy())
+        if why:
+            self._fall_back(why)
+        else:
+            self.runtime_note = f"onnxruntime ({self._onnx.threads} threads; matches torch on the first images)"
+
+    @torch.inference_mode()
+    def encode_pixels(self, batch: torch.Tensor) -> np.ndarray:
+        """A preprocessed batch (NxCxSxS) -> N x ``card.output_dim`` float32 unit vectors (on a CPU through
+        ONNX Runtime where :meth:`use_runtime` chose it)."""
+        self.eval()
+        if self._onnx is not None and self.device.type == "cpu":
+            if not self._runtime_decided:
+                self._check_runtime(batch)
+            if self._onnx is not None:
+                return self._onnx(batch)
+        batch = batch.to(self.device, non_blocking=True)
+        cuda = self.device.type == "cuda"
+        if cuda:
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        return self.image_vectors(batch, autocast=cuda).cpu().numpy().astype(np.float32)
 
     def encode_images(self, images: Iterable[ImageLike], batch_size: int = 32) -> np.ndarray:
         """Paths, decoded images or [0, 1] arrays -> NxD L2-normalised float32."""
