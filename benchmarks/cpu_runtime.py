@@ -27,7 +27,7 @@ import torch
 
 from cxrtool.embed import embed_archive
 from cxrtool.embed.mapper import ImageDecoder
-from cxrtool.embed.pipeline import default_batch_size
+from cxrtool.embed.pipeline import ONNX_CPU_BATCH, default_batch_size
 from cxrtool.io import discover_archive
 from cxrtool.io.classify import HeaderFilter
 from cxrtool.model import load_model
@@ -89,7 +89,7 @@ def measure(archive: Path, torch_model, onnx_model, sizes: list[int], repeat: in
             with tempfile.TemporaryDirectory() as ws:
                 last = embed_archive(archive, ws, torch_model, runtime=runtime, progress=False)
                 rates.append(last.embedded / last.seconds)
-        batch = default_batch_size("cpu", torch_model)  # the one embed_archive chose for this runtime
+        batch = ONNX_CPU_BATCH if runtime == "onnx" else default_batch_size("cpu", torch_model)  # embed's default
         pipeline[name] = {"img_per_s": round(statistics.median(rates), 1), "batch_size": batch,
                           "runtime": last.image_runtime,
                           "time_split_s": {"wait_for_decode": round(last.wait_seconds, 2),

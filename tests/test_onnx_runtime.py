@@ -56,7 +56,8 @@ def test_onnx_and_torch_shards_hold_the_same_vectors_and_mix_in_one_index(archiv
     torch_ws, onnx_ws, mixed = tmp_path / "torch", tmp_path / "onnx", tmp_path / "mixed"
     a = embed_archive(archive, torch_ws, model, runtime="torch", progress=False)
     b = embed_archive(archive, onnx_ws, model, runtime="onnx", progress=False)
-    assert a.image_runtime == "torch" and b.image_runtime.startswith("onnxruntime")
+    assert a.image_runtime == "torch" and "matches torch on the first images" in b.image_runtime
+    assert model.runtime == "torch" and not model.onnx_active  # the caller's model is back on torch
     n = a.embedded
     assert n >= 10 and b.embedded == n and export_path(model).is_file()
     va, vb = _vectors(torch_ws), _vectors(onnx_ws)
@@ -73,7 +74,7 @@ def test_onnx_and_torch_shards_hold_the_same_vectors_and_mix_in_one_index(archiv
     shutil.rmtree(part)
     shutil.copytree(archive, part)
     later = embed_archive(part, mixed, model, runtime="auto", progress=False)
-    assert later.embedded >= 4 and later.image_runtime.startswith("onnxruntime")
+    assert later.embedded >= 4 and "matches torch on the first images" in later.image_runtime
     assert build_index(mixed).count == n
     probe = sorted(archive.rglob("*.jpg"))[0]
     hit = Index.open(mixed, model=model).search(image=probe, k=1, dedupe=None)[0]
@@ -96,9 +97,29 @@ def test_an_export_that_does_not_match_torch_is_not_used(archive, cache, tmp_pat
         s = embed_archive(archive, tmp_path / "ws", model, runtime="auto", progress=False)
     assert s.embedded >= 10 and s.image_runtime.startswith("torch (ONNX Runtime not used: ONNX Runtime vectors differ")
     assert "stays on torch" in caplog.text
+    torch_vectors = _vectors(tmp_path / "ws")
+    reference = load_model()
+    reference.use_runtime("torch")
+    assert all(float(v @ reference.encode_images([archive / k])[0]) > 0.99999 for k, v in torch_vectors.items())
     model.use_runtime("onnx")
     with pytest.raises(ModelError, match="--runtime onnx: ONNX Runtime vectors differ"):
         model.encode_pixels(sample)
+    # refused once, never used afterwards: the next call is torch's, not the unchecked graph's
+    assert np.allclose(model.encode_pixels(sample), reference.encode_pixels(sample), atol=1e-6)
+
+
+def test_a_model_with_a_live_session_copies_and_pickles_without_it(archive, cache):
+    import copy
+    import pickle
+
+    model = load_model()
+    model.use_runtime("onnx")
+    x = model.preprocess(sorted(archive.rglob("*.jpg"))[0])[None]
+    model.encode_pixels(x)
+    assert model.onnx_active
+    for twin in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):
+        assert twin.runtime == "torch" and not twin.onnx_active
+        assert np.allclose(twin.encode_pixels(x), model.encode_pixels(x), atol=1e-5)
 
 
 def test_where_no_export_can_be_made_auto_says_why_and_uses_torch(archive, tmp_path, monkeypatch):
@@ -119,5 +140,6 @@ def test_the_cli_reports_the_runtime_and_takes_torch(archive, cache, tmp_path):
                                    "--json"])
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout)["image_runtime"] == "torch"
-    bad = CliRunner().invoke(app, ["embed", str(archive), "--workspace", str(tmp_path / "ws2"), "--runtime", "tpu"])
+    bad = CliRunner().invoke(app, ["embed", str(archive), "--workspace", str(tmp_path / "ws2"), "--runtime", "tpu",
+                                   "--device", "cpu"])
     assert bad.exit_code == 2 and "unknown runtime 'tpu'" in bad.output

@@ -37,6 +37,7 @@ from cxrtool.io.dicomweb import is_dicomweb, parse_source, source_label
 from cxrtool.locks import workspace_lock
 from cxrtool.model.dual import DualEncoder
 from cxrtool.model.factory import load_model
+from cxrtool.model.onnx_image import RUNTIMES
 from cxrtool.privacy import resolve_key
 from cxrtool.workspace import Workspace, check_same_model
 
@@ -195,6 +196,8 @@ def embed_archive(
     reason in the summary's ``image_runtime``), ``onnx`` insists, ``torch`` never tries. On a GPU it is
     always torch.
     """
+    if runtime not in RUNTIMES:
+        raise WorkspaceError(f"unknown runtime {runtime!r}", f"use one of {', '.join(RUNTIMES)}")
     if not (num_parts >= 1 and 0 <= part_index < num_parts):
         raise WorkspaceError(f"part {part_index} of {num_parts} is not a valid partition",
                              "use --num-parts N --part-index i with 0 <= i < N")
@@ -243,7 +246,8 @@ def embed_archive(
         distributor = Parts(part_index, num_parts, distributor)
         out_dir = ws.shards / distributor.name
     part = distributor.name if num_parts > 1 else None
-    cpu_runtime = runtime if device == "cpu" else "torch"
+    # The Ray engine's actors choose their own runtime; this process only writes.
+    cpu_runtime = runtime if device == "cpu" and engine == "local" else "torch"
     with model.runtime_scope(cpu_runtime), workspace_lock(ws.root, "embed-images", "cxrtool embed", wait, part):
         return _embed_locked(ws, archive, reader, model, distributor, out_dir, device, workers, batch_size,
                              shard_rows, overwrite, retry_errors, header_filter, pseudonym_key, keep_study_date,

@@ -149,7 +149,8 @@ class DualEncoder(nn.Module):
         """Choose the CPU engine of encode_pixels: ``torch``; ``onnx`` (ONNX Runtime, or an error saying
         why not); ``auto`` (ONNX Runtime where the model exports, else torch). The export is made (or
         found in the cache) now; the first real batch is then embedded by both engines, which must
-        agree (cos >= 0.9999 per image), before ONNX Runtime takes over (else torch, saying why)."""
+        agree (cos >= onnx_image.MIN_COSINE per image), before ONNX Runtime takes over (else torch,
+        saying why). A later ONNX Runtime failure falls back the same way (``onnx``: an error)."""
         from cxrtool.errors import ModelError
         from cxrtool.model.onnx_image import RUNTIMES, open_or_export
 
@@ -169,20 +170,20 @@ class DualEncoder(nn.Module):
 
     @contextlib.contextmanager
     def runtime_scope(self, runtime: str) -> Iterator[DualEncoder]:
-        """:meth:`use_runtime` for one job (an embed run); a model that was on torch is back on torch
-        afterwards, so a library caller's model object does not change engine behind its back."""
-        before = self.runtime
-        self.use_runtime(runtime)
+        """:meth:`use_runtime` for one job (an embed run); afterwards the model is back on the engine it
+        had (its runtime, session and check state), so a library caller's model object does not change
+        engine behind its back, whether the job ends or fails."""
+        before = (self.runtime, self._onnx, self._runtime_decided, self.runtime_note)
         try:
+            self.use_runtime(runtime)
             yield self
         finally:
-            if before == "torch":
-                self.use_runtime("torch")
+            self.runtime, self._onnx, self._runtime_decided, self.runtime_note = before
 
     def __getstate__(self) -> dict:
         """Pickled or copied (Ray actors, deepcopy), a model travels without its ONNX Runtime session
         (sessions cannot be pickled); the copy runs torch until it chooses a runtime itself."""
-        state = dict(self.__dict__)
+        state = dict(super().__getstate__())
         state.update(_onnx=None, _runtime_decided=True, runtime="torch", runtime_note="torch")
         return state
 
@@ -194,9 +195,10 @@ class DualEncoder(nn.Module):
     def _fall_back(self, why: str) -> None:
         from cxrtool.errors import ModelError
 
+        self._onnx, self._runtime_decided = None, True  # never the unchecked graph again, raised or not
         if self.runtime == "onnx":
+            self.runtime_note = f"refused: {why}"
             raise ModelError(f"--runtime onnx: {why}", "use --runtime torch (or auto, which falls back)")
-        self._onnx, self._runtime_decided = None, True
         self.runtime_note = f"torch (ONNX Runtime not used: {why})"
         log.warning("image encoding stays on torch: %s", why)
 
@@ -220,7 +222,11 @@ class DualEncoder(nn.Module):
             if not self._runtime_decided:
                 self._check_runtime(batch)
             if self._onnx is not None:
-                return self._onnx(batch)
+                try:
+                    return self._onnx(batch)
+                except Exception as exc:  # noqa: BLE001 - onnxruntime's own errors (memory, a shape): torch goes on
+                    self._fall_back(f"ONNX Runtime failed on a batch of {len(batch)} ({type(exc).__name__}: "
+                                    f"{str(exc).splitlines()[0][:160] if str(exc) else ''})")
         batch = batch.to(self.device, non_blocking=True)
         cuda = self.device.type == "cuda"
         if cuda:
