@@ -141,8 +141,8 @@ def text_source(text_encoder: str, max_length: int, what: str = "Bio_ClinicalBER
     return config, tokenizer
 
 
-def text_parts(text_dir: Path) -> tuple[nn.Module, Any, Any]:
-    """(untrained ``BertModel`` without pooler, tokenizer, config) rebuilt from a model directory's text/."""
+def text_parts(text_dir: Path) -> tuple[nn.Module, Any]:
+    """(untrained ``BertModel`` without pooler, tokenizer) rebuilt from a model directory's text/."""
     from transformers import BertConfig, BertModel, BertTokenizerFast
 
     quiet_transformers()
@@ -154,7 +154,7 @@ def text_parts(text_dir: Path) -> tuple[nn.Module, Any, Any]:
                          "copy the whole model directory (text/ holds its config and vocabulary)") from None
     if not 0.9 * config.vocab_size <= len(tokenizer) <= config.vocab_size:
         raise ModelError(f"{text_dir}: the tokenizer has {len(tokenizer)} tokens for {config.vocab_size} embeddings")
-    return BertModel(config, add_pooling_layer=False), tokenizer, config
+    return BertModel(config, add_pooling_layer=False), tokenizer
 
 
 def load_seed(directory: Path, card: ModelCard | None,
@@ -163,7 +163,7 @@ def load_seed(directory: Path, card: ModelCard | None,
     then every tensor of model.safetensors is placed by name (missing/extra/wrong shape refuse)."""
     if card is None:
         card = ModelCard.load(directory)
-    bert, tokenizer, _ = text_parts(directory / TEXT_DIR)
+    bert, tokenizer = text_parts(directory / TEXT_DIR)
     model = build(card, bert, tokenizer)
     load_exact(model, read_weights(directory), str(directory))
     return model
@@ -178,15 +178,10 @@ def save_seed(model: SeedEncoder, directory: Path, card: ModelCard, changed_only
         save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": "pt", "fingerprint": card.fingerprint})
         (tmp / WEIGHTS_FILE).chmod(0o644)
         text_dir = tmp / TEXT_DIR
-        bert_of(model).config.save_pretrained(text_dir)
+        model.text.bert.config.save_pretrained(text_dir)  # each family keeps its BertModel at text.bert
         model.tokenizer.save_pretrained(text_dir)
 
     write_model_files(directory, card, fill)
-
-
-def bert_of(model: SeedEncoder) -> nn.Module:
-    """The family's BertModel (each family keeps it at ``text.bert``)."""
-    return model.text.bert
 
 
 def seed_family(name: str, build: Callable[[ModelCard, nn.Module, Any], SeedEncoder]) -> Family:

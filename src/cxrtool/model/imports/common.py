@@ -122,6 +122,28 @@ def place_weights(
     return len(used), dropped
 
 
+SWIN_INDEX = "attention.self.relative_position_index"
+
+
+def recomputed_buffers(state: Mapping[str, torch.Tensor], text_prefix: str, text: nn.Module,
+                       swin_prefix: str = "", swin: nn.Module | None = None,
+                       text_buffers: tuple[str, ...] = ("embeddings.position_ids",)) -> dict[str, torch.Tensor]:
+    """The checkpoint buffers the installed transformers recomputes instead of storing -> the values it
+    computes (for :func:`place_weights`' ``obsolete``): BERT's ``text_buffers`` under ``text_prefix``
+    and, with a Swin tower, its ``attention.self.relative_position_index`` under ``swin_prefix``."""
+    text_bufs, swin_bufs = buffers_of(text), buffers_of(swin) if swin is not None else {}
+    out = {}
+    for key in state:
+        if key.startswith(text_prefix) and key[len(text_prefix):] in text_buffers:
+            if (name := key[len(text_prefix):]) in text_bufs:
+                out[key] = text_bufs[name]
+        elif swin is not None and key.startswith(swin_prefix) and key.endswith(SWIN_INDEX):
+            name = key[len(swin_prefix):].replace("attention.self.", "attention.relative_position_bias.")
+            if name in swin_bufs:
+                out[key] = swin_bufs[name]
+    return out
+
+
 def buffers_of(module: nn.Module) -> dict[str, torch.Tensor]:
     """Every buffer, persistent or not (state_dict() leaves non-persistent ones out)."""
     return dict(module.named_buffers())

@@ -43,11 +43,11 @@ from cxrtool.model.card import ImageSpec, ModelCard, TextSpec
 from cxrtool.model.dual import DualEncoder
 from cxrtool.model.imports.common import (
     ImportReport,
-    buffers_of,
     config_value,
     finish_import,
     place_weights,
     prepare_import,
+    recomputed_buffers,
 )
 from cxrtool.model.imports.safe_pickle import plain, read_checkpoint
 from cxrtool.model.sources import quiet_transformers
@@ -234,22 +234,6 @@ def build_cxr_clip_model(state: Mapping[str, torch.Tensor], config: Any, text_en
     return DualEncoder(card, image, text, tokenizer)
 
 
-def _obsolete_buffers(model: DualEncoder, state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Checkpoint buffers the installed transformers recomputes -> the values it computes."""
-    image, text = buffers_of(model.image_backbone), buffers_of(model.text_backbone)
-    out = {}
-    for key in state:
-        if key.startswith(TEXT_PREFIX) and key.endswith("embeddings.position_ids"):
-            name = key[len(TEXT_PREFIX):]
-            if name in text:
-                out[key] = text[name]
-        elif key.startswith(SWIN_PREFIX) and key.endswith("attention.self.relative_position_index"):
-            name = key[len(SWIN_PREFIX):].replace("attention.self.", "attention.relative_position_bias.")
-            if name in image:
-                out[key] = image[name]
-    return out
-
-
 def _source_key(arch: str) -> Callable[[str], str]:
     def source_of(name: str) -> str:
         if name.startswith("image_backbone."):
@@ -270,7 +254,8 @@ def import_cxr_clip(checkpoint: str | Path, out_dir: str | Path | None = None, t
     arch = _architecture(state, path.name)
     model = build_cxr_clip_model(state, meta.get("config"), text_encoder, path.name)
     layout = "CXR-CLIP ResNet-50" if arch == "resnet50" else "CXR-CLIP Swin-T"
-    used, dropped = place_weights(model, state, _source_key(arch), _obsolete_buffers(model, state), path.name, layout)
+    obsolete = recomputed_buffers(state, TEXT_PREFIX, model.text_backbone, SWIN_PREFIX, model.image_backbone)
+    used, dropped = place_weights(model, state, _source_key(arch), obsolete, path.name, layout)
     epoch = meta.get("epoch")
     report = ImportReport(
         format=FORMAT, source=str(path), sha256=digest, tensors=used, dropped=dropped, ignored=ignored,

@@ -43,11 +43,11 @@ from cxrtool.model.families.gloria import LAST_N_LAYERS, RESNET50, TRUNK_DIM, GL
 from cxrtool.model.families.seed import text_source
 from cxrtool.model.imports.common import (
     ImportReport,
-    buffers_of,
     config_value,
     finish_import,
     place_weights,
     prepare_import,
+    recomputed_buffers,
 )
 from cxrtool.model.imports.safe_pickle import plain, read_checkpoint
 from cxrtool.model.sources import quiet_transformers
@@ -56,6 +56,7 @@ FORMAT = "gloria"
 DEFAULT_TEXT_ENCODER = CXR_CLIP_TEXT_ENCODER  # emilyalsentzer/Bio_ClinicalBERT (configs/*: model.text.bert_type)
 LAYOUT = "GLoRIA ResNet-50"
 PREFIX = "gloria."  # PretrainModel.gloria (the LightningModule attribute)
+BERT_BUFFERS = ("embeddings.position_ids", "embeddings.token_type_ids")  # older transformers stored them
 IMAGE, EMBEDDER, TEXT = "gloria.img_encoder.model.", "gloria.img_encoder.global_embedder.", "gloria.text_encoder.model."
 LOCAL = "gloria.img_encoder.local_embedder.weight"
 POOLER = TEXT + "pooler."
@@ -185,14 +186,6 @@ def _left_out(state: Mapping[str, torch.Tensor], embed_dim: int, source: str) ->
     return [LOCAL, *sorted(k for k in state if k.startswith(POOLER))]
 
 
-def _obsolete_buffers(model: GLoRIAModel, state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """BERT buffers older transformers saved and the installed one recomputes -> the recomputed values."""
-    text = buffers_of(model.text.bert)
-    return {key: text[key[len(TEXT):]] for key in state
-            if key.startswith(TEXT) and key[len(TEXT):] in ("embeddings.position_ids", "embeddings.token_type_ids")
-            and key[len(TEXT):] in text}
-
-
 def import_gloria(checkpoint: str | Path, out_dir: str | Path | None = None, text_encoder: str = DEFAULT_TEXT_ENCODER,
                   overwrite: bool = False) -> ImportReport:
     """Read a GLoRIA Lightning checkpoint safely, place every weight by name, write and re-verify a model directory."""
@@ -202,7 +195,8 @@ def import_gloria(checkpoint: str | Path, out_dir: str | Path | None = None, tex
     model, sizes = build_gloria_model(state, hparams, text_encoder, path.name)
     left_out = _left_out(state, model.card.embed_dim, path.name)
     placed = {k: v for k, v in state.items() if k not in left_out}
-    used, dropped = place_weights(model, placed, _source_of, _obsolete_buffers(model, placed), path.name, LAYOUT)
+    used, dropped = place_weights(model, placed, _source_of, recomputed_buffers(placed, TEXT, model.text.bert,
+                                                                   text_buffers=BERT_BUFFERS), path.name, LAYOUT)
     ignored = ignored + [f"state_dict: {key}" for key in left_out]
     epoch = meta.get("epoch")
     report = ImportReport(

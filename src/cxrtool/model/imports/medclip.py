@@ -47,11 +47,11 @@ from cxrtool.model.families.medclip import RESNET50, SWIN_TINY, SWIN_TINY_CONFIG
 from cxrtool.model.families.seed import text_source
 from cxrtool.model.imports.common import (
     ImportReport,
-    buffers_of,
     finish_import,
     out_dir_for,
     place_weights,
     prepare_import,
+    recomputed_buffers,
 )
 from cxrtool.model.imports.cxr_clip import swin_config, swin_source_key
 from cxrtool.model.imports.safe_pickle import read_checkpoint
@@ -208,20 +208,6 @@ def _source_key(variant: str) -> Callable[[str], str]:
     return source_of
 
 
-def _obsolete_buffers(model: MedCLIPEncoder, state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Checkpoint buffers the installed transformers recomputes -> the values it computes."""
-    image, text = buffers_of(model.image.model), buffers_of(model.text.bert)
-    out = {}
-    for key in state:
-        if key == TEXT + "model.embeddings.position_ids" and "embeddings.position_ids" in text:
-            out[key] = text["embeddings.position_ids"]
-        elif key.startswith(BACKBONE) and key.endswith("attention.self.relative_position_index"):
-            name = key[len(BACKBONE):].replace("attention.self.", "attention.relative_position_bias.")
-            if name in image:
-                out[key] = image[name]
-    return out
-
-
 def import_medclip(checkpoint: str | Path, out_dir: str | Path | None = None, text_encoder: str = DEFAULT_TEXT_ENCODER,
                    overwrite: bool = False) -> ImportReport:
     """Read a MedCLIP checkpoint safely, place every weight by name, write and re-verify a model directory."""
@@ -236,7 +222,8 @@ def import_medclip(checkpoint: str | Path, out_dir: str | Path | None = None, te
     variant = model.card.image.timm_name
     ignored = sorted(k for k in state if k == LOGIT_SCALE or k.startswith(BERT_POOLER))
     kept = {k: v for k, v in state.items() if k not in ignored}
-    used, dropped = place_weights(model, kept, _source_key(variant), _obsolete_buffers(model, kept), source,
+    obsolete = recomputed_buffers(kept, TEXT + "model.", model.text.bert, BACKBONE, model.image.model)
+    used, dropped = place_weights(model, kept, _source_key(variant), obsolete, source,
                                   LAYOUTS[variant])
     tower = "ResNet-50" if variant == RESNET50 else "Swin-T"
     architecture = (f"MedCLIP {tower} + BERT ({model.text.bert.config.num_hidden_layers} layers), "
