@@ -27,8 +27,37 @@ os.environ.pop("CXRTOOL_PSEUDONYM_KEY", None)
 os.environ["CXRTOOL_CACHE"] = tempfile.mkdtemp(prefix="cxrtool-test-cache-")
 
 REPO = Path(__file__).resolve().parents[1]
+# The suite writes real checkpoints (ResNet-50s, BERT-base towers): kept only for failed tests
+# (pyproject's tmp_path_retention_policy) and for the module that made them (module_tmp), so that a
+# run needs about one module's worth of disk rather than the sum of all of them.
 SAMPLE = REPO / "sample_data"
 ARCHIVE = SAMPLE / "archive"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _throwaway_folders():
+    yield
+    for var in ("CXRTOOL_CONFIG", "CXRTOOL_CACHE"):
+        shutil.rmtree(os.environ[var], ignore_errors=True)
+
+
+class ModuleTmp:
+    """tmp_path_factory's mktemp for module-scoped fixtures; the folders go when the module ends."""
+
+    def __init__(self, factory: pytest.TempPathFactory) -> None:
+        self.factory, self.made = factory, []
+
+    def mktemp(self, name: str) -> Path:
+        self.made.append(self.factory.mktemp(name))
+        return self.made[-1]
+
+
+@pytest.fixture(scope="module")
+def module_tmp(tmp_path_factory):
+    tmp = ModuleTmp(tmp_path_factory)
+    yield tmp
+    for d in tmp.made:
+        shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -73,13 +102,13 @@ def tiny_model_dir(tiny_model, tmp_path_factory) -> Path:
 
 # Tiny native transformers CLIP / SigLIP directories (tests/tiny_native.py), one per test module.
 @pytest.fixture(scope="module")
-def clip_dir(tmp_path_factory):
-    return build_hf_clip(tmp_path_factory.mktemp("native") / "tiny-clip")
+def clip_dir(module_tmp):
+    return build_hf_clip(module_tmp.mktemp("native") / "tiny-clip")
 
 
 @pytest.fixture(scope="module")
-def siglip_dir(tmp_path_factory):
-    return build_hf_siglip(tmp_path_factory.mktemp("native") / "tiny-siglip")
+def siglip_dir(module_tmp):
+    return build_hf_siglip(module_tmp.mktemp("native") / "tiny-siglip")
 
 
 # The serve page's browser: Debian's chromium driven by Playwright (`make test` installs it).

@@ -30,10 +30,10 @@ def cli(*args: str, cwd=None, env=None, check=True) -> subprocess.CompletedProce
 
 
 @pytest.fixture(scope="module")
-def demo_workspace(tmp_path_factory):
+def demo_workspace(module_tmp):
     """`cxrtool embed sample_data` then `cxrtool index`, with no flags, from a fresh directory
     (default workspace): the README's demo."""
-    cwd = tmp_path_factory.mktemp("demo")
+    cwd = module_tmp.mktemp("demo")
     env = {"CXRTOOL_WORKSPACE": "", "CXRTOOL_MODEL": ""}
     cli("embed", str(SAMPLE / "archive"), cwd=cwd, env=env)
     cli("index", cwd=cwd, env=env)

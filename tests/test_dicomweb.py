@@ -30,9 +30,9 @@ SR = "modality SR not in CR,DX"
 
 
 @pytest.fixture(scope="module")
-def orthanc(tmp_path_factory):
+def orthanc(module_tmp):
     skip_without_orthanc()
-    server = Orthanc(tmp_path_factory.mktemp("orthanc")).start()
+    server = Orthanc(module_tmp.mktemp("orthanc")).start()
     server.upload_files(PACS)
     yield server
     server.stop()

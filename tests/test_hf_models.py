@@ -32,8 +32,8 @@ runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
-def open_clip_dir(tmp_path_factory, tiny_text_dir):
-    return build_open_clip(tmp_path_factory.mktemp("native") / "tiny-open-clip", tiny_text_dir)
+def open_clip_dir(module_tmp, tiny_text_dir):
+    return build_open_clip(module_tmp.mktemp("native") / "tiny-open-clip", tiny_text_dir)
 
 
 def _pixels() -> np.ndarray:

@@ -25,6 +25,7 @@ import os
 import re
 import shutil
 import tarfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -139,8 +140,8 @@ def _images(tmp: Path) -> list[Path]:
 
 
 @pytest.fixture(scope="module")
-def image_paths(tmp_path_factory) -> list[Path]:
-    return _images(tmp_path_factory.mktemp("biovil-images"))
+def image_paths(module_tmp) -> list[Path]:
+    return _images(module_tmp.mktemp("biovil-images"))
 
 
 def _cxr_bert_tokenizer(vocab: Path) -> CXRBertTokenizer:
@@ -212,14 +213,16 @@ class Upstream:
 
 
 @pytest.fixture(scope="module", params=["biovil", "biovil-t"])
-def upstream(request, tmp_path_factory, texts, image_paths) -> Upstream:
-    up = Upstream(request.param, tmp_path_factory.mktemp(request.param), texts)
+def upstream(request, module_tmp, texts, image_paths) -> Iterator[Upstream]:
+    root = module_tmp.mktemp(request.param)
+    up = Upstream(request.param, root, texts)
     # BioViL-T differs only in the crop size: the four sample_data images suffice (time)
     up.paths = image_paths if request.param == "biovil" else image_paths[:4]
     x = torch.stack([up.pixels(p) for p in up.paths])
     up.reference_pixels = x
     up.reference = up.image_embeddings(x)
-    return up
+    yield up
+    shutil.rmtree(root, ignore_errors=True)  # one variant's checkpoints on disk at a time
 
 
 def _cos(a, b) -> np.ndarray:
@@ -325,9 +328,9 @@ def test_card_report_and_provenance(upstream):
 
 # ------------------------------------------------------------------------------------------ refusals
 @pytest.fixture(scope="module")
-def biovil_files(tmp_path_factory, texts):
+def biovil_files(module_tmp, texts):
     """A BioViL snapshot's state dicts, as hi-ml's classes name and shape them (values do not matter here)."""
-    root = tmp_path_factory.mktemp("biovil-refusals")
+    root = module_tmp.mktemp("biovil-refusals")
     image = ImageModel(img_encoder_type="resnet50", joint_feature_size=128).state_dict()
     vocab = _write_vocab(root / "vocab.txt", texts)
     tok = _cxr_bert_tokenizer(vocab)

@@ -38,15 +38,15 @@ def _images(n=3):
 
 
 @pytest.fixture(scope="module")
-def bpe(tmp_path_factory):
-    return tiny_bpe_file(tmp_path_factory.mktemp("bpe") / "bpe_tiny.txt.gz")
+def bpe(module_tmp):
+    return tiny_bpe_file(module_tmp.mktemp("bpe") / "bpe_tiny.txt.gz")
 
 
 @pytest.fixture(scope="module", params=[False, True], ids=["fp32", "fp16"])
-def chexzero(request, bpe, tmp_path_factory):
+def chexzero(request, bpe, module_tmp):
     vocab = len(clip_tokenizer(str(bpe))[0])
     state = openai_clip_state(vocab=vocab, gen=torch.Generator().manual_seed(22), fp16=request.param, **TINY)
-    root = tmp_path_factory.mktemp("chexzero")
+    root = module_tmp.mktemp("chexzero")
     torch.save(state, root / "best_64_5e-05_original_22000_0.864.pt")
     report = import_chexzero(root / "best_64_5e-05_original_22000_0.864.pt", root / "model", tokenizer=str(bpe))
     return state, report, root

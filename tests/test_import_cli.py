@@ -31,14 +31,14 @@ def invoke(*args: str):
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tiny_text_dir, tmp_path_factory):
-    return save_cxr_clip(tmp_path_factory.mktemp("ckpt") / "swint_m.tar", tiny_swin_cxr_clip_state(tiny_text_dir),
+def checkpoint(tiny_text_dir, module_tmp):
+    return save_cxr_clip(module_tmp.mktemp("ckpt") / "swint_m.tar", tiny_swin_cxr_clip_state(tiny_text_dir),
                          cxr_clip_config("swin", TINY_SWIN_IMAGE_SIZE, 64))
 
 
 @pytest.fixture(scope="module")
-def imported(checkpoint, tiny_text_dir, tmp_path_factory):
-    out = tmp_path_factory.mktemp("models") / "cxr-clip-swint_m"
+def imported(checkpoint, tiny_text_dir, module_tmp):
+    out = module_tmp.mktemp("models") / "cxr-clip-swint_m"
     report = json.loads(invoke("import", "cxr-clip", str(checkpoint), "-o", str(out), "--text-encoder",
                                str(tiny_text_dir), "--json").stdout)
     return report, out

@@ -58,14 +58,14 @@ def swin_state(tiny_text_dir):
 
 
 @pytest.fixture(scope="module")
-def swin_checkpoint(swin_state, tmp_path_factory):
-    return save_cxr_clip(tmp_path_factory.mktemp("ckpt") / "swint_mc.tar", swin_state,
+def swin_checkpoint(swin_state, module_tmp):
+    return save_cxr_clip(module_tmp.mktemp("ckpt") / "swint_mc.tar", swin_state,
                          cxr_clip_config("swin", IMAGE_SIZE, 64))
 
 
 @pytest.fixture(scope="module")
-def swin_import(swin_checkpoint, tiny_text_dir, tmp_path_factory):
-    out = tmp_path_factory.mktemp("imported") / "swint_mc"
+def swin_import(swin_checkpoint, tiny_text_dir, module_tmp):
+    out = module_tmp.mktemp("imported") / "swint_mc"
     return import_cxr_clip(swin_checkpoint, out, text_encoder=str(tiny_text_dir)), out
 
 

@@ -455,11 +455,11 @@ def _images(root: Path) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
+def setup(module_tmp):
     """Upstream model with seeded random weights -> Lightning .ckpt -> cxrtool import (once per module)."""
     from transformers import AutoTokenizer, BertConfig
 
-    root = tmp_path_factory.mktemp("gloria")
+    root = module_tmp.mktemp("gloria")
     text_dir = _write_text_encoder(root / "Bio_ClinicalBERT")
     tokenizer = AutoTokenizer.from_pretrained(text_dir)  # GLoRIA: AutoTokenizer.from_pretrained(bert_type)
     assert len(tokenizer) == BertConfig.from_pretrained(text_dir).vocab_size and tokenizer.do_lower_case

@@ -24,6 +24,7 @@ import importlib
 import importlib.util
 import json
 import math
+import shutil
 import sys
 import types
 import warnings
@@ -204,10 +205,10 @@ def _save_zip(state, path: Path, compression: int = zipfile.ZIP_STORED) -> Path:
 
 # ------------------------------------------------------------------------------------------ data
 @pytest.fixture(scope="module")
-def image_paths(tmp_path_factory) -> list[Path]:
+def image_paths(module_tmp) -> list[Path]:
     """Real radiographs: two Hannover PNGs (640 x 599 / 524), a square NIH JPEG (512 x 512), and
     two crops of it saved as PNG (512 x 400, 361 x 512: wide and tall, odd padding)."""
-    d = tmp_path_factory.mktemp("medclip_images")
+    d = module_tmp.mktemp("medclip_images")
     paths = sorted((ARCHIVE / "hannover").rglob("*.png"))[:2]
     nih = sorted((ARCHIVE / "nih").rglob("*.jpg"))[0]
     with Image.open(nih) as im:
@@ -217,18 +218,18 @@ def image_paths(tmp_path_factory) -> list[Path]:
 
 
 @pytest.fixture(scope="module")
-def text_dir(tmp_path_factory) -> Path:
-    return _text_folder(tmp_path_factory.mktemp("bio_clinicalbert") / "Bio_ClinicalBERT")
+def text_dir(module_tmp) -> Path:
+    return _text_folder(module_tmp.mktemp("bio_clinicalbert") / "Bio_ClinicalBERT")
 
 
 @pytest.fixture(scope="module", params=["resnet", "vit"])
-def variant(request, text_dir, tmp_path_factory):
+def variant(request, text_dir, module_tmp):
     """(name, upstream model, release state, import report, imported model) for one MedCLIP variant:
     ResNet-50 from medclip-pretrained.zip, Swin-T from a folder holding pytorch_model.bin."""
     vit = request.param == "vit"
     model = _upstream_model(request.param, text_dir, seed=7 if vit else 3, logit_scale=2.0 if vit else 5.0)
     state = _release_state(model, vit)
-    d = tmp_path_factory.mktemp(f"medclip_{request.param}")
+    d = module_tmp.mktemp(f"medclip_{request.param}")
     if vit:
         (d / "medclip-vit").mkdir()
         torch.save(state, d / "medclip-vit" / "pytorch_model.bin")
@@ -236,7 +237,8 @@ def variant(request, text_dir, tmp_path_factory):
     else:
         source = _save_zip(state, d / "medclip-pretrained.zip")
     report = import_medclip(source, d / "out", text_encoder=str(text_dir))
-    return request.param, model, state, report, load_model_dir(d / "out")
+    yield request.param, model, state, report, load_model_dir(d / "out")
+    shutil.rmtree(d, ignore_errors=True)  # one variant's checkpoints on disk at a time
 
 
 def _cos(a, b) -> np.ndarray:

@@ -176,9 +176,9 @@ def test_network_filesystems_get_a_note_and_refused_locks_one_line(tmp_path, mon
 
 # ---------------------------------------------------------------------------------- torn files
 @pytest.fixture(scope="module")
-def indexed(tmp_path_factory, tiny_model):
+def indexed(module_tmp, tiny_model):
     """An embedded and indexed workspace (two generations), copied afresh by each test."""
-    ws = tmp_path_factory.mktemp("indexed") / "ws"
+    ws = module_tmp.mktemp("indexed") / "ws"
     embed_archive(ARCHIVE, ws, tiny_model, workers=0, shard_rows=32, progress=False)
     build_index(ws, model=tiny_model)
     build_index(ws, model=tiny_model, rebuild=True)

@@ -25,9 +25,9 @@ pytest.importorskip("onnxruntime", reason="onnxruntime is a dependency of cxrtoo
 
 
 @pytest.fixture(scope="module")
-def archive(tmp_path_factory):
+def archive(module_tmp):
     """12 real radiographs of three sources and shapes (NIH JPEG 512 px, Hannover PNG 640 x 5xx, DICOM)."""
-    root = tmp_path_factory.mktemp("archive")
+    root = module_tmp.mktemp("archive")
     files = [*sorted((ARCHIVE / "nih").rglob("*.jpg"))[:6], *sorted((ARCHIVE / "hannover").rglob("*.png"))[:3],
              *sorted(p for p in (ARCHIVE / "pacs").rglob("*") if p.is_file())[:3]]
     for f in files:

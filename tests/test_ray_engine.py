@@ -36,9 +36,9 @@ def cluster():
 
 
 @pytest.fixture(scope="module")
-def archive(tmp_path_factory) -> Path:
+def archive(module_tmp) -> Path:
     """Real images of every kind the sample has, plus files that fail or are not images."""
-    root = tmp_path_factory.mktemp("ray") / "archive"
+    root = module_tmp.mktemp("ray") / "archive"
     shutil.copytree(ARCHIVE / "hannover", root / "hannover")
     shutil.copytree(ARCHIVE / "pacs", root / "pacs")
     for jpg in sorted((ARCHIVE / "nih").rglob("*.jpg"))[:12]:

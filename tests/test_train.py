@@ -186,10 +186,10 @@ def test_accumulated_gradients_equal_the_whole_batch(tmp_path, tiny_model):
 
 # ------------------------------------------------------------------------------ whole runs
 @pytest.fixture(scope="module")
-def sample_manifest(tmp_path_factory):
+def sample_manifest(module_tmp):
     studies = read_csv_studies(SAMPLE / "labels.csv", patient_col="patient_id", view_col="view",
                                label_cols=NIH_LABELS, image_root=SAMPLE / "archive", validate_fraction=0.15)
-    return write_manifest(studies, tmp_path_factory.mktemp("manifest") / "m.parquet")
+    return write_manifest(studies, module_tmp.mktemp("manifest") / "m.parquet")
 
 
 def _overrides(tiny_model_dir, **extra) -> dict:

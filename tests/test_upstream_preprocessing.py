@@ -64,8 +64,8 @@ def _real_images(tmp_path_factory) -> dict[str, Image.Image]:
 
 
 @pytest.fixture(scope="module")
-def images(tmp_path_factory) -> dict[str, Image.Image]:
-    return _real_images(tmp_path_factory)
+def images(module_tmp) -> dict[str, Image.Image]:
+    return _real_images(module_tmp)
 
 
 def _cxrtool_tensor(im: Image.Image, spec) -> torch.Tensor:
@@ -100,21 +100,21 @@ def _grey_levels(a: torch.Tensor, b: torch.Tensor, std: float) -> float:
 
 
 @pytest.fixture(scope="module")
-def cxr_clip_r50(tiny_text_dir, tmp_path_factory):
+def cxr_clip_r50(tiny_text_dir, module_tmp):
     gen = torch.Generator().manual_seed(21)
     text, cfg = _text_state(tiny_text_dir, gen)
     state = {**resnet50_state(RESNET_PREFIX, gen), **text, **heads_state(2048, cfg.hidden_size, 512, gen)}
-    root = tmp_path_factory.mktemp("cxr_clip_r50")
+    root = module_tmp.mktemp("cxr_clip_r50")
     ckpt = save_cxr_clip(root / "r50_m.tar", state, cxr_clip_config("resnet", SIZE, 64))
     import_cxr_clip(ckpt, root / "model", text_encoder=str(tiny_text_dir))
     return load_model_dir(root / "model")
 
 
 @pytest.fixture(scope="module")
-def chexzero_vit(tmp_path_factory):
+def chexzero_vit(module_tmp):
     from cxrtool.model.imports.chexzero import clip_tokenizer
 
-    root = tmp_path_factory.mktemp("chexzero_224")
+    root = module_tmp.mktemp("chexzero_224")
     bpe = tiny_bpe_file(root / "bpe_tiny.txt.gz")
     vocab = len(clip_tokenizer(str(bpe))[0])
     # ViT-B/32 geometry (224 px, 32 px patches, 7 x 7 grid) at a small width

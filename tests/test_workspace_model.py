@@ -18,8 +18,8 @@ from .test_integrity import cli, one_line_error
 
 
 @pytest.fixture(scope="module")
-def embedded(tmp_path_factory, tiny_model_dir):
-    archive = tmp_path_factory.mktemp("remember") / "archive"
+def embedded(module_tmp, tiny_model_dir):
+    archive = module_tmp.mktemp("remember") / "archive"
     shutil.copytree(ARCHIVE / "hannover", archive / "hannover")
     ws = archive.parent / "ws"
     proc = cli("embed", str(archive), "--workspace", str(ws), "--model", str(tiny_model_dir))
@@ -28,7 +28,7 @@ def embedded(tmp_path_factory, tiny_model_dir):
 
 
 @pytest.fixture(scope="module")
-def other_model_dir(tmp_path_factory, tiny_text_dir):
+def other_model_dir(module_tmp, tiny_text_dir):
     import torch
 
     from cxrtool.model import create_model, save_model_dir
@@ -37,7 +37,7 @@ def other_model_dir(tmp_path_factory, tiny_text_dir):
     other = create_model("mobilenetv3_small_050", str(tiny_text_dir), image_weights=None, embed_dim=32,
                          input_size=64, max_length=32)
     other.card.provenance["name"] = "another-tiny-model"
-    return save_model_dir(other, tmp_path_factory.mktemp("other") / "other-tiny")
+    return save_model_dir(other, module_tmp.mktemp("other") / "other-tiny")
 
 
 def test_embed_records_the_model_it_used(embedded, tiny_model_dir):
