@@ -58,6 +58,34 @@ def test_embed_then_search_with_no_flags(demo_workspace):
 
 
 @pytest.mark.slow
+def test_a_text_search_needs_no_torch_and_answers_as_torch_does(demo_workspace):
+    """The cold path: `cxrtool index` exported the bundled model's text side, so a text search runs in
+    a process that cannot import torch (or transformers, timm, scikit-learn), first through ONNX
+    Runtime, then from the query-vector cache, and ranks exactly as the library does with torch."""
+    import shutil
+
+    import numpy as np
+
+    from cxrtool.constants import CACHE_ENV
+    from cxrtool.index import Index
+    from cxrtool.model import load_model
+
+    cwd, env = demo_workspace
+    blocked = ("import sys; [sys.modules.__setitem__(m, None) for m in ('torch', 'transformers', 'timm', "
+               "'sklearn')]; from cxrtool.cli.main import app; app()")
+    query = "left pleural effusion"
+    want = Index.open(cwd / "cxrtool_workspace", model=load_model()).search(query, k=10)
+    shutil.rmtree(os.path.join(os.environ[CACHE_ENV], "queries"), ignore_errors=True)  # ONNX Runtime first
+    for _ in ("onnx", "cached"):
+        proc = subprocess.run([sys.executable, "-c", blocked, "search", query, "--json"], cwd=cwd,
+                              env={**os.environ, **env}, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr
+        got = json.loads(proc.stdout)
+        assert [h["id"] for h in got] == [str(h.id) for h in want]
+        assert np.allclose([h["score"] for h in got], [h.score for h in want], atol=2e-4)
+
+
+@pytest.mark.slow
 def test_search_warns_on_stderr_where_the_default_model_does_not_tell_the_side(demo_workspace):
     """The bundled card records the measured left-vs-right AUROC per finding (nodule 0.34): a
     "left nodule" search says its sides are unreliable, on stderr so --json stays parseable."""

@@ -253,8 +253,11 @@ def test_the_side_contrast_moves_sides_up_the_ranking_but_keeps_their_order(tiny
 
 def test_a_stale_index_opened_by_model_name_loads_the_model_once(tmp_path, tiny_model_dir, monkeypatch, capfd):
     """Search never rebuilds: a stale index answers for what it holds, says what to run, and a
-    model given by name is loaded once, on the first query."""
+    model given by name is loaded once, on the first query; that load exports its text side, so a
+    later search's text queries load no model at all (cxrtool.model.onnx_text)."""
     import cxrtool.model
+
+    monkeypatch.setenv("CXRTOOL_CACHE", str(tmp_path / "cache"))  # no text export yet
 
     fingerprint = cxrtool.model.peek_vector_id(str(tiny_model_dir))
     ws, _, _ = make_workspace(tmp_path / "ws", [(0, 2_000)], dim=32, fingerprint=fingerprint)
@@ -270,4 +273,8 @@ def test_a_stale_index_opened_by_model_name_loads_the_model_once(tmp_path, tiny_
     assert len(index.search("pleural effusion", k=3)) == 3
     assert len(index.search("cardiomegaly", k=3)) == 3
     assert len(loads) == 1
+    again = Index.open(ws.root, model=str(tiny_model_dir))
+    for query in ("pleural effusion", "small left apical pneumothorax"):
+        assert [h.id for h in again.search(query, k=3)] == [h.id for h in index.search(query, k=3)]
+    assert len(loads) == 1  # the second index answered text queries from the export and the query cache
     assert build_index(ws.root, model=str(tiny_model_dir)).count == 2_050

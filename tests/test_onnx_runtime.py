@@ -17,7 +17,8 @@ from cxrtool.embed.shards import read_shard, scan_shards
 from cxrtool.errors import ModelError
 from cxrtool.index import Index, build_index
 from cxrtool.model import load_model
-from cxrtool.model.onnx_image import MIN_COSINE, export_path
+from cxrtool.model.onnx_export import MIN_COSINE
+from cxrtool.model.onnx_image import export_path
 
 from .conftest import ARCHIVE
 

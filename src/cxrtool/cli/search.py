@@ -85,7 +85,7 @@ def search_cmd(
         return hits, index
 
     hits, index = run(go)
-    caveat = side_caveat(index.model.card, query) if query and index.target == "images" else None
+    caveat = side_caveat(index.card, query) if query and index.target == "images" else None
     if caveat:  # on stderr, so --json and --csv stay machine-readable
         console.print(f"[yellow]note:[/yellow] {caveat}")
     if as_json:

@@ -11,6 +11,7 @@ two different models are refused. Opening and searching are the query side (``op
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import shutil
@@ -36,11 +37,14 @@ from cxrtool.index.info import (
     write_info,
 )
 from cxrtool.index.kinds import KINDS, PQ_RERANK, choose_index_kind, default_memory_budget, factory_string
+from cxrtool.index.lazy_model import LazyModel
 from cxrtool.index.store import RowStore, part_names, write_part
 from cxrtool.index.tuning import tune, tuning_text_queries
 from cxrtool.locks import workspace_lock
 from cxrtool.notes import note as _note
 from cxrtool.workspace import Workspace
+
+log = logging.getLogger(__name__)
 
 
 def build_index(
@@ -74,9 +78,33 @@ def build_index(
     ws = Workspace.resolve(workspace)
     if not ws.root.is_dir():
         raise WorkspaceError(f"no workspace at {ws.root}", "run `cxrtool embed ARCHIVE` first (or pass --workspace)")
-    model = ws.model_of(model)
+    model = LazyModel.of(ws.model_of(model))  # loaded at most once: text-depth tuning, the text export
     with workspace_lock(ws.root, f"index-{target}", "cxrtool index", wait):
-        return _build_locked(ws, kind, target, rebuild, memory_budget, recall_target, opq, device, model, progress)
+        info = _build_locked(ws, kind, target, rebuild, memory_budget, recall_target, opq, device, model, progress)
+    if target == "images":
+        _prepare_text_queries(model, info.model_fingerprint, progress)
+    return info
+
+
+def _prepare_text_queries(model: LazyModel, vector_id: str, progress: bool) -> None:
+    """Export the model's text side for searches that run without torch (once per model and cache;
+    :mod:`cxrtool.model.onnx_text`): search only reads, so the index readies what it will need."""
+    from cxrtool.model.onnx_text import export_files, export_text
+
+    card = model.peek()
+    if card is None or card.vector_id != vector_id or not card.fingerprint:
+        return  # not the shards' model, or not a local one: text searches load it as before
+    graph, tokenizer, refused = export_files(card)
+    if (graph.is_file() and tokenizer.is_file()) or refused.is_file():
+        return
+    _stage(progress, "preparing fast text queries (once per model)")
+    try:
+        loaded = model.get()
+    except Exception as exc:  # noqa: BLE001 - the index is built; searches will say what is wrong with the model
+        log.info("text export skipped: %s", exc)
+        return
+    if loaded.device.type == "cpu":
+        export_text(loaded)
 
 
 def _build_locked(ws: Workspace, kind: str, target: str, rebuild: bool, memory_budget: int | None,

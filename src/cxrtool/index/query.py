@@ -27,7 +27,7 @@ import numpy as np
 from cxrtool.data.prompts import PromptBank
 from cxrtool.data.sides import LEFT, RIGHT, swap_sides
 from cxrtool.model.card import ModelCard
-from cxrtool.model.dual import DualEncoder
+from cxrtool.model.text_side import TextSide
 
 SIDE_CONTRAST = 1.0
 
@@ -39,10 +39,11 @@ def contrast_sides(named: np.ndarray, other: np.ndarray, contrast: float = SIDE_
     return (v / max(float(np.linalg.norm(v)), 1e-12)).astype(np.float32)
 
 
-def text_query_vector(model: DualEncoder, query: str, bank: PromptBank | None = None,
+def text_query_vector(model: TextSide, query: str, bank: PromptBank | None = None,
                       expand: bool = True) -> np.ndarray:
     """``query`` as search ranks it: expanded when it names a finding, side-contrasted when it names a
-    side too; any other text (or ``expand=False``) encoded as typed."""
+    side too; any other text (or ``expand=False``) encoded as typed. ``model``: any text side (a
+    :class:`~cxrtool.model.dual.DualEncoder`, its ONNX export, the query-vector cache)."""
     bank = bank or PromptBank.load()
     sentences = bank.expand_query(query) if expand else None
     if not sentences:

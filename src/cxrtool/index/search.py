@@ -31,7 +31,9 @@ from cxrtool.io.decode import DecodedImage
 from cxrtool.workspace import Workspace, check_same_model
 
 if TYPE_CHECKING:
+    from cxrtool.model.card import ModelCard
     from cxrtool.model.dual import DualEncoder
+    from cxrtool.model.text_side import TextSide
 
 EXACT_SUBSET_MAX = 20_000  # filtered sets up to this size are ranked exactly (a few ms)
 
@@ -78,6 +80,7 @@ class Index:
                  model: LazyModel | DualEncoder | str | None = None, device: str = "cpu") -> None:
         self.workspace, self.index, self.info, self.store, self.target = ws, index, info, store, target
         self._model = LazyModel.of(model, device)
+        self._text: TextSide | None = None  # what text queries are encoded with (text_side)
         self._selectors: OrderedDict[tuple, tuple[np.ndarray, object, np.ndarray | None]] = OrderedDict()
         self._gpu_index = to_gpu(index) if device.startswith("cuda") and gpu_available() else None
         self._lock = threading.Lock()  # the filter cache (the web page searches from threads)
@@ -101,13 +104,53 @@ class Index:
     # ------------------------------------------------------------------------------------ model
     @property
     def model(self) -> DualEncoder:
+        """The whole model (torch), loaded on first use: image queries need it."""
         model = self._model.get()
-        if model.card.vector_id == self.info.model_fingerprint:  # every query passes here: no file read
-            return model
+        self._check_card(model.card)
+        return model
+
+    @property
+    def card(self) -> ModelCard:
+        """The model's card, checked against the index, without loading the model when it has a card."""
+        card = self._model.card()
+        self._check_card(card)
+        return card
+
+    def _check_card(self, card: ModelCard) -> None:
+        if card.vector_id == self.info.model_fingerprint:  # every query passes here: no file read
+            return
         recorded = self.workspace.read_json(self.workspace.embed_info) or {}
-        check_same_model(model.card, self.info.model_fingerprint, f"the index in {self.workspace.root} was built",
+        check_same_model(card, self.info.model_fingerprint, f"the index in {self.workspace.root} was built",
                          "leave --model out (the workspace remembers its model), or re-embed with --overwrite",
                          recorded.get("model_ref") or recorded.get("model") or "")
+
+    @property
+    def text_side(self) -> TextSide:
+        """What text queries are encoded with. A model already in memory (the web page's, a library
+        caller's) encodes them itself. A model known by name is not loaded for them: the query-vector
+        cache answers texts seen before (:mod:`cxrtool.model.text_cache`), the text side's ONNX export
+        the others (:mod:`cxrtool.model.onnx_text`: no torch), and only without an export the whole
+        model, which then makes one for the next search."""
+        if self._text is None:
+            card = self.card
+            if self._model.loaded or not card.fingerprint:
+                self._text = self.model
+            else:
+                from cxrtool.model.text_cache import CachedText
+
+                self._text = CachedText(card, self._load_text_side)
+        return self._text
+
+    def _load_text_side(self) -> TextSide:
+        from cxrtool.model.onnx_text import OnnxText, export_text
+
+        if self._model.device == "cpu":
+            onnx = OnnxText.open(self.card)
+            if onnx is not None:
+                return onnx
+        model = self.model
+        if model.device.type == "cpu":
+            export_text(model)  # for the next search (a refusal is logged once, and remembered)
         return model
 
     def embed_query(self, query: str | None = None, image: str | Path | DecodedImage | None = None,
@@ -120,11 +163,10 @@ class Index:
         shared between threads fails ("Already borrowed")."""
         if (query is None) == (image is None):
             raise WorkspaceError("give either a text query or --image PATH (not both)")
-        model = self.model
         with self._encode_lock:
             if query is not None:
-                return text_query_vector(model, query, PromptBank.load(), expand=expand)
-            return model.encode_images([image if isinstance(image, DecodedImage) else Path(image)])[0]
+                return text_query_vector(self.text_side, query, PromptBank.load(), expand=expand)
+            return self.model.encode_images([image if isinstance(image, DecodedImage) else Path(image)])[0]
 
     # ---------------------------------------------------------------------------------- filters
     def _filter_state(self, filters: Filters) -> tuple[np.ndarray, object, np.ndarray | None]:

@@ -22,9 +22,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from cxrtool.constants import LOGIT_SCALE_INIT
-from cxrtool.data.sides import swap_sides
 from cxrtool.io.decode import DecodedImage, decode_image
 from cxrtool.model.card import ModelCard
+from cxrtool.model.text_side import TextSide
 from cxrtool.model.transform import preprocess
 
 ImageLike = str | Path | DecodedImage | np.ndarray
@@ -49,7 +49,7 @@ def pair_halves(straight: torch.Tensor, mirrored: torch.Tensor) -> torch.Tensor:
     return torch.cat([straight, mirrored], dim=-1) / np.sqrt(2.0)
 
 
-class DualEncoder(nn.Module):
+class DualEncoder(nn.Module, TextSide):
     """CLIP-style dual encoder whose architecture and preprocessing are fixed by its card."""
 
     def __init__(self, card: ModelCard, image_backbone: nn.Module, text_backbone: nn.Module, tokenizer) -> None:
@@ -246,24 +246,6 @@ class DualEncoder(nn.Module):
         if not out:
             return np.zeros((0, self.card.output_dim), dtype=np.float32)
         return np.concatenate(out)
-
-    def encode_ensemble(self, sentences: Sequence[str]) -> np.ndarray:
-        """One unit vector for a set of sentences: the re-normalised mean of their unit vectors."""
-        v = self.encode_texts(list(sentences)).mean(axis=0)
-        return (v / max(float(np.linalg.norm(v)), 1e-12)).astype(np.float32)
-
-    def encode_texts(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
-        """Strings -> NxD L2-normalised float32 (``flip_pair``: each text beside its side-swapped twin)."""
-        texts = list(texts)
-        straight = self._encode_texts(texts, batch_size)
-        if self.card.embedding != "flip_pair":
-            return straight
-        swapped = [swap_sides(t) for t in texts]
-        changed = [i for i, (t, w) in enumerate(zip(texts, swapped, strict=True)) if t != w]
-        mirrored = straight.copy()  # a text that names no side is its own mirror: encoded once
-        if changed:
-            mirrored[changed] = self._encode_texts([swapped[i] for i in changed], batch_size)
-        return pair_halves(torch.from_numpy(straight), torch.from_numpy(mirrored)).numpy()
 
     @torch.inference_mode()
     def _encode_texts(self, texts: list[str], batch_size: int) -> np.ndarray:

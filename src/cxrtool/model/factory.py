@@ -12,36 +12,19 @@ here once; saving is the same path backwards.
 from __future__ import annotations
 
 import hashlib
-import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from cxrtool.constants import BUNDLED_MODEL, DEFAULT_MODEL_DIR, MODEL_ENV
+from cxrtool.constants import BUNDLED_MODEL, DEFAULT_MODEL_DIR
 from cxrtool.errors import ModelError
 from cxrtool.model.card import CARD_FILE, ModelCard
 from cxrtool.model.dual import DualEncoder
 from cxrtool.model.families import detect, family_named, unsupported_dir_error
-from cxrtool.model.hub import locate
+from cxrtool.model.refs import resolve_model
 
 FINGERPRINT_HINT = ("the weights file or a base-weight package changed since the model was saved; "
                     "reinstall the package versions named in the card or re-export the model")
-
-
-@dataclass(frozen=True)
-class ModelRef:
-    """Where a ``--model`` name points: a local ``directory``, or a ``hub_name`` still to fetch.
-
-    ``hub_name`` is kept when a hub name was found as a local copy too: it names the model in the
-    card's provenance."""
-
-    directory: Path | None
-    hub_name: str = ""
-
-    @property
-    def is_bundled(self) -> bool:
-        return self.directory is not None and self.directory.resolve() == DEFAULT_MODEL_DIR.resolve()
 
 
 def fingerprint_state(state: dict[str, torch.Tensor]) -> str:
@@ -52,36 +35,6 @@ def fingerprint_state(state: dict[str, torch.Tensor]) -> str:
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy() if t.numel() else b"")  # no copy of large models
     return "sha256:" + h.hexdigest()
-
-
-def resolve_model(model: str | None, fetch: bool = False) -> ModelRef:
-    """--model / $CXRTOOL_MODEL / the bundled default, without loading weights.
-
-    A hub name (``org/name``, or ``hf-hub:org/name`` for open_clip) is looked for as a folder of the
-    models home first (``<home>/org/name``, where the download hint tells people to put it); with
-    ``fetch``, then in the Hugging Face cache or the hub (else its ``directory`` is None)."""
-    name = model or os.environ.get(MODEL_ENV) or ""
-    if not name:
-        if not (DEFAULT_MODEL_DIR / CARD_FILE).is_file():
-            raise ModelError("the bundled default model is missing from this installation",
-                             "run `make default-model` or pass --model DIR")
-        return ModelRef(DEFAULT_MODEL_DIR)
-    path = Path(name).expanduser()
-    if path.is_dir():
-        return ModelRef(path)
-    return ModelRef(locate(name, fetch), name)
-
-
-def peek_vector_id(model: str | None) -> str | None:
-    """The vector id (fingerprint + embedding mode) a model's card records, without loading weights
-    (None: no card to read)."""
-    ref = resolve_model(model)
-    if ref.directory is None or not (ref.directory / CARD_FILE).is_file():
-        return None
-    try:
-        return ModelCard.load(ref.directory).vector_id or None
-    except ModelError:
-        return None
 
 
 def load_model(model: str | None = None, device: str | torch.device = "cpu") -> DualEncoder:
