@@ -58,10 +58,13 @@ class OnnxText(TextSide):
         if not card.fingerprint or not (graph.is_file() and tok_file.is_file()):
             return None
         try:
+            import onnxruntime  # noqa: F401
             from tokenizers import Tokenizer
-
+        except ImportError:
+            return None
+        try:
             return cls(card, open_session(graph, threads), Tokenizer.from_file(str(tok_file)))
-        except Exception as exc:  # noqa: BLE001 - a corrupt or foreign file in the cache, onnxruntime missing
+        except Exception as exc:  # noqa: BLE001 - a corrupt or foreign file in the cache
             log.warning("the cached text export of this model does not load (%s); using torch", first_line(exc))
             for path in (graph, tok_file):
                 with contextlib.suppress(OSError):
