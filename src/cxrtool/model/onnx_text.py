@@ -13,8 +13,9 @@ it; a search that had to load torch), and kept only if, on :data:`CHECK_TEXTS` (
 sentences and awkward cases: empty, over-long, accented, upper-case, one at a time and padded in
 batches), the tokenizer gives the same token ids as the model's and the vectors agree with torch's
 at cosine >= MIN_COSINE. A refused export leaves ``<stem>.refused`` with the reason, so it is not
-retried on every search. Families whose texts pass through more than the tokenizer (BioViL's and
-GLoRIA's cleaning, open_clip's own tokenizer) are not exported: torch stays their text path.
+retried on every search. Families whose texts pass through more than the tokenizer (the seed
+families' cleaning hook: BioViL, MedCLIP, GLoRIA; open_clip's own tokenizer) are not exported:
+torch stays their text path.
 """
 
 from __future__ import annotations
