@@ -62,12 +62,12 @@ def exact_top(vectors: np.ndarray, queries: np.ndarray, k: int, allowed: np.ndar
     return np.argsort(-sims, axis=1, kind="stable")[:, :k]
 
 
-@pytest.mark.parametrize("kind", ["hnsw", "ivf", "ivfpq"])
+@pytest.mark.parametrize("kind", ["hnsw", "ivf", "ivfsq", "ivfpq"])
 def test_recall_on_new_queries_meets_the_recorded_figure(tmp_path, kind):
     ws, vecs, centres = make_workspace(tmp_path / "ws", [(0, 8_000)], dim=32)
     info = build_index(ws.root, kind)
     assert info.kind == kind and info.recall_queries == 500 and info.recall_at_10 >= 0.9
-    assert (info.nprobe > 0) == (kind != "hnsw") and (info.rerank > 0) == (kind == "ivfpq")
+    assert (info.nprobe > 0) == (kind != "hnsw") and (info.rerank > 0) == (kind in ("ivfsq", "ivfpq"))
     index = Index.open(ws.root)
     queries = clustered(300, 32, np.random.default_rng(7), centres)  # never added to the index
     _, pos = index.search_vectors(queries, 10)
@@ -166,10 +166,11 @@ def test_per_study_collapse_and_near_duplicates(tmp_path):
 def test_memory_budget_moves_to_a_smaller_index():
     assert choose_index_kind(5_000, 512) == "flat"
     assert choose_index_kind(50_000, 512, memory_budget=1 << 40) == "hnsw"
-    small = estimate_bytes("ivf", 50_000, 512) - 1
+    small = estimate_bytes("ivfsq", 50_000, 512) - 1
     assert choose_index_kind(50_000, 512, memory_budget=small) == "ivfpq"
-    assert choose_index_kind(2_000_000, 512, memory_budget=1 << 40) == "ivf"
-    assert choose_index_kind(2_000_000, 512, memory_budget=1 << 30) == "ivfpq"
+    assert choose_index_kind(2_000_000, 512, memory_budget=1 << 40) == "ivfsq"
+    assert choose_index_kind(2_000_000, 512, memory_budget=1 << 30) == "ivfsq"  # 8-bit codes: 1.04 GB
+    assert choose_index_kind(2_000_000, 512, memory_budget=1 << 29) == "ivfpq"
 
 
 def test_cli_filters_outputs_and_contact_sheet(tmp_path, tiny_model, tiny_model_dir):

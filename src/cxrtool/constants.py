@@ -80,8 +80,9 @@ LATERALITY_KS = (10, 50)
 # (v3 had 0.980-1.000, 0.77, 0.67). Weaker models crowd more: pass dedupe=None to keep all.
 # (cxrtool.index.search.DEDUPE_COSINE)
 DEDUPE_COSINE = 0.95
-# FAISS index kinds `cxrtool index --kind` accepts (cxrtool.index.build.KINDS).
-INDEX_KINDS = ("auto", "flat", "hnsw", "ivf", "ivfpq")
+# FAISS index kinds `cxrtool index --kind` accepts (cxrtool.index.build.KINDS); ivfsq: IVF with
+# 8-bit scalar-quantised vectors and an exact re-rank (cxrtool.index.kinds).
+INDEX_KINDS = ("auto", "flat", "hnsw", "ivf", "ivfsq", "ivfpq")
 # Where a file dropped out of `embed`, for errors.jsonl (cxrtool.embed.errors_log.STAGES).
 ERROR_STAGES = ("discover", "read", "header", "decode")
 # Manifest fields `embed-reports` can embed (cxrtool.embed.reports.TEXT_FIELDS).

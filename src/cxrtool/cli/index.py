@@ -13,10 +13,12 @@ from cxrtool.constants import INDEX_KINDS
 def index_cmd(
     workspace: Path = typer.Option(None, help=WORKSPACE_HELP),
     kind: str = typer.Option("auto", help=f"Index type: {', '.join(INDEX_KINDS)} (auto picks by size and memory "
-                             "budget)."),
+                             "budget: flat, hnsw, then ivfsq, 8-bit codes re-ranked exactly; ivfpq when those "
+                             "do not fit; ivf, full float32 lists, only by name)."),
     target: str = typer.Option("images", help="Collection to index: images or reports."),
     rebuild: bool = typer.Option(False, help="Build from scratch instead of adding new shards to the index."),
-    memory_budget_gb: float = typer.Option(None, "--memory-budget-gb", help="RAM the index may use (default: half)."),
+    memory_budget_gb: float = typer.Option(None, "--memory-budget-gb", help="RAM the index may use (default: half); "
+                                           "auto moves to a smaller kind when it would not fit."),
     recall_target: float = typer.Option(0.95, help="Tune search depth until held-out recall@10 reaches this."),
     opq: bool = typer.Option(True, help="OPQ rotation before PQ (ivfpq only)."),
     device: str = typer.Option("auto", help="auto (GPU when faiss has one), cpu or cuda."),
@@ -41,7 +43,8 @@ def index_cmd(
                                                  f"held-out image queries{depth}"
     if info.text_recall_at_10 is not None:
         recall += f"; text queries {info.text_recall_at_10:.3f} at depth {info.text_nprobe or info.text_ef_search}"
+    per_vector = f" ({info.index_bytes / max(info.count, 1):,.0f} bytes/vector)" if info.count else ""
     out.print(f"indexed {info.count} vectors (dim {info.dim}) as {info.kind} [{info.factory}] on {info.device} "
-              f"in {info.build_seconds:.2f}s; {recall}; {info.index_bytes / 1e6:.1f} MB")
+              f"in {info.build_seconds:.2f}s; {recall}; {info.index_bytes / 1e6:.1f} MB{per_vector}")
     if info.rebuild_suggested:
         out.print(f"[yellow]note:[/] {info.rebuild_suggested}")

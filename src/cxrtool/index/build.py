@@ -36,7 +36,7 @@ from cxrtool.index.info import (
     publish,
     write_info,
 )
-from cxrtool.index.kinds import KINDS, PQ_RERANK, choose_index_kind, default_memory_budget, factory_string
+from cxrtool.index.kinds import KINDS, PQ_RERANK, SQ_RERANK, choose_index_kind, default_memory_budget, factory_string
 from cxrtool.index.lazy_model import LazyModel
 from cxrtool.index.store import RowStore, part_names, write_part
 from cxrtool.index.tuning import tune, tuning_text_queries
@@ -219,13 +219,15 @@ def _build(index_dir: Path, shards: Path, state: dict[str, int], kind: str, memo
     n, dim = vecs.shape
     budget = memory_budget or default_memory_budget()
     kind = choose_index_kind(n, dim, budget) if kind == "auto" else kind
-    use_gpu = (device == "cuda" or (device == "auto" and gpu_available())) and kind in ("ivf", "ivfpq")
+    use_gpu = (device == "cuda" or (device == "auto" and gpu_available())) and kind in ("ivf", "ivfsq", "ivfpq")
     factory = factory_string(kind, n, dim, opq=opq, gpu=use_gpu)
     index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
+    if kind == "ivfsq":  # 8-bit codes of the vectors themselves: per-dimension ranges, no centroid term
+        faiss.extract_index_ivf(index).by_residual = False
     _training_effort(index)
     info = IndexInfo(kind, factory, int(n), int(dim), vector_id, state, parts=[0], recall_target=recall_target,
                      memory_budget_bytes=int(budget), device="cuda" if use_gpu else "cpu",
-                     rerank=PQ_RERANK if kind == "ivfpq" else 0,
+                     rerank={"ivfpq": PQ_RERANK, "ivfsq": SQ_RERANK}.get(kind, 0),
                      built_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
     work = to_gpu(index) if use_gpu else index
     if work is None:
@@ -234,9 +236,8 @@ def _build(index_dir: Path, shards: Path, state: dict[str, int], kind: str, memo
     if not index.is_trained:  # a random sample, not the first vectors (biased by archive order)
         nlist = faiss.extract_index_ivf(index).nlist
         size = min(n, max(39 * nlist, 20_000), 256 * nlist)
-        sample = vecs[np.random.default_rng(0).choice(n, size=size, replace=False)]
         _stage(progress, f"training {factory} on {size} vectors")
-        work.train(sample)
+        work.train(vecs[np.random.default_rng(0).choice(n, size=size, replace=False)])
         info.trained_on = int(size)
     info.train_seconds = round(time.perf_counter() - t, 3)
     if kind in ("flat", "hnsw"):
@@ -250,7 +251,9 @@ def _build(index_dir: Path, shards: Path, state: dict[str, int], kind: str, memo
     # leaves the old index as it was
     with _generation(index_dir) as gen:
         write_part(gen, 0, rows, vecs)
-        _tune_and_write(index, RowStore(gen, [0]), vecs, info, gen, target, model, progress, t0, time.perf_counter())
+        del vecs  # tuning reads the part just written, memory-mapped: no second copy at 1M x 1,024 (4 GB)
+        store = RowStore(gen, [0])
+        _tune_and_write(index, store, store.matrix(), info, gen, target, model, progress, t0, time.perf_counter())
     return info
 
 
@@ -311,7 +314,7 @@ def _add_shards(index_dir: Path, current: Path, shards: Path, info: IndexInfo, s
         store = RowStore(gen, info.parts)
         t = time.perf_counter()
         # new vectors may sit off the trained lists: re-tune
-        _tune_and_write(index, store, store.vectors(np.arange(len(store))), info, gen, target, model, progress, t0, t)
+        _tune_and_write(index, store, store.matrix(), info, gen, target, model, progress, t0, t)
     return info
 
 

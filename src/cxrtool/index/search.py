@@ -169,21 +169,28 @@ class Index:
             return self.model.encode_images([image if isinstance(image, DecodedImage) else Path(image)])[0]
 
     # ---------------------------------------------------------------------------------- filters
-    def _filter_state(self, filters: Filters) -> tuple[np.ndarray, object, np.ndarray | None]:
-        """(matching positions, FAISS selector or None, their vectors for exact ranking or None),
-        cached for the last few filters: a page or a script repeats them query after query."""
+    def _filter_state(self, filters: Filters) -> tuple[np.ndarray, object, np.ndarray | None, np.ndarray | None]:
+        """(matching positions, FAISS selector or None, their vectors for exact ranking or None,
+        matching rows per inverted list or None), cached for the last few filters: a page or a
+        script repeats them query after query."""
         import faiss
+
+        from cxrtool.index.faiss_query import ivf_rows_per_list
 
         key = filters.key()
         with self._lock:
             if key not in self._selectors:
                 positions = np.flatnonzero(filters.mask(self.store.table))
-                selector, vectors = None, None
+                selector, vectors, per_list = None, None, None
                 if len(positions) > EXACT_SUBSET_MAX:
                     selector = faiss.IDSelectorBatch(self.store.ids[positions])
+                    list_of = self.store.derived("ivf_list_of_rows", lambda: ivf_rows_per_list(self.index, self.store))
+                    if list_of is not None:
+                        nlist = faiss.extract_index_ivf(self.index).nlist
+                        per_list = np.bincount(list_of[positions][list_of[positions] >= 0], minlength=nlist)
                 else:
-                    vectors = self.store.vectors(positions)  # <= 20k x d floats: ranked exactly
-                self._selectors[key] = (positions, selector, vectors)
+                    vectors = self.store.vectors(positions)  # few rows: ranked exactly
+                self._selectors[key] = (positions, selector, vectors, per_list)
                 if len(self._selectors) > 8:
                     self._selectors.popitem(last=False)
             self._selectors.move_to_end(key)
@@ -194,19 +201,28 @@ class Index:
                        text: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """(scores, positions) of the top ``k`` rows per query vector that match ``filters``;
         positions are -1 where fewer rows match. ``text``: the vectors are text embeddings (searched
-        deeper: see ``IndexInfo.text_nprobe``)."""
+        deeper: see ``IndexInfo.text_nprobe``).
+
+        The plan for a filter, by how many rows it keeps: up to ``EXACT_SUBSET_MAX`` are ranked
+        exactly from the stored vectors; more go through a FAISS id selector, scanning (IVF) the
+        nearest lists until they hold twice as many matching rows as an unfiltered image search
+        scores, and at least a text query's own depth (``faiss_query.filtered_lists``), or (HNSW)
+        with efSearch grown as 1/kept."""
+        import math
+
+        from cxrtool.index.faiss_query import FILTER_ROWS_FACTOR, filtered_lists, search_depth
+
         vectors = np.ascontiguousarray(np.atleast_2d(vectors), dtype=np.float32)
         k = max(1, min(k, len(self.store)))
-        deeper = text and (self.info.text_nprobe or self.info.text_ef_search)
-        depth = {"nprobe": self.info.text_nprobe, "ef_search": self.info.text_ef_search} if deeper else {}
         if filters is None or filters.is_empty():
+            depth = search_depth(self.info, text)
             if self._gpu_index is not None:
                 try:
                     return knn(self._gpu_index, self.store, vectors, k, self.info, **depth)
                 except Exception:  # a GPU search that FAISS refuses (k/nprobe limits): use the CPU
                     pass
             return knn(self.index, self.store, vectors, k, self.info, **depth)
-        positions, selector, subset = self._filter_state(filters)
+        positions, selector, subset, per_list = self._filter_state(filters)
         if selector is None:  # small set: exact ranking from the stored vectors
             scores = np.full((len(vectors), k), -np.inf, np.float32)
             pos = np.full((len(vectors), k), -1, np.int64)
@@ -220,8 +236,12 @@ class Index:
                 scores[:, :m] = np.take_along_axis(sims, top, axis=1)
                 pos[:, :m] = positions[top]
             return scores, pos
-        scores, pos = knn(self.index, self.store, vectors, k, self.info, selector=selector, **depth)
-        return scores, pos
+        depth = search_depth(self.info, text, len(positions) / len(self.store))
+        if per_list is None:
+            return knn(self.index, self.store, vectors, k, self.info, selector=selector, **depth)
+        wanted = math.ceil(FILTER_ROWS_FACTOR * self.info.nprobe * len(self.store) / len(per_list))
+        assign = filtered_lists(self.index, vectors, per_list, wanted, at_least=depth["nprobe"])
+        return knn(self.index, self.store, vectors, k, self.info, selector=selector, assign=assign)
 
     def search(self, query: str | None = None, image: str | Path | DecodedImage | None = None,
                vector: np.ndarray | None = None,
@@ -262,13 +282,18 @@ class Index:
 
     def _collapse(self, positions: np.ndarray, per_study: bool, dedupe: float | None, k: int
                   ) -> list[tuple[int, int]]:
-        """Indices (into ``positions``, best first) of the hits to show, with views per study."""
+        """Indices (into ``positions``, best first) of the hits to show, with views per study.
+        Near-duplicates come from one Gram matrix of the candidates (a single small matrix product,
+        not one per candidate); the walk stops at ``k`` kept unless ``per_study`` counts views."""
         if not (per_study or dedupe):
             return [(i, 1) for i in range(min(k, len(positions)))]
         studies = self.store.column("study_key")[positions] if per_study else None
         hashes = self.store.column("content_hash")[positions] if dedupe and "content_hash" in \
             self.store.table.column_names else None
-        vecs = self.store.vectors(positions) if dedupe else None
+        near = None
+        if dedupe and len(positions) > 1:
+            vecs = self.store.vectors(positions)
+            near = (vecs @ vecs.T) >= dedupe
         study_of = [(studies[i] or f"#{positions[i]}") if per_study else "" for i in range(len(positions))]
         keep: list[int] = []
         kept_hashes: set[str] = set()
@@ -279,16 +304,19 @@ class Index:
                 views[study] = views.get(study, 0) + 1
                 if study in shown:
                     continue
-            if dedupe and keep:
+            if len(keep) >= k:
+                if per_study:
+                    continue  # still counting the views of the studies shown
+                break
+            if near is not None and keep:
                 if hashes is not None and hashes[i] in kept_hashes:
                     continue
-                if float(np.max(vecs[keep] @ vecs[i])) >= dedupe:
+                if near[i, keep].any():
                     continue
-            if len(keep) < k:
-                keep.append(i)
-                shown.add(study)
-                if hashes is not None and hashes[i]:
-                    kept_hashes.add(hashes[i])
+            keep.append(i)
+            shown.add(study)
+            if hashes is not None and hashes[i]:
+                kept_hashes.add(hashes[i])
         return [(i, views[study_of[i]] if per_study else 1) for i in keep]
 
 def search(

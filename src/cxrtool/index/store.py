@@ -13,8 +13,9 @@ id array (``np.searchsorted``), so results are checked against the row's own id.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -73,6 +74,8 @@ class RowStore:
         self._sorted_ids = self.ids[self._order]
         self._offsets = np.cumsum([0] + [len(v) for v in self._vectors])
         self._columns_cache: dict[str, np.ndarray] = {}
+        self.root = index_dir
+        self._derived: dict[str, Any] = {}
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -101,11 +104,30 @@ class RowStore:
             out[sel] = self._vectors[p][positions[sel] - self._offsets[p]]
         return out
 
+    def matrix(self) -> np.ndarray:
+        """All vectors in index order: the memory-mapped part itself when there is one part (no
+        copy), else the parts joined in memory."""
+        if len(self._vectors) == 1:
+            return self._vectors[0]
+        if not self._vectors:
+            return np.zeros((0, 0), np.float32)
+        return np.concatenate(self._vectors)
+
     def column(self, name: str) -> np.ndarray:
         """A metadata column as a numpy object/number array (cached: filters reuse it)."""
         if name not in self._columns_cache:
             self._columns_cache[name] = numpy_column(self.table.column(name))
         return self._columns_cache[name]
 
+    def derived(self, name: str, make: Callable[[], Any]) -> Any:
+        """A value derived from this generation (the IVF list of every row, for filter plans),
+        made once on first use and kept with the rows it describes."""
+        if name not in self._derived:
+            self._derived[name] = make()
+        return self._derived[name]
+
     def rows(self, positions: np.ndarray) -> list[dict]:
-        return self.table.take(pa.array(np.asarray(positions, dtype=np.int64))).to_pylist()
+        positions = np.ascontiguousarray(positions, dtype=np.int64)
+        # (built from its buffer: pa.array() would import pandas, ~0.3 s of a cold search)
+        indices = pa.Array.from_buffers(pa.int64(), len(positions), [None, pa.py_buffer(positions)])
+        return self.table.take(indices).to_pylist()

@@ -29,11 +29,11 @@ RECALL_QUERIES = 500
 
 
 def _exact_neighbours(vectors: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
+    """Brute-force top-k positions; ``vectors`` may be memory-mapped (read in place: an index
+    over it would be a second copy, 4 GB at 1M x 1,024)."""
     import faiss
 
-    flat = faiss.IndexFlatIP(vectors.shape[1])
-    flat.add(vectors)
-    return flat.search(queries, k)[1]
+    return faiss.knn(np.ascontiguousarray(queries, dtype=np.float32), vectors, k, faiss.METRIC_INNER_PRODUCT)[1]
 
 
 def recall_curve(index, store: RowStore, vectors: np.ndarray, info: IndexInfo, depths: list[tuple[int, int]],
@@ -84,7 +84,7 @@ def tune(index, store: RowStore, vectors: np.ndarray, info: IndexInfo, text_quer
             break
     start = depths.index((info.nprobe, info.ef_search))
     if text_queries is None or not len(text_queries):
-        deeper = depths[min(start + 2, len(depths) - 1)]  # 4x: what text queries needed in our benchmark
+        deeper = depths[min(start + 3, len(depths) - 1)]  # 8x: what text queries needed at 1M x 1,024
         info.text_nprobe, info.text_ef_search, info.text_recall_at_10, info.text_queries = *deeper, None, 0
         return
     info.text_queries = len(text_queries)
@@ -94,13 +94,25 @@ def tune(index, store: RowStore, vectors: np.ndarray, info: IndexInfo, text_quer
             break
 
 
-def tuning_text_queries(vector_id: str, model: LazyModel | DualEncoder | str | Path | None = None
-                        ) -> np.ndarray | None:
-    """Embeddings of the prompt bank's sentences by the shards' model, to tune text-query depth;
-    None when that model is not at hand (``model`` given or the default; vector ids must match).
-    A :class:`LazyModel` keeps what it loads, for the caller's later use."""
+def bank_sentences() -> list[str]:
+    """Every sentence of the prompt bank: positive, negative, uncertain and bilateral ones, and the
+    sided templates for both sides (304 in the bundled bank). Report-like negations ("no pleural
+    effusion.") are in: real queries and report sentences have them too."""
     from cxrtool.data.prompts import PromptBank
 
+    out: set[str] = set()
+    for p in PromptBank.load().labels.values():
+        out |= {*p.positive, *p.negative, *p.uncertain, *p.bilateral}
+        for side in ("left", "right"):
+            out |= {*p.positive_for(side), *p.uncertain_for(side)}
+    return sorted(out)
+
+
+def tuning_text_queries(vector_id: str, model: LazyModel | DualEncoder | str | Path | None = None
+                        ) -> np.ndarray | None:
+    """Embeddings of the prompt bank's sentences (:func:`bank_sentences`) by the shards' model, to
+    tune text-query depth; None when that model is not at hand (``model`` given or the default;
+    vector ids must match). A :class:`LazyModel` keeps what it loads, for the caller's later use."""
     lazy = LazyModel.of(model)
     try:
         recorded = lazy.vector_id()  # a card to read: refuse a mismatch before loading weights
@@ -109,9 +121,7 @@ def tuning_text_queries(vector_id: str, model: LazyModel | DualEncoder | str | P
         encoder = lazy.get()
         if encoder.card.vector_id != vector_id:
             return None
-    except Exception as exc:  # no usable model: the text depth falls back to the 4x rule
+    except Exception as exc:  # no usable model: the text depth falls back to the 8x rule
         log.info("text-query tuning skipped: %s", exc)
         return None
-    bank = PromptBank.load()
-    sentences = sorted({t for p in bank.labels.values() for t in (*p.positive, *p.uncertain)})
-    return encoder.encode_texts(sentences)
+    return encoder.encode_texts(bank_sentences())
