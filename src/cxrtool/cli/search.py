@@ -72,7 +72,7 @@ def search_cmd(
         filters = Filters(views=tuple(view or ()), modalities=tuple(modality or ()), body_parts=tuple(body_part or ()),
                           date_from=date_from, date_to=date_to, patient_keys=_patient_keys(patient or []),
                           path_glob=path)
-        index = Index.open(workspace, "reports" if reports else target, model, progress=True)
+        index = Index.open(workspace, "reports" if reports else target, model, progress=True, mapped=True)
         hits = index.search(query, image, k=k, filters=filters, per_study=per_study, dedupe=dedupe or None,
                             expand=not exact)
         archive = (index.workspace.read_json(index.workspace.embed_info) or {}).get("archive")  # read once

@@ -88,14 +88,16 @@ class Index:
 
     @classmethod
     def open(cls, workspace: str | Path | None = None, target: str = "images", model: DualEncoder | str | None = None,
-             device: str = "cpu", progress: bool = False) -> Index:
+             device: str = "cpu", progress: bool = False, mapped: bool = False) -> Index:
         """Open the index of ``target`` in ``workspace`` (its newest whole generation; search never
         builds: see :mod:`cxrtool.index.open`). ``model`` is loaded lazily, on the first text or
-        image query, and once. ``progress`` is accepted for symmetry with the build side."""
+        image query, and once. ``progress`` is accepted for symmetry with the build side.
+        ``mapped``: memory-map the FAISS lists (opens at once, little private memory, scans slower:
+        for a process that answers one query and exits, like the CLI; ``open.read_index_mapped``)."""
         if target not in ("images", "reports"):
             raise WorkspaceError(f"unknown search target {target!r}", "use images or reports")
         ws = Workspace.resolve(workspace)
-        index, info, store = load_index(ws.root, target)
+        index, info, store = load_index(ws.root, target, mapped=mapped)
         return cls(ws, index, info, store, target, LazyModel.of(ws.model_of(model), device), device)
 
     def __len__(self) -> int:
