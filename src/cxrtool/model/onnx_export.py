@@ -24,13 +24,23 @@ OPSET = 17
 MIN_COSINE = 0.99999  # (issue 27's bar is 0.9999; the measured gaps are ~1e-7, so a real export error shows)
 
 
+def cache_root() -> Path:
+    """$CXRTOOL_CACHE, else ~/.cache/cxrtool: files cxrtool can always make again (exports, query vectors)."""
+    return Path(os.environ.get(CACHE_ENV) or DEFAULT_CACHE).expanduser()
+
+
 def cache_dir() -> Path:
-    return Path(os.environ.get(CACHE_ENV) or DEFAULT_CACHE).expanduser() / "onnx"
+    return cache_root() / "onnx"
+
+
+def file_tag(vector_tag: str) -> str:
+    """A model's vector tag as it appears in cache file names."""
+    return vector_tag.replace("sha256:", "").replace(":", "-")
 
 
 def cache_stem(vector_tag: str, side: str, version: int) -> str:
     """``image-<tag>-x1``: the file stem of a side's export for a model with this vector tag."""
-    return f"{side}-{vector_tag.replace('sha256:', '').replace(':', '-')}-x{version}"
+    return f"{side}-{file_tag(vector_tag)}-x{version}"
 
 
 def export_module(module: Any, args: tuple, path: Path, input_names: list[str], output_names: list[str],

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cxrtool.constants import CACHE_ENV, DEFAULT_CACHE
+from cxrtool.model.onnx_export import cache_root, file_tag
 from cxrtool.model.text_side import TextSide
 
 log = logging.getLogger(__name__)
@@ -38,8 +38,7 @@ MAX_ENTRIES = 1000
 
 
 def cache_file(vector_tag: str) -> Path:
-    name = vector_tag.replace("sha256:", "").replace(":", "-")
-    return Path(os.environ.get(CACHE_ENV) or DEFAULT_CACHE).expanduser() / "queries" / f"text-{name}.npz"
+    return cache_root() / "queries" / f"text-{file_tag(vector_tag)}.npz"
 
 
 class CachedText(TextSide):
