@@ -50,7 +50,7 @@ def extra_bucket(patient: str) -> bool:
     return split_for_patient(patient, validate=0.0, test=EXTRA_FRACTION, salt=EXTRA_SALT) == "test"
 
 
-def _read_folder(shared: Path, folder: str, validate_fraction: float) -> list[Study]:
+def read_folder(shared: Path, folder: str, validate_fraction: float = 0.1) -> list[Study]:
     """One NIH folder's studies (sides from its radiologist boxes where it has them)."""
     return read_csv_studies(shared / folder / "labels.csv", patient_col="patient_id", view_col="view",
                             label_cols=FINDINGS, source=NIH_FOLDERS[folder], validate_fraction=validate_fraction)
@@ -58,7 +58,7 @@ def _read_folder(shared: Path, folder: str, validate_fraction: float) -> list[St
 
 def nih_studies(shared: Path, validate_fraction: float = 0.1) -> tuple[list[Study], list[Study]]:
     """(train+validate studies, test studies) from ``shared/nih_512/labels.csv`` (sides from its boxes)."""
-    studies = _read_folder(shared, "nih_512", validate_fraction)
+    studies = read_folder(shared, "nih_512", validate_fraction)
     rest = [s for s in studies if not is_test_patient(s.patient_key)]
     test = [s for s in studies if is_test_patient(s.patient_key)]
     for s in test:
@@ -70,14 +70,14 @@ def nih_studies(shared: Path, validate_fraction: float = 0.1) -> tuple[list[Stud
 def v5_test_patients(shared: Path) -> set[str]:
     """Held-out patients of the v5 union: v4's (all nih_512 test patients) plus the new patients'
     keyed share; patients in both folders keep their nih_512 assignment."""
-    old = {s.patient_key for s in _read_folder(shared, "nih_512", 0.0)}
-    new = {s.patient_key for s in _read_folder(shared, "nih_512_extra", 0.0)} - old
+    old = {s.patient_key for s in read_folder(shared, "nih_512", 0.0)}
+    new = {s.patient_key for s in read_folder(shared, "nih_512_extra", 0.0)} - old
     return {p for p in old if is_test_patient(p)} | {p for p in new if extra_bucket(p)}
 
 
 def v5_studies(shared: Path, validate_fraction: float = 0.1) -> tuple[list[Study], list[Study]]:
     """(train+validate studies, test studies) of nih_512 + nih_512_extra, split by patient across both."""
-    studies = [s for folder in NIH_FOLDERS for s in _read_folder(shared, folder, validate_fraction)]
+    studies = [s for folder in NIH_FOLDERS for s in read_folder(shared, folder, validate_fraction)]
     test_patients = v5_test_patients(shared)
     rest = [s for s in studies if s.patient_key not in test_patients]
     test = [s for s in studies if s.patient_key in test_patients]

@@ -34,12 +34,17 @@ OUT = REPO / "runs" / "probe_ceiling"
 LIFT_LABELS = list(LIFT_QUERIES)
 
 
-def probe_lift(es, label: str, k: int = 50) -> float:
-    """lift@k (precision@k ÷ base rate) of the supervised probe's ranking of the test images."""
+def probe_scores(es, label: str) -> tuple[np.ndarray, np.ndarray]:
+    """The supervised probe's scores of the test images (fitted on the train images only) and their positives."""
     train, test = es.subset(es.splits == "train"), es.subset(es.splits == "test")
     y_train = np.nan_to_num(train.labels[label]) == 1
     y_test = np.nan_to_num(test.labels[label]) == 1
-    scores = fit_probe(train.vectors, y_train.astype(int)).predict_proba(test.vectors)[:, 1]
+    return fit_probe(train.vectors, y_train.astype(int)).predict_proba(test.vectors)[:, 1], y_test
+
+
+def probe_lift(es, label: str, k: int = 50) -> float:
+    """lift@k (precision@k ÷ base rate) of the supervised probe's ranking of the test images."""
+    scores, y_test = probe_scores(es, label)
     return round(precision_at(scores, y_test, k) / y_test.mean(), 2)
 
 
