@@ -53,7 +53,9 @@ def test_models_lists_the_default_local_directories_and_hub_families(siglip_dir,
     save_model_dir(load_model(str(clip_dir)), home / "mine" / "clip")
     (home / "empty").mkdir()
     listing = list_models(home)
-    assert listing["default"].family == "cxrtool" and listing["default"].embed_dim == 1024  # flip-paired 2 x 512
+    card = json.loads((DEFAULT_MODEL_DIR / "model.json").read_text())
+    width = card["embed_dim"] * (2 if card["embedding"] == "flip_pair" else 1)  # a flip pair is 2 x embed_dim
+    assert listing["default"].family == "cxrtool" and listing["default"].embed_dim == width
     local = {m.name: m for m in listing["local"]}
     assert set(local) == {"someorg/tiny-siglip", "mine/clip"}
     assert (local["someorg/tiny-siglip"].family, local["someorg/tiny-siglip"].scoring) == ("hf-siglip", "sigmoid")

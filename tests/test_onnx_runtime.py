@@ -1,7 +1,8 @@
 """The ONNX Runtime path of the image side: the same vectors as torch, or not used.
 
-Real images from sample_data, the bundled model (a ``flip_pair`` card: the mirror pass, the
-halves pooling and the projection are all inside the export), real onnxruntime.
+Real images from sample_data, the bundled model (with its card's vectors and, if those are single,
+as a ``flip_pair`` card too: the mirror pass, the halves pooling and the projection are all inside
+the export), real onnxruntime.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import shutil
 import numpy as np
 import pytest
 
+from cxrtool.constants import DEFAULT_MODEL_DIR
 from cxrtool.embed.pipeline import embed_archive
 from cxrtool.embed.shards import read_shard, scan_shards
 from cxrtool.errors import ModelError
@@ -23,6 +25,8 @@ from cxrtool.model.onnx_image import export_path
 from .conftest import ARCHIVE
 
 pytest.importorskip("onnxruntime", reason="onnxruntime is a dependency of cxrtool; reinstall with `make install`")
+# the bundled model's own vector mode, and the mirror pass of flip pairs whatever the bundled card says
+MODES = sorted({json.loads((DEFAULT_MODEL_DIR / "model.json").read_text())["embedding"], "flip_pair"})
 
 
 @pytest.fixture(scope="module")
@@ -52,8 +56,10 @@ def _vectors(ws) -> dict[str, np.ndarray]:
     return out
 
 
-def test_onnx_and_torch_shards_hold_the_same_vectors_and_mix_in_one_index(archive, cache, tmp_path):
+@pytest.mark.parametrize("mode", MODES)
+def test_onnx_and_torch_shards_hold_the_same_vectors_and_mix_in_one_index(archive, cache, tmp_path, mode):
     model = load_model()
+    model.card.embedding = mode
     torch_ws, onnx_ws, mixed = tmp_path / "torch", tmp_path / "onnx", tmp_path / "mixed"
     a = embed_archive(archive, torch_ws, model, runtime="torch", progress=False)
     b = embed_archive(archive, onnx_ws, model, runtime="onnx", progress=False)
