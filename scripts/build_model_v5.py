@@ -28,28 +28,14 @@ import subprocess
 import time
 from pathlib import Path
 
-from build_default_model import PROVENANCE, RECIPE
-from nih_split import V5_HELD_OUT_DIGEST, held_out_digest, split_counts, v5_studies
+from build_default_model import PROVENANCE, RECIPE, TRAINING_DATA, VARIANTS, training_studies
+from nih_split import V5_HELD_OUT_DIGEST, split_counts
 
 from cxrtool.data.manifest import Study, write_manifest
 from cxrtool.train import resolve_config, train
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "runs" / "v5"
-VARIANTS: dict[str, dict] = {  # each one change to RECIPE (docs/model-v5.md)
-    "v4like": {},
-    "flip224": {"input_size": 224},
-    "single288": {"embedding": "single"},
-}
-TRAINING_DATA = (
-    "NIH ChestX-ray14 (public domain / CC0; Wang et al. CVPR 2017), two 512 px subsets of the project's open "
-    "data: nih_512 (sides from the radiologist boxes) and nih_512_extra (581 first studies from the "
-    "jrzech/reproduce-chexnet starter images; no boxes, so their prompts name no side); NLP-mined labels "
-    "turned into prompt text; split by patient across both; sample_data patients excluded, and the rest of "
-    "the held-out test split (scripts/nih_split.py, v5_studies)"
-)
-
-
 def provenance(variant: str) -> dict:
     """The shipped recipe's provenance with v5's name, command and training data."""
     size = VARIANTS[variant].get("input_size", RECIPE["input_size"])
@@ -75,20 +61,15 @@ def main() -> None:
     ap.add_argument("--smoke", type=Path, default=None, help="a scratch folder: 1 epoch, 2 steps, a small subset")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    rest, test = v5_studies(args.shared)
-    digest = held_out_digest({s.patient_key for s in test})
-    if digest != V5_HELD_OUT_DIGEST:  # the split is fixed in docs/model-v5.md; a changed one must not train silently
-        raise SystemExit(f"held-out split digest {digest} != the recorded {V5_HELD_OUT_DIGEST}: the data or the "
-                         "split rule changed (scripts/nih_split.py)")
+    rest = training_studies(args.shared)  # refuses a split other than docs/model-v5.md's
     overrides = {**RECIPE, **VARIANTS[args.variant]}
     out = OUT / args.variant
     if args.smoke:
         rest = smoke_subset(rest)
         overrides.update(epochs=1, max_steps=2, batch_size=8, checkpoint_every=1, log_every=1)
         out = args.smoke / args.variant
-    logging.info("variant %s: %d train, %d validate studies; %d held-out test studies (%d patients) excluded\n%s",
-                 args.variant, sum(s.split == "train" for s in rest), sum(s.split == "validate" for s in rest),
-                 len(test), len({s.patient_key for s in test}), split_counts(rest))
+    logging.info("variant %s: %d train, %d validate studies\n%s", args.variant, sum(s.split == "train" for s in rest),
+                 sum(s.split == "validate" for s in rest), split_counts(rest))
     model_dir, run_dir = out / "model", out / "model.run"
     if (model_dir / "model.json").is_file():
         logging.info("%s is built already (remove it to rebuild); its summary: %s", model_dir, out / "summary.json")
@@ -104,7 +85,7 @@ def main() -> None:
     summary = {"variant": args.variant, "overrides": VARIANTS[args.variant], "embedding": cfg.resolved_embedding(),
                "best_epoch": result.best_epoch, "this_process_minutes": round((time.time() - t0) / 60, 1),
                "train_seconds": round(sum(h.get("seconds", 0) for h in result.history), 1),
-               "held_out_digest": digest, "commit": commit, "history": result.history}
+               "held_out_digest": V5_HELD_OUT_DIGEST, "commit": commit, "history": result.history}
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     logging.info("saved %s (best epoch %d by validation %s)", model_dir, result.best_epoch, cfg.select_by)
     for row in result.history:

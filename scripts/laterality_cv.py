@@ -4,30 +4,35 @@ The fixed held-out split (scripts/nih_split.py) has only 18 one-sided pneumothor
 one-sided effusions, so the default model's left-vs-right figures carry intervals some 0.6 wide.
 This script scores all 60 / 100 of them, each by a model that never saw its patient:
 
-* fold ``test``: the fixed held-out split, scored by the bundled default model itself;
-* folds ``a`` and ``b``: the default model's training patients, halved by patient hash; each is
-  scored by a model trained with the default model's exact recipe (build_default_model.RECIPE)
-  on every other patient (the held-out split and the other half), with its own 90/10
-  train/validate split for epoch selection.
+* fold ``test``: the fixed held-out split, scored by the recipe's own model (for ``default``, the
+  bundled model itself);
+* folds ``a`` and ``b``: the other patients with boxes (``nih_512``), halved by patient hash;
+  each is scored by a model trained with the recipe on every other patient (the held-out split,
+  the other half and, for recipes trained on both NIH folders, every ``nih_512_extra`` patient),
+  with its own 90/10 train/validate split for epoch selection.
 
-``--recipe before`` does the same for the trainer before the laterality work (train_experiments'
-``full`` config: no sided image feature, no side negatives or side term, no flips; its ``test``
-fold is that experiment's model, ``runs/experiments/full/model``, trained on the same patients as
-the default model), so before and after are compared on the same 60 / 100 images.
+Only ``nih_512`` has boxes, so the scored images are the same 60 / 100 for every recipe and the
+recipes compare on one set. Recipes: ``default``, the shipped one (build_default_model's
+``SHIPPED_RECIPE`` on both NIH folders, v5 since issue 28); ``v4``, the previous default (288 px,
+flip pairs, ``nih_512`` only; its ``test`` fold is a saved copy of v4, runs/experiments/default_v4/model);
+``v3_224px``, the same at 224 px; ``before``, the trainer before the laterality work
+(train_experiments' ``full`` config: no sided image feature, no side negatives or side term,
+no flips; its ``test`` fold is that experiment's model).
 
 Per finding it prints the left-vs-right AUROC pooled over the three folds (cos(left X) - cos(right X),
 left = 1; scores of different models are pooled as they are, which can only lower it), each fold's
 own AUROC, and the top-50 side accuracy summed over the folds, all with patient-bootstrap 95 % CIs.
 Same prompts and metrics as ``cxrtool evaluate`` (evaluate/laterality.py).
 
-Models trained with flips (the default recipe) write ``flip_pair`` vectors (model/card.py: each
-image beside its mirror image, each text beside its side-swapped twin); ``--embedding single``
-scores the same models with plain vectors, to show what the pairing adds.
+Models trained with flips write ``flip_pair`` vectors if their card says so (model/card.py: each
+image beside its mirror image, each text beside its side-swapped twin); ``--embedding single|flip_pair``
+scores the same models with the other vector mode, to show what the pairing adds.
 
-Usage: cd scripts && python laterality_cv.py [--recipe default|v3_224px|before] [--embedding single|flip_pair]
-[--shared DIR] [--record] (default, the 288-px recipe: two 40-minute trainings on 2 CPU cores; v3_224px: two of
-20 minutes, and runs/experiments/default_v3/model, a full copy of v3, must exist; before: two of
-12 minutes, and the ``full`` experiment of train_experiments.py must exist)
+Usage: cd scripts && python laterality_cv.py [--recipe default|v4|v3_224px|before] [--embedding single|flip_pair]
+[--shared DIR] [--record] (default: two trainings of about an hour each on 2 free CPU cores; v4 two of 40
+minutes; v3_224px two of 20 minutes, with runs/experiments/default_v3/model a full copy of v3; before: two
+of 12 minutes, after the ``full`` experiment of train_experiments.py). A stopped run continues from its
+fold's last checkpoint.
 Results: runs/laterality_cv/<recipe>/<fold>/ (model, run folder) and runs/laterality_cv/<recipe>/summary.json
 (summary-<embedding>.json with --embedding)
 """
@@ -42,14 +47,12 @@ import subprocess
 from pathlib import Path
 
 import numpy as np
-from build_default_model import RECIPE
-from build_sample_data import FINDINGS
-from nih_split import is_test_patient
+from build_default_model import RECIPE, SHIPPED_RECIPE
+from nih_split import NIH_FOLDERS, read_folder, v5_test_patients
 from train_experiments import BASE, CONFIGS
 
 from cxrtool.data.manifest import split_for_patient, write_manifest
 from cxrtool.data.prompts import PromptBank
-from cxrtool.data.sources.csv_table import read_csv_studies
 from cxrtool.evaluate.bootstrap import bootstrap_ci
 from cxrtool.evaluate.eval_set import embed_eval_set, eval_set_from_manifest
 from cxrtool.evaluate.laterality import (
@@ -66,37 +69,50 @@ from cxrtool.train import resolve_config, train
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "runs" / "laterality_cv"
-RECIPES = {  # name: (training config, the model that scores the fixed held-out split)
-    "default": ({**RECIPE, "changed_only": False}, DEFAULT_MODEL_DIR),
-    "before": ({**BASE, **CONFIGS["full"]}, REPO / "runs" / "experiments" / "full" / "model"),
-    # the previous default (v3): the same recipe at 224 px; a full copy of v3 scores the held-out split
+BOTH = tuple(NIH_FOLDERS)
+RECIPES = {  # name: (training config, the model that scores the fixed held-out split, the folders it trains on)
+    "default": ({**SHIPPED_RECIPE, "changed_only": False}, DEFAULT_MODEL_DIR, BOTH),
+    "v4": ({**RECIPE, "changed_only": False}, REPO / "runs" / "experiments" / "default_v4" / "model", ("nih_512",)),
+    "before": ({**BASE, **CONFIGS["full"]}, REPO / "runs" / "experiments" / "full" / "model", ("nih_512",)),
+    # v3: the v4 recipe at 224 px; a full copy of v3 scores the held-out split
     "v3_224px": ({**RECIPE, "changed_only": False, "input_size": 224},
-                 REPO / "runs" / "experiments" / "default_v3" / "model"),
+                 REPO / "runs" / "experiments" / "default_v3" / "model", ("nih_512",)),
+}
+SAVED_COPY = {  # how to make the held-out model of a past default: a commit that shipped it
+    "v3_224px": "f246051",
+    "v4": "21b1864",  # any commit before v5 shipped
 }
 CV_SALT = "cxrtool-laterality-cv"
 K = 50
 
 
-def fold_of(patient: str) -> str:
-    if is_test_patient(patient):
+def fold_of(patient: str, test_patients: set[str]) -> str:
+    if patient in test_patients:
         return "test"
     return "a" if split_for_patient(patient, validate=0.0, test=0.5, salt=CV_SALT) == "test" else "b"
 
 
-def fold_model(recipe: str, fold: str, studies: list) -> Path:
+def fold_studies(studies: list, fold: str, test_patients: set[str]) -> list:
+    """The fold's nih_512 studies (the folder with boxes), so every recipe scores and ranks the same pool."""
+    return [s for s in studies if s.source == NIH_FOLDERS["nih_512"] and fold_of(s.patient_key, test_patients) == fold]
+
+
+def fold_model(recipe: str, fold: str, studies: list, test_patients: set[str]) -> Path:
     """The recipe's own model for the held-out split; a retrain on all other patients for a and b."""
-    config, held_out_model = RECIPES[recipe]
+    config, held_out_model, _ = RECIPES[recipe]
     if fold == "test":
         if not (held_out_model / "model.json").is_file():
-            how = ("save the v3 model of commit f246051 there: `git worktree add /tmp/v3 f246051`, then "
-                   "load_model('/tmp/v3/src/cxrtool/default_model') and save_model_dir(model, that path)"
-                   if recipe == "v3_224px" else "run `python train_experiments.py --only full` first")
+            how = (f"save the model of commit {SAVED_COPY[recipe]} there: `git worktree add /tmp/old "
+                   f"{SAVED_COPY[recipe]}`, then load_model('/tmp/old/src/cxrtool/default_model') and "
+                   "save_model_dir(model, that path)" if recipe in SAVED_COPY
+                   else "run `python train_experiments.py --only full` first")
             raise SystemExit(f"{held_out_model} is missing: {how}")
         return held_out_model
     out = OUT / recipe / fold
     if (out / "model" / "model.json").is_file():
         return out / "model"
-    train_rows = [s for s in studies if fold_of(s.patient_key) != fold]
+    scored = {s.patient_key for s in fold_studies(studies, fold, test_patients)}
+    train_rows = [s for s in studies if s.patient_key not in scored]  # incl. their other folder's images
     manifest = write_manifest(train_rows, out / "train_manifest.parquet")
     logging.info("fold %s: training on %d studies (%d validate)", fold, len(train_rows),
                  sum(s.split == "validate" for s in train_rows))
@@ -106,15 +122,15 @@ def fold_model(recipe: str, fold: str, studies: list) -> Path:
     return out / "model"
 
 
-def fold_scores(recipe: str, fold: str, studies: list, bank: PromptBank,
+def fold_scores(recipe: str, fold: str, studies: list, test_patients: set[str], bank: PromptBank,
                 embedding: str | None = None) -> dict[str, dict[str, np.ndarray]]:
     """Per lateral finding: left/right cosines, side codes and patients of the fold's held-out rows
     (``embedding`` overrides the model card's vector mode: single or flip_pair)."""
     out = OUT / recipe / fold
-    held = [copy.copy(s) for s in studies if fold_of(s.patient_key) == fold]
+    held = [copy.copy(s) for s in fold_studies(studies, fold, test_patients)]
     for s in held:
         s.split = "test"
-    model = load_model(str(fold_model(recipe, fold, studies)))
+    model = load_model(str(fold_model(recipe, fold, studies, test_patients)))
     if embedding:
         model.card.embedding = embedding
     es = eval_set_from_manifest(write_manifest(held, out / "held_out_manifest.parquet"))
@@ -183,13 +199,14 @@ def main() -> None:
                          "'laterality'), which search reads to warn about sides the model does not tell")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    studies = read_csv_studies(args.shared / "nih_512" / "labels.csv", patient_col="patient_id", view_col="view",
-                               label_cols=FINDINGS, source="nih-chestxray14")
+    # every patient's own train/validate hash (held-out patients too: they train the a and b retrains)
+    studies = [s for folder in RECIPES[args.recipe][2] for s in read_folder(args.shared, folder)]
+    test_patients = v5_test_patients(args.shared)  # on nih_512 patients, v4's held-out rule exactly
     bank = PromptBank.load()
     per_fold = {}
     for fold in ("test", "a", "b"):
         (OUT / args.recipe / fold).mkdir(parents=True, exist_ok=True)
-        per_fold[fold] = fold_scores(args.recipe, fold, studies, bank, args.embedding)
+        per_fold[fold] = fold_scores(args.recipe, fold, studies, test_patients, bank, args.embedding)
     rows = summarise(per_fold)
     name = f"summary-{args.embedding}.json" if args.embedding else "summary.json"
     # what produced the figures: a summary written by a process that imported older query code is
