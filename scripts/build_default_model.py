@@ -33,6 +33,9 @@ from cxrtool.train import resolve_config, train
 
 REPO = Path(__file__).resolve().parents[1]
 WORK = REPO / "runs" / "default_model"
+# v4, the default model before v5, as a full model directory for the before/after comparisons; commit a632b9f
+# still ships it: `git worktree add /tmp/v4 a632b9f`, then copy /tmp/v4/src/cxrtool/default_model here
+V4_COPY = REPO / "runs" / "experiments" / "default_v4" / "model"
 # v4's recipe (docs/benchmarks.md "Training the default model" has the ablation behind each choice).
 RECIPE = {
     "freeze_text": True, "epochs": 8, "batch_size": 32, "lr": 2e-4, "max_negatives": 2, "seed": 0,

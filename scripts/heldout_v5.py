@@ -18,8 +18,9 @@ v5 candidate (runs/v5/<variant>/model), each with a patient-bootstrap 95% CI:
 Why: docs/model-v5.md picks v5 on the validation split only; these are the unbiased figures of the
 pick (and of the other candidates, for the record: they do not change the choice). So that no
 held-out figure can steer the choice, a candidate is scored only once docs/model-v5-selection.json
-holds a decision; v4 may always be scored. ``--v4 DIR`` names the reference (default: the shipped
-model, which v5 is to replace); its card's provenance name is recorded.
+holds a decision; v4 may always be scored. ``--v4 DIR`` names the reference (default: the saved
+copy of v4, build_default_model.V4_COPY, since v5 replaced it as the shipped model); its card's
+provenance name is recorded.
 
 Usage: cd scripts && python heldout_v5.py [--models v4,v4like,flip224,single288] [--v4 DIR] [--shared DIR]
 (default: v4 and every built candidate; v4 is always scored, the paired differences need it)
@@ -37,6 +38,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+from build_default_model import V4_COPY
 from build_model_v5 import OUT, VARIANTS
 from nih_split import V5_HELD_OUT_DIGEST, held_out_digest, v5_studies
 from probe_ceiling import probe_scores
@@ -53,7 +55,7 @@ from cxrtool.evaluate.eval_set import EvalSet, embed_eval_set, eval_set_from_man
 from cxrtool.evaluate.laterality import laterality_report, side_codes
 from cxrtool.evaluate.zero_shot import ZeroShotClassifier, label_prompt_sets
 from cxrtool.index.query import text_query_vector
-from cxrtool.model import DEFAULT_MODEL_DIR, load_model
+from cxrtool.model import load_model
 
 REPO = Path(__file__).resolve().parents[1]
 HELDOUT = OUT / "heldout"
@@ -215,7 +217,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--models", default=None, help=f"comma-separated: {REFERENCE} and/or {', '.join(VARIANTS)}")
     ap.add_argument("--shared", type=Path, default=REPO.parent / "shared" / "data")
-    ap.add_argument("--v4", type=Path, default=DEFAULT_MODEL_DIR, help="the reference model directory")
+    ap.add_argument("--v4", type=Path, default=V4_COPY, help="the reference model directory (a saved copy of v4)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     built = [n for n in VARIANTS if (OUT / n / "model" / "model.json").is_file()]

@@ -47,7 +47,7 @@ import subprocess
 from pathlib import Path
 
 import numpy as np
-from build_default_model import RECIPE, SHIPPED_RECIPE
+from build_default_model import RECIPE, SHIPPED_RECIPE, V4_COPY
 from nih_split import NIH_FOLDERS, read_folder, v5_test_patients
 from train_experiments import BASE, CONFIGS
 
@@ -72,7 +72,7 @@ OUT = REPO / "runs" / "laterality_cv"
 BOTH = tuple(NIH_FOLDERS)
 RECIPES = {  # name: (training config, the model that scores the fixed held-out split, the folders it trains on)
     "default": ({**SHIPPED_RECIPE, "changed_only": False}, DEFAULT_MODEL_DIR, BOTH),
-    "v4": ({**RECIPE, "changed_only": False}, REPO / "runs" / "experiments" / "default_v4" / "model", ("nih_512",)),
+    "v4": ({**RECIPE, "changed_only": False}, V4_COPY, ("nih_512",)),
     "before": ({**BASE, **CONFIGS["full"]}, REPO / "runs" / "experiments" / "full" / "model", ("nih_512",)),
     # v3: the v4 recipe at 224 px; a full copy of v3 scores the held-out split
     "v3_224px": ({**RECIPE, "changed_only": False, "input_size": 224},
@@ -80,7 +80,7 @@ RECIPES = {  # name: (training config, the model that scores the fixed held-out 
 }
 SAVED_COPY = {  # how to make the held-out model of a past default: a commit that shipped it
     "v3_224px": "f246051",
-    "v4": "21b1864",  # any commit before v5 shipped
+    "v4": "a632b9f",  # any commit before v5 shipped
 }
 CV_SALT = "cxrtool-laterality-cv"
 K = 50

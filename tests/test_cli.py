@@ -10,6 +10,9 @@ import sys
 
 import pytest
 
+from cxrtool.constants import DEFAULT_MODEL_DIR
+from cxrtool.data.prompts import PromptBank
+
 from .conftest import REPO, SAMPLE
 
 CXRTOOL = [sys.executable, "-m", "cxrtool.cli"]
@@ -87,14 +90,19 @@ def test_a_text_search_needs_no_torch_and_answers_as_torch_does(demo_workspace):
 
 @pytest.mark.slow
 def test_search_warns_on_stderr_where_the_default_model_does_not_tell_the_side(demo_workspace):
-    """The bundled card records the measured left-vs-right AUROC per finding (nodule 0.34): a
-    "left nodule" search says its sides are unreliable, on stderr so --json stays parseable."""
+    """The bundled card records the measured left-vs-right AUROC per finding (nodule 0.44, its
+    interval reaching 0.5): a "left nodule" search says its sides are unreliable, on stderr so
+    --json stays parseable; a finding whose whole interval lies above 0.5 gets no warning."""
     cwd, env = demo_workspace
+    sides = json.loads((DEFAULT_MODEL_DIR / "model.json").read_text())["laterality"]
+    assert sides["Nodule"]["low"] <= 0.5
     nodule = cli("search", "left nodule", "-k", "3", "--json", cwd=cwd, env=env)
     assert len(json.loads(nodule.stdout)) == 3
     assert "side for nodule is not reliable" in " ".join(nodule.stderr.split())
-    effusion = cli("search", "left pleural effusion", "-k", "3", "--json", cwd=cwd, env=env)
-    assert "not reliable" not in effusion.stderr
+    told = min((name for name, e in sides.items() if e["low"] > 0.5), key=lambda name: sides[name]["low"])
+    assert PromptBank.load().query_finding(f"left {told.lower()}")[1] == told  # a sided query search recognises
+    reliable = cli("search", f"left {told.lower()}", "-k", "3", "--json", cwd=cwd, env=env)
+    assert len(json.loads(reliable.stdout)) == 3 and "not reliable" not in reliable.stderr
 
 
 @pytest.mark.slow

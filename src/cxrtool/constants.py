@@ -74,11 +74,11 @@ N_RESAMPLES = 1000
 # enough one-sided images to count on small test sets.
 LATERALITY_KS = (10, 50)
 
-# Near-duplicates: the default model (v4) puts one radiograph re-encoded in 7 transfer syntaxes at
+# Near-duplicates: the default model (v5) puts one radiograph re-encoded in 7 transfer syntaxes at
 # cosine 0.969-1.000 to its copies (reduced-resolution JPEG 2000 decoding is the farthest), while
-# different studies of one patient in the sample archive reach 0.69 and different patients 0.68
-# (v3 had 0.980-1.000, 0.77, 0.67). Weaker models crowd more: pass dedupe=None to keep all.
-# (cxrtool.index.search.DEDUPE_COSINE)
+# different studies of one patient in the sample archive reach 0.77 and different patients 0.76
+# (v4: 0.969-1.000, 0.69, 0.68; v3: 0.980-1.000, 0.77, 0.67; `python scripts/dedupe_cosines.py`).
+# Weaker models crowd more: pass dedupe=None to keep all. (cxrtool.index.search.DEDUPE_COSINE)
 DEDUPE_COSINE = 0.95
 # FAISS index kinds `cxrtool index --kind` accepts (cxrtool.index.build.KINDS); ivfsq: IVF with
 # 8-bit scalar-quantised vectors and an exact re-rank (cxrtool.index.kinds).
