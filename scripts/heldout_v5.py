@@ -65,6 +65,11 @@ K = 50
 SIDE_COLUMNS = ("Pleural Effusion", "Pneumothorax")  # the lateral findings of the before/after table
 
 
+def model_dir(name: str, v4: Path = V4_COPY) -> Path:
+    """Where a model of this script lives: the v4 reference, or a candidate's build folder."""
+    return v4 if name == REFERENCE else OUT / name / "model"
+
+
 def decision_or_refuse(names: list[str]) -> dict | None:
     """The committed decision of select_model_v5.py; no candidate is scored on held-out data before it exists."""
     decision = json.loads(SELECTION.read_text()).get("decision") if SELECTION.is_file() else None
@@ -230,7 +235,7 @@ def main() -> None:
     if unbuilt:
         raise SystemExit(f"not built: {', '.join(unbuilt)} (scripts/build_model_v5.py --variant NAME)")
     names = [REFERENCE, *[n for n in names if n != REFERENCE]]
-    dirs = {n: args.v4 if n == REFERENCE else OUT / n / "model" for n in names}
+    dirs = {n: model_dir(n, args.v4) for n in names}
     t0 = time.time()
     manifest = heldout_manifest(args.shared)
     bank = PromptBank.load()

@@ -14,9 +14,7 @@ import sys
 from collections import Counter
 
 import numpy as np
-from build_default_model import V4_COPY
-from build_model_v5 import OUT
-from heldout_v5 import HELDOUT
+from heldout_v5 import HELDOUT, model_dir
 from train_experiments import LIFT_QUERIES, precision_at
 
 from cxrtool.data.prompts import PromptBank
@@ -32,7 +30,7 @@ def main() -> None:
     names = sys.argv[1:] or ["v4", "single288"]
     bank = PromptBank.load()
     for name in names:
-        model = load_model(str(V4_COPY if name == "v4" else OUT / name / "model"))
+        model = load_model(str(model_dir(name)))
         es = eval_set_from_manifest(HELDOUT / "manifest.parquet", bank)
         embed_eval_set(model, es, cache_dir=HELDOUT / name)  # heldout_v5's cache: nothing is embedded again
         test = es.subset(es.splits == "test")

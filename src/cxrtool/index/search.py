@@ -9,6 +9,7 @@ through a FAISS id selector. ``per_study`` keeps the best view of each study; ne
 
 from __future__ import annotations
 
+import math
 import threading
 from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
@@ -20,7 +21,15 @@ import numpy as np
 from cxrtool.constants import DEDUPE_COSINE  # near-duplicate threshold (why: see constants)
 from cxrtool.data.prompts import PromptBank
 from cxrtool.errors import WorkspaceError
-from cxrtool.index.faiss_query import gpu_available, knn, to_gpu
+from cxrtool.index.faiss_query import (
+    FILTER_ROWS_FACTOR,
+    filtered_lists,
+    gpu_available,
+    ivf_rows_per_list,
+    knn,
+    search_depth,
+    to_gpu,
+)
 from cxrtool.index.filters import Filters
 from cxrtool.index.info import IndexInfo
 from cxrtool.index.lazy_model import LazyModel
@@ -177,8 +186,6 @@ class Index:
         script repeats them query after query."""
         import faiss
 
-        from cxrtool.index.faiss_query import ivf_rows_per_list
-
         key = filters.key()
         with self._lock:
             if key not in self._selectors:
@@ -210,10 +217,6 @@ class Index:
         nearest lists until they hold twice as many matching rows as an unfiltered image search
         scores, and at least a text query's own depth (``faiss_query.filtered_lists``), or (HNSW)
         with efSearch grown as 1/kept."""
-        import math
-
-        from cxrtool.index.faiss_query import FILTER_ROWS_FACTOR, filtered_lists, search_depth
-
         vectors = np.ascontiguousarray(np.atleast_2d(vectors), dtype=np.float32)
         k = max(1, min(k, len(self.store)))
         if filters is None or filters.is_empty():
