@@ -58,11 +58,16 @@ def timed(cmd: list[str], env: dict, runs: int, before=None) -> dict:
 
 
 def baseline_tree(rev: str, into: Path) -> Path:
-    """``git archive REV src`` extracted under ``into``: the source tree to put on PYTHONPATH."""
+    """``git archive REV src`` extracted under ``into``: the source tree to put on PYTHONPATH, with
+    this checkout's bundled model in place of REV's (the workspace is embedded with it, and the
+    comparison is of the code, not of the model)."""
     archive = into / "src.tar"
     subprocess.run(["git", "-C", str(REPO), "archive", "-o", str(archive), rev, "src"], check=True)
     with tarfile.open(archive) as tar:
         tar.extractall(into, filter="data")
+    bundled = into / "src" / "cxrtool" / "default_model"
+    shutil.rmtree(bundled, ignore_errors=True)
+    shutil.copytree(REPO / "src" / "cxrtool" / "default_model", bundled)
     return into / "src"
 
 

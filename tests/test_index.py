@@ -279,3 +279,16 @@ def test_a_stale_index_opened_by_model_name_loads_the_model_once(tmp_path, tiny_
         assert [h.id for h in again.search(query, k=3)] == [h.id for h in index.search(query, k=3)]
     assert len(loads) == 1  # the second index answered text queries from the export and the query cache
     assert build_index(ws.root, model=str(tiny_model_dir)).count == 2_050
+
+
+def test_tuning_bound_is_a_one_sided_95_percent_lower_bound():
+    """The depth rule's bound agrees with the normal approximation mean - 1.645 * sd / sqrt(n) on
+    a realistic spread of per-query recalls, sits below a mean that just reaches the target, and
+    is the mean itself when every query agrees."""
+    from cxrtool.index.tuning import lower_bound
+
+    per_query = np.random.default_rng(3).choice([1.0, 0.9, 0.8, 0.5], size=300, p=[0.8, 0.12, 0.06, 0.02])
+    normal = per_query.mean() - 1.645 * per_query.std(ddof=1) / np.sqrt(len(per_query))
+    assert abs(lower_bound(per_query) - normal) < 0.004, (lower_bound(per_query), normal)
+    assert lower_bound(per_query) < per_query.mean()
+    assert lower_bound(np.ones(40)) == 1.0 and lower_bound(np.full(5, 0.7)) == 0.7
