@@ -114,6 +114,38 @@ def test_no_wait_refuses_in_one_line_while_another_writer_holds_the_lock(tmp_pat
     assert not shard_paths(ws / "shards")
 
 
+def test_a_waiter_names_a_holder_that_records_itself_just_after_locking(tmp_path):
+    """The race of two embeds started together: the second finds the lock taken before the first
+    has written who it is; it reads the record again instead of saying "another process"."""
+    import fcntl
+    import threading
+
+    ws = tmp_path / "ws"
+    lock = ws / ".locks" / "embed-images.lock"
+    lock.parent.mkdir(parents=True)
+    taken = threading.Event()
+
+    def holder() -> None:  # a real second open file description: flock conflicts as between processes
+        with open(lock, "a+") as fh:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+            taken.set()
+            time.sleep(0.2)
+            fh.write(json.dumps({"pid": os.getpid(), "host": os.uname().nodename, "command": "cxrtool embed A",
+                                 "since": "now"}))
+            fh.flush()
+            time.sleep(0.5)
+
+    thread = threading.Thread(target=holder)
+    thread.start()
+    taken.wait()
+    try:
+        with pytest.raises(WorkspaceBusyError, match="cxrtool embed A"), \
+                workspace_lock(ws, "embed-images", "cxrtool embed B", wait=False):
+            pass
+    finally:
+        thread.join()
+
+
 def test_a_lock_left_by_a_kill_9_writer_is_taken_over(tmp_path, tiny_model_dir):
     ws = tmp_path / "ws"
     args = ["embed", str(ARCHIVE), "--workspace", str(ws), "--model", str(tiny_model_dir), "--shard-rows", "4",

@@ -71,13 +71,20 @@ def _network_note(root: Path, say: Callable[[str], None]) -> None:
             "(or one --part-index) per workspace at a time across machines (docs/workspace.md)")
 
 
-def _holder(fh) -> str:
-    """Who holds the lock, from what they wrote into the lock file."""
-    try:
-        fh.seek(0)
-        info = json.loads(fh.read() or "{}")
-    except (OSError, ValueError):
-        return "another process"
+def _holder(fh, patience: float = 0.5) -> str:
+    """Who holds the lock, from what they wrote into the lock file. The holder writes its record
+    just after taking the lock, so an empty file is read again for up to ``patience`` seconds (two
+    embeds started together: the second found the lock taken and the record not yet written)."""
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            fh.seek(0)
+            info = json.loads(fh.read() or "{}")
+        except (OSError, ValueError):
+            info = {}
+        if info or time.monotonic() >= deadline:
+            break
+        time.sleep(0.02)
     if not info:
         return "another process"
     if info.get("host") == socket.gethostname() and not _alive(info.get("pid")):
