@@ -146,7 +146,6 @@ def test_near_duplicates_beyond_the_first_page_are_found(tmp_path):
     assert len({h.id // 20 for h in hits}) == 10  # one per group of copies
 
 
-
 def test_text_like_queries_keep_recall_under_wide_filters(tmp_path, monkeypatch):
     """Queries outside the cloud (a shared offset, as text embeddings sit apart from images), at the
     smallest text depth that reaches recall@10 0.95 unfiltered, and a shallow image depth (so the

@@ -104,7 +104,8 @@ def filtered_lists(index, queries: np.ndarray, matching: np.ndarray, wanted: int
                    ) -> np.ndarray:
     """Per query, the nearest inverted lists (centroid order) up to the first prefix that holds
     ``wanted`` rows matching the filter (``matching``: matching rows per list), and no fewer than
-    ``at_least`` lists (a text query's own depth); -1 pads the rest.
+    ``at_least`` lists (the query's own depth, grown for wide filters: ``Index.search_vectors``);
+    -1 pads the rest.
 
     Why by count and not a fixed depth: a filter keeps its rows unevenly (a view or a site sits in
     some clusters more than others), so the lists that hold a query's nearest matching rows can lie

@@ -77,6 +77,12 @@ def lower_bound(per_query: np.ndarray, seed: int = 0) -> float:
     return float(np.quantile(means, 1 - CONFIDENCE))
 
 
+# Depths tried: doublings up to 16, then steps of 1.25-1.33x (each step costs about as much more
+# search time; a doubling could overshoot the target's depth by up to 2x, e.g. text 256 vs 160).
+LADDER = (1, 2, 4, 8, 16, 20, 24, 32, 40, 48, 64, 80, 96, 128, 160, 192, 256, 320, 384, 512, 640, 768, 1024,
+          1280, 1536, 2048)
+
+
 def search_depths(index, kind: str) -> list[tuple[int, int]]:
     """The (nprobe, efSearch) ladder tried for ``kind``, shallowest first."""
     import faiss
@@ -88,12 +94,6 @@ def search_depths(index, kind: str) -> list[tuple[int, int]]:
     return depths + [(min(nlist, LADDER[-1]), 0)]
 
 
-# Depths tried: doublings up to 16, then steps of 1.25-1.33x (each step costs about as much more
-# search time; a doubling could overshoot the target's depth by up to 2x, e.g. text 256 vs 160).
-LADDER = (1, 2, 4, 8, 16, 20, 24, 32, 40, 48, 64, 80, 96, 128, 160, 192, 256, 320, 384, 512, 640, 768, 1024,
-          1280, 1536, 2048)
-
-
 def tune(index, store: RowStore, vectors: np.ndarray, info: IndexInfo, text_queries: np.ndarray | None) -> None:
     """Smallest search depths whose recall@10 reaches the target with ``CONFIDENCE`` (else the
     deepest tried): for held-out image queries, and for text queries when given. The recorded
@@ -103,21 +103,27 @@ def tune(index, store: RowStore, vectors: np.ndarray, info: IndexInfo, text_quer
         info.recall_at_10, info.recall_queries, info.text_recall_at_10 = 1.0, 0, None
         return
     depths = search_depths(index, info.kind)
-    for nprobe, ef, per_query in recall_curve(index, store, vectors, info, depths):
-        info.nprobe, info.ef_search, info.recall_at_10 = nprobe, ef, round(float(per_query.mean()), 4)
-        if lower_bound(per_query) >= info.recall_target:
-            break
-    start = depths.index((info.nprobe, info.ef_search))
+    info.nprobe, info.ef_search, info.recall_at_10 = _first_reaching(
+        recall_curve(index, store, vectors, info, depths), info.recall_target)
     if text_queries is None or not len(text_queries):
         deeper = (info.nprobe * 8, 0) if info.nprobe else (0, info.ef_search * 8)  # what text needed at 1M x 1,024
         deeper = min((d for d in depths if d >= deeper), default=depths[-1])
         info.text_nprobe, info.text_ef_search, info.text_recall_at_10, info.text_queries = *deeper, None, 0
         return
     info.text_queries = len(text_queries)
-    for nprobe, ef, per_query in recall_curve(index, store, vectors, info, depths[start:], queries=text_queries):
-        info.text_nprobe, info.text_ef_search, info.text_recall_at_10 = nprobe, ef, round(float(per_query.mean()), 4)
-        if lower_bound(per_query) >= info.recall_target:
+    start = depths.index((info.nprobe, info.ef_search))
+    info.text_nprobe, info.text_ef_search, info.text_recall_at_10 = _first_reaching(
+        recall_curve(index, store, vectors, info, depths[start:], queries=text_queries), info.recall_target)
+
+
+def _first_reaching(curve: Iterator[tuple[int, int, np.ndarray]], target: float) -> tuple[int, int, float]:
+    """(nprobe, efSearch, mean recall) of the first depth whose lower bound reaches ``target``,
+    else of the deepest tried."""
+    for point in curve:
+        if lower_bound(point[2]) >= target:
             break
+    nprobe, ef, per_query = point
+    return nprobe, ef, round(float(per_query.mean()), 4)
 
 
 def bank_sentences() -> list[str]:
